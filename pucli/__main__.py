@@ -1,0 +1,5 @@
+"""``python -m pucli``."""
+
+from pucli.cli import main
+
+main()

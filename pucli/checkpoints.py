@@ -1,0 +1,380 @@
+"""Teacher and student I/O: any timm architecture plus weights, never unpickled code.
+
+Formats read (:func:`load_model`):
+
+- **safetensors** (``.safetensors``): the architecture comes from a sidecar config in timm's
+  pretrained-config form (``<stem>.config.json``, else ``config.json`` in the same folder), else
+  from the file's own metadata (pucli writes both), else from ``--arch``.
+- **timm ``train.py`` checkpoints** (``.pth``/``.pth.tar``): a dict with ``state_dict`` and ``arch``
+  (or ``args.model``); loaded with ``torch.load(weights_only=True)``, ``argparse.Namespace``
+  being the only extra type allowed.
+- **bare state dicts** (``.pth``/``.pt``/``.bin``/``.safetensors``) plus ``--arch NAME``.
+
+Class count and input channels are read off the classifier and first-conv weights when no config
+gives them. Written (:func:`save_model`): ``.safetensors`` with the config in its metadata, plus the
+sidecar config written by timm's own exporter, so ``timm.create_model(arch, pretrained=True,
+pretrained_cfg_overlay=dict(file=...))`` and ``timm.create_model("local-dir:DIR")`` load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pucli.errors import TeacherFormatError, UsageError
+from pucli.paths import temporary_path_beside
+
+__all__ = ["ModelConfig", "LoadedModel", "load_model", "save_model", "sidecar_config_path", "check_architecture"]
+
+SAFETENSORS_SUFFIX = ".safetensors"
+CONFIG_METADATA_KEY = "pucli.config"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What pucli needs to know about a classifier besides its weights.
+
+    ``input_size`` is (channels, height, width) in pixels; ``mean``/``std`` have one entry per
+    channel, on the 0-1 pixel scale; ``label_names[k]`` names output k.
+    """
+
+    architecture: str
+    num_classes: int
+    in_chans: int
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    label_names: tuple[str, ...] | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+    def data_config(self) -> dict[str, Any]:
+        """timm-style data config (``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``)."""
+        return {
+            "input_size": self.input_size,
+            "mean": self.mean,
+            "std": self.std,
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+        }
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode on the CPU with its config and where it came from."""
+
+    model: nn.Module
+    config: ModelConfig
+    path: Path
+    file_bytes: int
+    source_format: str  # "safetensors" | "timm-checkpoint" | "state-dict"
+
+
+def check_architecture(name: str) -> str:
+    """Return ``name`` if timm knows it, else raise with the closest known names.
+
+    Raises:
+        UsageError: unknown architecture (message lists up to 5 close timm names).
+    """
+    import timm
+
+    if timm.is_model(name):
+        return name
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+    hint = f"closest timm names: {', '.join(close)}" if close else "see `timm.list_models()`"
+    raise UsageError(f"unknown architecture '{name}': {hint}")
+
+
+def sidecar_config_path(weights: Path) -> Path:
+    """The config file written beside ``weights``: ``config.json`` for timm's ``model.safetensors``
+    folder layout, else ``<stem>.config.json`` (so several models can share one folder)."""
+    stem = weights.name.removesuffix(SAFETENSORS_SUFFIX)
+    return weights.with_name("config.json" if stem == "model" else f"{stem}.config.json")
+
+
+def load_model(path: str | os.PathLike[str], arch: str | None = None, *, option: str = "--teacher") -> LoadedModel:
+    """Load a classifier from any supported file (module docstring) into eval mode on the CPU.
+
+    Args:
+        path: weights file.
+        arch: timm architecture name; overrides what the file says, required for bare state dicts.
+        option: the CLI option that named ``path``, quoted in error messages.
+
+    Raises:
+        UsageError: missing file, unknown or missing architecture.
+        TeacherFormatError: pickled module, corrupt file, weights that do not fit the architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a weights file" if path.is_dir() else "does not exist"
+        raise UsageError(f"{option} {path} {what}: give a .safetensors, .pth or .pth.tar file")
+    if path.name.endswith(SAFETENSORS_SUFFIX):
+        state_dict, config_dict, source_format = _read_safetensors(path)
+    else:
+        state_dict, config_dict, source_format = _read_torch_file(path)
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+    architecture = arch or config_dict.get("architecture")
+    if not architecture:
+        raise UsageError(f"{path} does not name its architecture: pass --arch NAME (a timm model name)")
+    check_architecture(architecture)
+    config = _resolve_config(architecture, config_dict, state_dict, path)
+    model = build_model(config)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        missing, unexpected = _key_mismatch(model.state_dict(), state_dict)
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing[:3])}" if missing else "",
+                f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
+                "shapes differ" if not missing and not unexpected else "",
+            )
+            if part
+        )
+        raise TeacherFormatError(
+            f"weights in {path} do not fit architecture '{architecture}' ({detail}): check --arch"
+        ) from exc
+    model.eval()
+    return LoadedModel(model, config, path, path.stat().st_size, source_format)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """A freshly initialised timm model for ``config`` (no weights loaded)."""
+    import timm
+
+    kwargs = {k: v for k, v in config.model_args.items() if k not in {"num_classes", "in_chans"}}
+    return timm.create_model(config.architecture, num_classes=config.num_classes, in_chans=config.in_chans, **kwargs)
+
+
+def save_model(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    label_names: Sequence[str] | None = None,
+    data_config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights to ``path`` (.safetensors) and its timm config beside it.
+
+    The config (timm's export format, written by timm's own ``save_config_for_hf``) goes both into
+    the safetensors metadata and into :func:`sidecar_config_path`. ``data_config`` overrides the
+    preprocessing (a student inherits its teacher's). Both files are written atomically.
+
+    Raises:
+        UsageError: ``path`` does not end in .safetensors, or its folder is missing / read-only.
+    """
+    from safetensors.torch import save_file
+    from timm.models._hub import save_config_for_hf  # timm's exporter; not re-exported publicly
+
+    path = Path(path)
+    if not path.name.endswith(SAFETENSORS_SUFFIX):
+        raise UsageError(f"--out {path}: weights are written as safetensors, name the file *.safetensors")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {path}: folder {path.parent} does not exist; create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"--out {path}: folder {path.parent} is not writable; choose another --out")
+    config_path = sidecar_config_path(path)
+    tmp_config = temporary_path_beside(config_path)
+    tmp_weights = temporary_path_beside(path)
+    try:
+        model_config: dict[str, Any] = {}
+        if label_names:
+            model_config["label_names"] = list(label_names)
+        data = dict(data_config) if data_config else None
+        if data is not None:
+            data["input_size"] = tuple(data["input_size"])
+        save_config_for_hf(model, str(tmp_config), model_config=model_config, data_config=data)
+        config_text = tmp_config.read_text()
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        metadata = {
+            "format": "pt",
+            "architecture": json.loads(config_text)["architecture"],
+            CONFIG_METADATA_KEY: config_text,
+        }
+        save_file(tensors, str(tmp_weights), metadata=metadata)
+        os.replace(tmp_config, config_path)
+        os.replace(tmp_weights, path)
+    finally:
+        for tmp in (tmp_config, tmp_weights):
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TeacherFormatError(
+            f"{path} is not a valid safetensors file ({_first_line(exc)}): re-export or re-download it"
+        ) from exc
+    config: dict[str, Any] = {}
+    sidecar = sidecar_config_path(path)
+    if not sidecar.is_file() and (path.parent / "config.json").is_file():
+        sidecar = path.parent / "config.json"
+    if sidecar.is_file():
+        config = _read_json_config(sidecar)
+    elif CONFIG_METADATA_KEY in metadata:
+        config = _parse_config(json.loads(metadata[CONFIG_METADATA_KEY]), path)
+    elif "architecture" in metadata:
+        config = {"architecture": metadata["architecture"]}
+    return state_dict, config, "safetensors"
+
+
+def _read_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise TeacherFormatError(
+            f"{path} holds a pickled Python object, which pucli never unpickles (it could run code): "
+            "save a state dict instead, torch.save(model.state_dict(), 'teacher.pth'), and pass --arch NAME "
+            "(or save the state dict with safetensors)"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise TeacherFormatError(
+            f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)}): check the file is complete"
+        ) from exc
+    if not isinstance(obj, Mapping):
+        raise TeacherFormatError(f"{path} holds a {type(obj).__name__}, not a state dict: save model.state_dict()")
+    config: dict[str, Any] = {}
+    source_format = "state-dict"
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        source_format = "timm-checkpoint"
+        args = obj.get("args")
+        # timm's train.py stores the variant name in args.model; "arch" is only the class name.
+        arch = getattr(args, "model", None) or obj.get("arch")
+        if arch:
+            config["architecture"] = arch
+        for key in ("num_classes", "in_chans", "input_size", "mean", "std", "interpolation", "crop_pct"):
+            value = getattr(args, key, None)
+            if value is not None:
+                config[key] = value
+        obj = obj["state_dict"]
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise TeacherFormatError(f"{path} holds no weight tensors: save model.state_dict()")
+    sidecar = sidecar_config_path(path.with_name(path.name.split(".")[0] + SAFETENSORS_SUFFIX))
+    if sidecar.is_file():
+        config = {**_read_json_config(sidecar), **config}
+    return tensors, config, source_format
+
+
+def _read_json_config(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TeacherFormatError(f"{path} is not valid JSON ({_first_line(exc)}): fix or delete it") from exc
+    if not isinstance(raw, dict):
+        raise TeacherFormatError(f"{path} must hold a JSON object in timm's config form")
+    return _parse_config(raw, path)
+
+
+def _parse_config(raw: dict[str, Any], source: Path) -> dict[str, Any]:
+    """Flatten timm's config form ({architecture, num_classes, pretrained_cfg: {...}}) or the flat
+    form ({architecture, num_classes, input_size, mean, std, label_names}) to one flat dict."""
+    flat = dict(raw.get("pretrained_cfg") or {})
+    flat.update({k: v for k, v in raw.items() if k != "pretrained_cfg"})
+    if "labels" in flat and "label_names" not in flat:
+        flat["label_names"] = flat.pop("labels")
+    if isinstance(flat.get("label_names"), dict):
+        names = flat["label_names"]
+        try:
+            flat["label_names"] = [names[k] for k in sorted(names, key=int)]
+        except ValueError as exc:
+            raise TeacherFormatError(f"{source}: label_names keys must be class indices") from exc
+    return flat
+
+
+def _resolve_config(architecture: str, raw: dict[str, Any], state_dict: Mapping[str, torch.Tensor], path: Path) -> ModelConfig:
+    import timm
+
+    default = timm.models.get_pretrained_cfg(architecture)
+    default_cfg = default.to_dict() if default is not None else {}
+    model_args = dict(raw.get("model_args") or {})
+    num_classes = raw.get("num_classes") or model_args.get("num_classes")
+    if num_classes is None:
+        num_classes = _classifier_width(default_cfg.get("classifier"), state_dict)
+    if num_classes is None:
+        # No classifier weight where the architecture keeps it: the load below reports the mismatch.
+        num_classes = default_cfg.get("num_classes") or 1000
+    in_chans = model_args.get("in_chans") or raw.get("in_chans")
+    if in_chans is None:
+        in_chans = _first_conv_channels(default_cfg.get("first_conv"), state_dict)
+    if in_chans is None:
+        in_chans = (raw.get("input_size") or default_cfg.get("input_size") or (3,))[0]
+    size = raw.get("input_size") or default_cfg.get("input_size") or (3, 224, 224)
+    input_size = (int(in_chans), int(size[-2]), int(size[-1]))
+    mean = _per_channel(raw.get("mean") or default_cfg.get("mean") or (0.485, 0.456, 0.406), in_chans)
+    std = _per_channel(raw.get("std") or default_cfg.get("std") or (0.229, 0.224, 0.225), in_chans)
+    labels = raw.get("label_names")
+    if labels is not None and len(labels) != int(num_classes):
+        raise TeacherFormatError(
+            f"{path}: label_names lists {len(labels)} names for {num_classes} classes; fix the config"
+        )
+    return ModelConfig(
+        architecture=architecture,
+        num_classes=int(num_classes),
+        in_chans=int(in_chans),
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        interpolation=str(raw.get("interpolation") or default_cfg.get("interpolation") or "bilinear"),
+        crop_pct=float(raw.get("crop_pct") or default_cfg.get("crop_pct") or 1.0),
+        label_names=tuple(str(n) for n in labels) if labels is not None else None,
+        model_args={k: v for k, v in model_args.items() if k not in {"num_classes", "in_chans"}},
+    )
+
+
+def _classifier_width(classifier: str | Sequence[str] | None, state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    if not classifier:
+        return None
+    name = classifier if isinstance(classifier, str) else classifier[0]
+    weight = state_dict.get(f"{name}.weight")
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def _first_conv_channels(first_conv: str | Sequence[str] | None, state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    if not first_conv:
+        return None
+    name = first_conv if isinstance(first_conv, str) else first_conv[0]
+    weight = state_dict.get(f"{name}.weight")
+    return int(weight.shape[1]) if weight is not None and weight.ndim == 4 else None
+
+
+def _per_channel(values: Sequence[float] | float, channels: int) -> tuple[float, ...]:
+    values = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+    if len(values) == channels:
+        return tuple(values)
+    if len(values) == 1:
+        return tuple(values * channels)
+    # timm does the same when a model is built for other channels than its pretrained config.
+    return tuple([sum(values) / len(values)] * channels)
+
+
+def _key_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    return sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

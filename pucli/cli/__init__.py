@@ -1,0 +1,60 @@
+"""pucli's command line: a thin Typer front end over the engine.
+
+Each command lives in its own module and registers itself on :data:`app`; bodies import torch
+lazily so ``pucli --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pucli import __version__
+from pucli.cli._common import set_debug
+
+app = typer.Typer(
+    name="pucli",
+    help=(
+        "Compress an image classifier with a small labeled subset and a large unlabeled pool.\n\n"
+        "select -> expand -> distill -> evaluate (Xu et al., Positive-Unlabeled Compression on the Cloud, NeurIPS 2019)."
+    ),
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pucli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+) -> None:
+    set_debug(debug)
+
+
+import importlib  # noqa: E402
+
+for _name in ("select", "expand", "distill", "evaluate"):
+    try:
+        _module = importlib.import_module(f"pucli.cli.{_name}")
+    except ModuleNotFoundError as _exc:  # TEMPORARY while commands are being written
+        if _exc.name != f"pucli.cli.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="pucli")

@@ -1,0 +1,148 @@
+"""``pucli evaluate``: teacher and students side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pucli.cli._common import (
+    DeviceOption,
+    JsonOption,
+    QuietOption,
+    ReportOption,
+    ThreadsOption,
+    WorkersOption,
+    console,
+    emit_json,
+    handles_errors,
+    info,
+    progress_bars,
+)
+
+HELP = """Compare models on a labeled test folder: top-1/top-5 accuracy, parameters, FLOPs per image,
+weight file size, CPU latency at batch 1 and throughput at a large batch.
+
+[bold]Example[/]
+
+  pucli evaluate teacher.safetensors student.safetensors --data ./mnist-test
+
+TESTDIR has one subfolder per class (as for --positive). Each MODEL is a .safetensors (with its
+config), a timm train.py checkpoint, or a bare state dict with --arch.
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate", help=HELP, no_args_is_help=True)(evaluate)
+
+
+@handles_errors
+def evaluate(
+    models: Annotated[list[Path], typer.Argument(help="Model files to compare (teacher first, then students).", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Labeled test folder: one subfolder of images per class.", show_default=False)],
+    arch: Annotated[str | None, typer.Option("--arch", help="timm architecture for bare state dicts.")] = None,
+    classes: Annotated[Path | None, typer.Option("--classes", help="Class names in output order, one per line.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size for accuracy and throughput.")] = 256,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = None,
+    threads: ThreadsOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    report_path: ReportOption = None,
+) -> None:
+    import datetime as dt
+
+    from pucli.checkpoints import load_model
+    from pucli.device import configure_threads, default_workers, resolve_device
+    from pucli.evaluate import evaluate_model, model_display_name
+    from pucli.paths import state_dir
+    from pucli.report import RunReport
+
+    run_device = resolve_device(device)
+    report = RunReport("evaluate", dict(models=models, data=data, arch=arch, classes=classes, batch_size=batch_size,
+                                        device=device, workers=workers, threads=threads))
+    report.device, report.threads = str(run_device), configure_threads(threads)
+    loaded = []
+    with report.stage("load"):
+        for path in models:
+            loaded.append(load_model(path, arch, option="MODEL"))
+    results = []
+    with progress_bars(quiet=quiet) as progress:
+        for item in loaded:
+            with report.stage(f"evaluate {item.path.name}"):
+                result = evaluate_model(
+                    item, data, device=run_device, classes_file=classes, batch_size=batch_size,
+                    workers=workers if workers is not None else default_workers(10_000),
+                    skipped=report.skipped, progress=progress,
+                )
+            result.name = model_display_name(item.path, list(models))
+            results.append(result)
+    report.counts = {"models": len(results), "images": results[0].images if results else 0, "skipped": len(report.skipped)}
+    report.results = {"models": results}
+    if report_path is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        report_path = state_dir() / "runs" / f"evaluate-{stamp}.report.json"
+    written = report.write(report_path)
+    rows = [_row(r, results[0]) for r in results]
+    if json_output:
+        emit_json({"models": rows, "skipped": len(report.skipped), "report": str(written)})
+    else:
+        _print_table(results)
+    if report.skipped:
+        info(f"[yellow]skipped {len(report.skipped)} unreadable file(s)[/]; listed in the report", quiet=quiet)
+    info(f"report: {written}", quiet=quiet)
+
+
+def _row(result: Any, reference: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    row = asdict(result)
+    row["params_ratio"] = result.params / reference.params if reference.params else None
+    row["flops_ratio"] = result.flops_per_image / reference.flops_per_image if reference.flops_per_image else None
+    return row
+
+
+def _print_table(results: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    reference = results[0]
+    table = Table(title=f"{results[0].images} test images", title_justify="left")
+    for name, justify in (
+        ("model", "left"), ("architecture", "left"), ("top-1 %", "right"), ("top-5 %", "right"),
+        ("params", "right"), ("FLOPs/image", "right"), ("file", "right"),
+        ("CPU latency\nbatch 1", "right"), (f"throughput\n{reference.device}, batch {reference.throughput_batch}", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in results:
+        table.add_row(
+            r.name,
+            r.architecture,
+            f"{r.top1:.2f}",
+            f"{r.top5:.2f}",
+            _si(r.params) + _ratio(r.params, reference.params, r is reference),
+            _si(r.flops_per_image) + _ratio(r.flops_per_image, reference.flops_per_image, r is reference),
+            _bytes(r.file_bytes),
+            f"{r.latency_ms:.3f} ms",
+            f"{r.throughput:,.0f} img/s",
+        )
+    Console(highlight=False).print(table)
+
+
+def _si(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+def _ratio(value: float, reference: float, is_reference: bool) -> str:
+    return "" if is_reference or not reference else f" ({value / reference:.2f}x)"
+
+
+def _bytes(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"

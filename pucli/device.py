@@ -1,0 +1,56 @@
+"""Device and CPU-thread choices shared by every command that runs a network."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pucli.errors import UsageError
+
+__all__ = ["resolve_device", "available_cpus", "configure_threads", "default_workers"]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (cgroup/affinity aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise any torch device string.
+
+    Raises:
+        UsageError: unknown device string, or CUDA asked for but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads to ``threads`` or the CPUs available to this process.
+
+    torch may otherwise size its pool by the host's cores, not the container's share, and
+    oversubscribe a small machine. Returns the number set.
+    """
+    count = threads or available_cpus()
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count
+
+
+def default_workers(num_items: int) -> int:
+    """Data-loading worker processes: none for a handful of files (start-up costs more than it
+    saves), else one per available CPU, at most 8."""
+    return 0 if num_items < 512 else min(8, available_cpus())

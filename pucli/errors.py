@@ -1,0 +1,39 @@
+"""Typed errors raised by pucli's engine.
+
+Every message is one line a user can act on: it names the file or option at fault and says what to
+do. The CLI prints the message alone (no traceback unless ``--debug``) and exits with
+``exit_code``: 2 for usage errors (a wrong option or argument), 1 for data errors (a file whose
+content is unusable).
+"""
+
+from __future__ import annotations
+
+
+class PucliError(Exception):
+    """Base class of every error pucli raises on purpose. ``exit_code`` is the CLI's exit status."""
+
+    exit_code: int = 1
+
+
+class UsageError(PucliError):
+    """A command-line option or argument is wrong (missing path, value out of range, ...)."""
+
+    exit_code = 2
+
+
+class DataError(PucliError):
+    """An input file or folder exists but its content cannot be used."""
+
+    exit_code = 1
+
+
+class TeacherFormatError(DataError):
+    """A model file cannot be loaded safely (pickled module, unknown architecture, bad weights)."""
+
+
+class ClassMappingError(DataError):
+    """The positive set's class folders do not match the teacher's outputs."""
+
+
+class NoImagesError(DataError):
+    """A folder or list holds no readable image."""

@@ -1,0 +1,165 @@
+"""Side-by-side evaluation of classifiers: accuracy, size, FLOPs, latency, throughput.
+
+Accuracy is top-1 / top-5 over a labeled test folder (one subfolder per class) with each model's
+own evaluation transform. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (one
+multiply-add counts as 2 FLOPs; pooling and activations are not counted, as usual). Latency is the
+median wall-clock of one image (batch 1) on the CPU, the usual deployment target; throughput is
+images per second at a large batch on the chosen device, both on random tensors already in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pucli.checkpoints import LoadedModel
+from pucli.progress import ProgressCallback, no_progress
+from pucli.sources import ImageDataset, LabeledFolder, Preprocess, SkippedFile, iterate_batches
+
+__all__ = ["ModelEvaluation", "evaluate_model", "count_flops", "measure_latency", "measure_throughput"]
+
+
+@dataclass
+class ModelEvaluation:
+    """One model's figures. Accuracies in percent; ``flops_per_image`` in FLOPs (2 per multiply-add);
+    ``file_bytes`` in bytes; ``latency_ms`` in milliseconds per image at batch 1 on the CPU;
+    ``throughput`` in images/s at batch ``throughput_batch`` on ``device``."""
+
+    name: str
+    path: str
+    architecture: str
+    num_classes: int
+    images: int
+    top1: float
+    top5: float
+    params: int
+    flops_per_image: int
+    file_bytes: int
+    latency_ms: float
+    throughput: float
+    throughput_batch: int
+    device: str
+
+
+def evaluate_model(
+    loaded: LoadedModel,
+    test_root: str | os.PathLike[str],
+    *,
+    device: torch.device,
+    classes_file: str | os.PathLike[str] | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    skipped: list[SkippedFile] | None = None,
+    progress: ProgressCallback = no_progress,
+    measure_speed: bool = True,
+) -> ModelEvaluation:
+    """Evaluate ``loaded`` on the class folders under ``test_root``.
+
+    Raises:
+        UsageError, ClassMappingError, NoImagesError: from reading the test folder.
+    """
+    config = loaded.config
+    test_set = LabeledFolder.from_folder(
+        test_root, num_classes=config.num_classes, label_names=config.label_names, classes_file=classes_file, option="--data"
+    )
+    preprocess = Preprocess(config)
+    model = loaded.model.to(device).eval()
+    k = min(5, config.num_classes)
+    correct1 = correct5 = seen = 0
+    stage = f"accuracy {loaded.path.name}"
+    progress(stage, 0, len(test_set))
+    with torch.inference_mode():
+        for batch in iterate_batches(
+            ImageDataset(test_set.paths, preprocess, test_set.labels),
+            batch_size=batch_size,
+            workers=workers,
+            pin_memory=device.type == "cuda",
+            skipped=skipped,
+        ):
+            images = preprocess.normalize(batch.images.to(device, non_blocking=True))
+            labels = batch.labels.to(device)
+            top = model(images).topk(k, dim=1).indices
+            hits = top.eq(labels.unsqueeze(1))
+            correct1 += int(hits[:, 0].sum())
+            correct5 += int(hits.any(dim=1).sum())
+            seen += len(labels)
+            progress(stage, int(batch.indices[-1]) + 1, len(test_set))
+    input_size = config.input_size
+    latency = throughput = float("nan")
+    if measure_speed:
+        progress(f"speed {loaded.path.name}", 0, None)
+        latency = measure_latency(model.to("cpu"), input_size)
+        throughput = measure_throughput(model.to(device), input_size, batch_size, device)
+    return ModelEvaluation(
+        name=loaded.path.name,
+        path=str(loaded.path),
+        architecture=config.architecture,
+        num_classes=config.num_classes,
+        images=seen,
+        top1=100.0 * correct1 / seen if seen else float("nan"),
+        top5=100.0 * correct5 / seen if seen else float("nan"),
+        params=sum(p.numel() for p in model.parameters()),
+        flops_per_image=count_flops(model.to("cpu"), input_size),
+        file_bytes=loaded.file_bytes,
+        latency_ms=latency,
+        throughput=throughput,
+        throughput_batch=batch_size,
+        device=str(device),
+    )
+
+
+def count_flops(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """FLOPs of one forward pass on one (C, H, W) image, by ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(1, *input_size, device=device))
+    return int(counter.get_total_flops())
+
+
+def measure_latency(model: nn.Module, input_size: tuple[int, int, int], *, budget_s: float = 1.0, max_runs: int = 200) -> float:
+    """Median milliseconds for one image at batch 1 on ``model``'s device (CPU here), after warm-up."""
+    x = torch.randn(1, *input_size)
+    times: list[float] = []
+    with torch.inference_mode():
+        for _ in range(5):
+            model(x)
+        deadline = time.perf_counter() + budget_s
+        while len(times) < max_runs and (len(times) < 10 or time.perf_counter() < deadline):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def measure_throughput(
+    model: nn.Module, input_size: tuple[int, int, int], batch_size: int, device: torch.device, *, budget_s: float = 1.0
+) -> float:
+    """Images per second of forward passes at ``batch_size`` on ``device`` (tensors in memory)."""
+    x = torch.randn(batch_size, *input_size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        model(x)
+        sync()
+        runs = 0
+        start = time.perf_counter()
+        while runs < 3 or time.perf_counter() - start < budget_s:
+            model(x)
+            runs += 1
+        sync()
+        elapsed = time.perf_counter() - start
+    return runs * batch_size / elapsed
+
+
+def model_display_name(path: Path, others: list[Path]) -> str:
+    """The file name, or the path when two models share a file name."""
+    same = [p for p in others if p.name == path.name]
+    return str(path) if len(same) > 1 else path.name

@@ -1,0 +1,63 @@
+"""Where pucli keeps caches and run state (platformdirs), and atomic file writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import platformdirs
+
+APP_NAME = "pucli"
+
+
+def cache_dir() -> Path:
+    """pucli's cache folder: ``$PUCLI_CACHE_DIR`` if set, else the platform's user cache dir.
+
+    Holds descriptor caches and the benchmark data; safe to delete. Not created here.
+    """
+    override = os.environ.get("PUCLI_CACHE_DIR")
+    return Path(override) if override else platformdirs.user_cache_path(APP_NAME)
+
+
+def state_dir() -> Path:
+    """pucli's state folder (run reports of commands without an output file):
+    ``$PUCLI_STATE_DIR`` if set, else the platform's user state dir. Not created here."""
+    override = os.environ.get("PUCLI_STATE_DIR")
+    return Path(override) if override else platformdirs.user_state_path(APP_NAME)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` and rename it over ``path`` when the block succeeds.
+
+    A crash or Ctrl-C inside the block leaves ``path`` as it was (never half written).
+    ``mode`` is ``"w"`` (text) or ``"wb"`` (bytes).
+
+    Raises:
+        OSError: the folder is missing or not writable (callers turn it into a UsageError).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def temporary_path_beside(path: str | os.PathLike[str]) -> Path:
+    """A fresh, unused file name in ``path``'s folder, for writers that want a path, not a handle
+    (rename it over ``path`` with ``os.replace`` once written)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
