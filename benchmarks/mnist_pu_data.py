@@ -53,6 +53,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import struct
 import sys
 import time
@@ -246,6 +247,11 @@ def _png_tasks(rel_paths: Sequence[str], images: np.ndarray, root: Path) -> list
     ]
 
 
+def _ignore_sigint() -> None:
+    """Pool initializer: Ctrl-C is the parent's to handle (it terminates the pool and cleans up)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _write_pngs(task: tuple[list[str], np.ndarray]) -> int:
     """Pool worker: save each (28, 28) uint8 image as an 8-bit grayscale PNG. Returns the count."""
     from PIL import Image
@@ -264,6 +270,17 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 # -------------------------------------------------------------------------------- materialise
+
+
+def _remove_abandoned_staging(out: Path) -> None:
+    """Delete staging folders of earlier runs that were killed (their process is gone)."""
+    for staging in out.parent.glob(f".{out.name}.partial-*"):
+        try:
+            os.kill(int(staging.name.rpartition("-")[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(staging, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
 
 
 def _read_manifest(out: Path) -> dict | None:
@@ -330,6 +347,7 @@ def materialise(
     train_labels = mnist_train_labels[train_lo:train_hi]
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_staging(out)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -384,7 +402,7 @@ def materialise(
         progress(f"writing {total:,} PNGs with {workers} worker(s) into {staging}")
         written = 0
         next_report = 0.0
-        with Pool(workers) as pool:
+        with Pool(workers, initializer=_ignore_sigint) as pool:
             for count in pool.imap_unordered(_write_pngs, tasks):
                 written += count
                 fraction = written / total
@@ -409,7 +427,9 @@ def materialise(
             n_max = max(N_LABELED_PER_CLASS)
             for seed in SUBSET_SEEDS:
                 permutations = positive_permutations(train_labels, seed)
-                subsets[f"seed{seed}"] = {str(d): (perm[:n_max] + train_lo).tolist() for d, perm in permutations.items()}
+                subsets[f"seed{seed}"] = {
+                    str(digit): (perm[:n_max] + train_lo).tolist() for digit, perm in permutations.items()
+                }
                 for n in N_LABELED_PER_CLASS:
                     for digit, perm in permutations.items():
                         class_dir = staging / "positive" / f"nl{n}-seed{seed}" / str(digit)
@@ -454,6 +474,7 @@ def materialise(
         with atomic_write(out / "manifest.json") as handle:
             json.dump(manifest, handle, indent=2)
             handle.write("\n")
+        os.chmod(out / "manifest.json", 0o644)  # atomic_write's temporary file is private (0600)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
@@ -492,6 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PucliError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt:
+        print(f"interrupted; {out} is as it was before this run", file=sys.stderr)
+        return 130
     if manifest is not None:
         _stderr(f"materialised {', '.join(manifest['parts'])} in {manifest['materialise_seconds']:.1f} s")
         _stderr(LAYOUT.format(root=out))

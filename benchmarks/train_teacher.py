@@ -135,9 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="shared data folder (default: $PUCLI_SHARED_DATA or <repo>/../shared/data)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="weights file, *.safetensors (default: <pucli cache>/benchmarks/mnist-pu/teacher/lenet5.safetensors)")
+                        help="weights file, *.safetensors "
+                             "(default: <pucli cache>/benchmarks/mnist-pu/teacher/lenet5.safetensors)")
     parser.add_argument("--epochs", type=int, default=15, help="training epochs (default: 15)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, order and augmentation (default: 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of initialisation, batch order and augmentation (default: 0)")
     args = parser.parse_args(argv)
 
     data_dir = Path(os.path.abspath(args.data_dir or default_data_dir()))

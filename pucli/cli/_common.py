@@ -143,14 +143,14 @@ DeviceOption = Annotated[
 ]
 WorkersOption = Annotated[
     int | None,
-    typer.Option("--workers", min=0, help="Data-loading processes [default: one per CPU, at most 8; 0 for tiny inputs].", rich_help_panel="Run"),
+    typer.Option("--workers", min=0, help="Data-loading processes \\[default: one per CPU, at most 8; 0 for tiny inputs].", rich_help_panel="Run"),
 ]
 ThreadsOption = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads for the network [default: CPUs available].", rich_help_panel="Run")
+    int | None, typer.Option("--threads", min=1, help="CPU threads for the network \\[default: CPUs available].", rich_help_panel="Run")
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed: same inputs and seed give the same result.", rich_help_panel="Run")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.", rich_help_panel="Output")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages on stderr.", rich_help_panel="Output")]
 ReportOption = Annotated[
-    Path | None, typer.Option("--report", dir_okay=False, help="Where to write the run report (JSON) [default: beside the output].", rich_help_panel="Output")
+    Path | None, typer.Option("--report", dir_okay=False, help="Where to write the run report (JSON) \\[default: beside the output].", rich_help_panel="Output")
 ]

@@ -21,15 +21,15 @@ from pucli.cli._common import (
     progress_bars,
 )
 
-HELP = """Compare models on a labeled test folder: top-1/top-5 accuracy, parameters, FLOPs per image,
-weight file size, CPU latency at batch 1 and throughput at a large batch.
+HELP = """Compare models on a labeled test folder: accuracy, size, FLOPs, latency, throughput.
+
+Reports top-1/top-5 accuracy, parameters, FLOPs per image, weight file size, CPU latency at batch 1 and throughput at a large batch, one row per model, side by side.
 
 [bold]Example[/]
 
   pucli evaluate teacher.safetensors student.safetensors --data ./mnist-test
 
-TESTDIR has one subfolder per class (as for --positive). Each MODEL is a .safetensors (with its
-config), a timm train.py checkpoint, or a bare state dict with --arch.
+TESTDIR has one subfolder per class (as for --positive). Each MODEL is a .safetensors file (config in its metadata or a sidecar config.json), a timm train.py checkpoint, or a bare state dict with --arch.
 """
 
 
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
 @handles_errors
 def evaluate(
-    models: Annotated[list[Path], typer.Argument(help="Model files to compare (teacher first, then students).", show_default=False)],
+    models: Annotated[list[Path], typer.Argument(metavar="MODEL...", help="Model files to compare (teacher first, then students).", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Labeled test folder: one subfolder of images per class.", show_default=False)],
     arch: Annotated[str | None, typer.Option("--arch", help="timm architecture for bare state dicts.")] = None,
     classes: Annotated[Path | None, typer.Option("--classes", help="Class names in output order, one per line.")] = None,

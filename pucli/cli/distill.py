@@ -1,0 +1,167 @@
+"""``pucli distill``: train a student on the extended set with robust KD."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pucli.cli._common import (
+    DeviceOption,
+    JsonOption,
+    QuietOption,
+    ReportOption,
+    SeedOption,
+    ThreadsOption,
+    WorkersOption,
+    check_output_path,
+    console,
+    emit_json,
+    handles_errors,
+    info,
+    progress_bars,
+)
+
+HELP = """Train a smaller student on an expanded set with robust knowledge distillation.
+
+The loss is robust KD (Eq. 10: the worst case over perturbed class weights) by default, or
+weighted KD (Eq. 8) or plain KD (Eq. 1). A checkpoint is written after every epoch; Ctrl-C keeps it
+and --resume continues from it. Writes the student (.safetensors + timm config) and a run report.
+
+[bold]Example[/]
+
+  pucli distill teacher.safetensors --data ./expanded --student lenet5_half --out student.safetensors
+"""
+
+_RUN = "Training"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("distill", help=HELP, no_args_is_help=True)(distill)
+
+
+@handles_errors
+def distill(
+    teacher: Annotated[Path, typer.Argument(help="Teacher weights (.safetensors, .pth, .pth.tar).", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Expanded-set folder written by `pucli expand`.", show_default=False)],
+    student: Annotated[str, typer.Option("--student", help="Student architecture: any timm name (lenet5_half, resnet18, ...).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Student weights to write (*.safetensors).", show_default=False)],
+    arch: Annotated[str | None, typer.Option("--arch", help="timm architecture of the teacher, for bare state dicts.")] = None,
+    loss: Annotated[str, typer.Option("--loss", help="robust-kd (Eq. 10), weighted-kd (Eq. 8) or kd (Eq. 1).", rich_help_panel=_RUN)] = "robust-kd",
+    temperature: Annotated[float | None, typer.Option("--temperature", min=0.0, min_open=True, help="KD temperature T \\[default: the expanded set's].", rich_help_panel=_RUN)] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs \\[default: ~5,000 steps, 20 to 200 epochs].", rich_help_panel=_RUN)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step.", rich_help_panel=_RUN)] = 128,
+    lr: Annotated[float | None, typer.Option("--lr", min=0.0, min_open=True, help="Peak learning rate (warm-up, then cosine) \\[default: 0.1 SGD, 1e-3 AdamW].", rich_help_panel=_RUN)] = None,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (momentum 0.9, wd 5e-4) or adamw (wd 0.05).", rich_help_panel=_RUN)] = "sgd",
+    eps: Annotated[float, typer.Option("--eps", min=0.0, help="Robust KD: radius of the class-weight perturbations.", rich_help_panel=_RUN)] = 0.1,
+    num_weight_vectors: Annotated[int, typer.Option("--num-weight-vectors", min=1, help="Robust KD: M, perturbed weight vectors per set.", rich_help_panel=_RUN)] = 8,
+    fixed_weight_set: Annotated[bool, typer.Option("--fixed-weight-set", help="Robust KD: draw the weight set once instead of every epoch.", rich_help_panel=_RUN)] = False,
+    augment: Annotated[str, typer.Option("--augment", help="auto (none for small grey digits, else flip-crop), none or flip-crop; with augmentation the teacher runs on the fly.", rich_help_panel=_RUN)] = "auto",
+    val: Annotated[Path | None, typer.Option("--val", help="Labeled validation folder evaluated each epoch (never the test set).", rich_help_panel=_RUN)] = None,
+    keep: Annotated[str, typer.Option("--keep", help="Student to write: last epoch, or best on --val.", rich_help_panel=_RUN)] = "last",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.", rich_help_panel=_RUN)] = False,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", dir_okay=False, help="Checkpoint file \\[default: OUT with .ckpt.pt].", rich_help_panel=_RUN)] = None,
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = None,
+    threads: ThreadsOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    report_path: ReportOption = None,
+) -> None:
+    from pucli.checkpoints import load_model, save_model
+    from pucli.device import configure_threads, default_workers, resolve_device
+    from pucli.distill import DistillConfig
+    from pucli.distill import distill as train_student
+    from pucli.errors import UsageError
+    from pucli.manifest import read_expanded_set
+    from pucli.report import RunReport, report_path_for
+    from pucli.sources import LabeledFolder
+
+    if not out.name.endswith(".safetensors"):
+        raise UsageError(f"--out {out}: the student is written as safetensors, name the file *.safetensors")
+    check_output_path(out)
+    checkpoint = checkpoint or out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.pt")
+    config = DistillConfig(loss=loss, temperature=temperature, epochs=epochs, batch_size=batch_size, lr=lr,
+                           optimizer=optimizer, eps=eps, num_weight_vectors=num_weight_vectors,
+                           redraw_weight_set=not fixed_weight_set, augment=augment, keep=keep, seed=seed)
+    config.validate()
+    run_device = resolve_device(device)
+    report = RunReport("distill", dict(teacher=teacher, data=data, student=student, out=out, arch=arch, loss=loss,
+                                       temperature=temperature, epochs=epochs, batch_size=batch_size, lr=lr,
+                                       optimizer=optimizer, eps=eps, num_weight_vectors=num_weight_vectors,
+                                       fixed_weight_set=fixed_weight_set, augment=augment, val=val, keep=keep,
+                                       resume=resume, checkpoint=checkpoint, device=device, workers=workers,
+                                       threads=threads), seed=seed)
+    report.device, report.threads = str(run_device), configure_threads(threads)
+    with report.stage("load"):
+        loaded = load_model(teacher, arch, option="TEACHER")
+        expanded = read_expanded_set(data)
+        val_set = None
+        if val is not None:
+            val_set = LabeledFolder.from_folder(val, num_classes=loaded.config.num_classes,
+                                                label_names=loaded.config.label_names, option="--val")
+    with progress_bars(quiet=quiet) as progress, report.stage("train"):
+        result = train_student(
+            loaded, expanded, student, config=config, checkpoint_path=checkpoint, resume=resume, val_set=val_set,
+            device=run_device, workers=workers if workers is not None else default_workers(len(expanded)),
+            skipped=report.skipped, progress=progress,
+        )
+    with report.stage("save"):
+        save_model(result.student, out, label_names=loaded.config.label_names or expanded.class_names,
+                   data_config=loaded.config.data_config())
+    summary = _summary(result, out)
+    report.counts = {"items": result.num_items, "epochs": result.epochs, "skipped": len(report.skipped)}
+    report.results = {**summary, "history": result.history, "settings": result.settings}
+    report.timings["decode"] = result.decode_s
+    written = report.write(report_path or report_path_for(out))
+    if not result.teacher_matches_data:
+        info(f"[yellow]warning:[/] {data} was expanded with a different teacher file than {teacher}", quiet=quiet)
+    if report.skipped:
+        info(f"[yellow]skipped {len(report.skipped)} unreadable file(s)[/]; listed in the report", quiet=quiet)
+    if json_output:
+        emit_json({**summary, "history": [vars(h) for h in result.history], "report": str(written)})
+    elif not quiet:
+        _print_summary(summary)
+    info(f"student: {out}; checkpoint: {checkpoint}; report: {written}", quiet=quiet)
+
+
+def _summary(result: Any, out: Path) -> dict[str, Any]:
+    last = result.history[-1] if result.history else None
+    return {
+        "out": str(out),
+        "student": result.student_config.architecture,
+        "params": sum(p.numel() for p in result.student.parameters()),
+        "loss": result.settings["loss"],
+        "items": result.num_items,
+        "epochs": result.epochs,
+        "kept_epoch": result.kept_epoch,
+        "final_loss": last.loss if last else None,
+        "val_top1": next((h.val_top1 for h in result.history if h.epoch == result.kept_epoch), None),
+        "images_per_s": result.images_per_s,
+        "augment": result.augment,
+        "in_memory": result.in_memory,
+        "resumed_from": result.resumed_from,
+    }
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(show_header=False, title="distill", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("student", f"{summary['student']} ({summary['params']:,} params)"),
+        ("loss", summary["loss"]),
+        ("images", f"{summary['items']:,}" + (" (in memory)" if summary["in_memory"] else " (streamed)")),
+        ("augment", summary["augment"]),
+        ("epochs", f"{summary['epochs']} (kept {summary['kept_epoch']})"),
+        ("final training loss", f"{summary['final_loss']:.4f}" if summary["final_loss"] is not None else "-"),
+        ("validation top-1", f"{summary['val_top1']:.2f} %" if summary["val_top1"] is not None else "-"),
+        ("throughput", f"{summary['images_per_s']:,.0f} img/s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)

@@ -1,0 +1,208 @@
+"""``pucli select``: find the unlabeled images that belong to the teacher's task (PU selector)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pucli.cli._common import (
+    DeviceOption,
+    JsonOption,
+    QuietOption,
+    ReportOption,
+    SeedOption,
+    ThreadsOption,
+    WorkersOption,
+    check_output_path,
+    console,
+    emit_json,
+    handles_errors,
+    info,
+    progress_bars,
+)
+
+HELP = """Select the unlabeled images that belong to the teacher's task, from a few labeled positives.
+
+Trains a positive-unlabeled (nnPU) selector on the teacher's multi-scale features (Xu et al. 2019,
+Eq. 3-6) and writes an index (TSV: path, score; best first). PU-s1 (default) keeps every image with
+score > 0; --budget N (PU-s2) keeps the N best. Also written beside the index: the selector's
+weights (<stem>.selector.safetensors) and the run report (<stem>.report.json).
+
+[bold]Example[/]
+
+  pucli select --positive ./labeled --unlabeled ./pool.txt --teacher teacher.safetensors --prior 0.3 --out selected.tsv
+
+--positive has one subfolder per class; --unlabeled is a folder, a file listing image paths, or -
+(a list on stdin). Frozen descriptors are cached, so a second run on the same inputs trains in seconds.
+"""
+
+_PU = "PU training"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("select", help=HELP, no_args_is_help=True)(select)
+
+
+@handles_errors
+def select(
+    positive: Annotated[Path, typer.Option("--positive", help="Labeled positives: one subfolder of images per teacher class.", show_default=False)],
+    unlabeled: Annotated[str, typer.Option("--unlabeled", help="Unlabeled pool: a folder, a file listing image paths, or - (stdin).", show_default=False)],
+    teacher: Annotated[Path, typer.Option("--teacher", help="Teacher weights (.safetensors, timm .pth.tar, or a state dict with --arch).", show_default=False)],
+    prior: Annotated[float, typer.Option("--prior", help="Class prior: the fraction of the pool that belongs to the teacher's task, in (0, 1).", show_default=False)],
+    out: Annotated[str, typer.Option("--out", help="Index file to write (TSV), or - for stdout.", show_default=False)],
+    budget: Annotated[int | None, typer.Option("--budget", help="PU-s2: keep the N best-scored images \\[default: PU-s1, keep score > 0].", show_default=False)] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="timm architecture, for bare state dicts.")] = None,
+    classes: Annotated[Path | None, typer.Option("--classes", help="Class names in the teacher's output order, one per line.")] = None,
+    all_items: Annotated[bool, typer.Option("--all", help="Write every pool item with a selected column (1/0), not only the kept ones.", rich_help_panel="Output")] = False,
+    finetune: Annotated[bool, typer.Option("--finetune", help="Train the backbone end to end (slower) instead of caching frozen descriptors.", rich_help_panel=_PU)] = False,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the pool.", rich_help_panel=_PU)] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Unlabeled images per batch (training, extraction, scoring).", rich_help_panel=_PU)] = 512,
+    reduction: Annotated[int, typer.Option("--reduction", help="Squeeze-and-excitation reduction ratio r.", rich_help_panel=_PU)] = 16,
+    risk: Annotated[str, typer.Option("--risk", help="nnpu (non-negative risk) or upu (unbiased, for ablation).", rich_help_panel=_PU)] = "nnpu",
+    loss: Annotated[str, typer.Option("--loss", help="Surrogate loss: sigmoid or logistic.", rich_help_panel=_PU)] = "sigmoid",
+    beta: Annotated[float, typer.Option("--beta", help="nnPU ascent threshold (>= 0).", rich_help_panel=_PU)] = 0.0,
+    gamma: Annotated[float, typer.Option("--gamma", help="nnPU ascent step scale, in [0, 1].", rich_help_panel=_PU)] = 1.0,
+    ensemble: Annotated[int, typer.Option("--ensemble", help="Heads trained from different seeds and averaged (frozen mode).", rich_help_panel=_PU)] = 3,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the descriptor cache.", rich_help_panel=_PU)] = False,
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = None,
+    threads: ThreadsOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    report_path: ReportOption = None,
+) -> None:
+    import datetime as dt
+
+    from pucli.errors import UsageError
+
+    # Validate every option before any slow import or file scan: usage errors answer at once.
+    if not (0.0 < prior < 1.0):
+        raise UsageError(f"--prior {prior}: must be between 0 and 1 (exclusive), the fraction of the pool that is positive")
+    if budget is not None and budget < 1:
+        raise UsageError(f"--budget {budget}: must be >= 1 (the number of images to keep)")
+    if json_output and out == "-":
+        raise UsageError("--json and --out - both write to stdout: write the index to a file, or drop --json")
+    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--reduction", reduction, 1), ("--ensemble", ensemble, 1)):
+        if value < low:
+            raise UsageError(f"{name} {value}: must be >= {low}")
+    if risk not in ("nnpu", "upu"):
+        raise UsageError(f"--risk {risk}: use nnpu or upu")
+    if loss not in ("sigmoid", "logistic"):
+        raise UsageError(f"--loss {loss}: use sigmoid or logistic")
+    if not beta >= 0.0:
+        raise UsageError(f"--beta {beta}: must be >= 0")
+    if not 0.0 <= gamma <= 1.0:
+        raise UsageError(f"--gamma {gamma}: must be in [0, 1]")
+    if out != "-":
+        check_output_path(Path(out))
+
+    from pucli.checkpoints import load_model
+    from pucli.device import configure_threads, default_workers, resolve_device
+    from pucli.index import IndexEntry, write_index
+    from pucli.paths import state_dir
+    from pucli.report import RunReport, report_path_for
+    from pucli.selector import SelectorOptions, run_selection, save_selector
+    from pucli.sources import LabeledFolder, UnlabeledPool
+
+    options = SelectorOptions(
+        class_prior=prior, budget=budget, finetune=finetune, epochs=epochs, batch_size=batch_size,
+        reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma, ensemble=ensemble, seed=seed,
+    )
+    run_device = resolve_device(device)
+    report = RunReport("select", dict(positive=positive, unlabeled=unlabeled, teacher=teacher, arch=arch, classes=classes,
+                                      prior=prior, budget=budget, out=out, all=all_items, finetune=finetune, epochs=epochs,
+                                      batch_size=batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta,
+                                      gamma=gamma, ensemble=ensemble, no_cache=no_cache, device=device, workers=workers,
+                                      threads=threads), seed=seed)
+    report.device, report.threads = str(run_device), configure_threads(threads)
+    with report.stage("load"):
+        loaded = load_model(teacher, arch, option="--teacher")
+        positive_set = LabeledFolder.from_folder(positive, num_classes=loaded.config.num_classes,
+                                                 label_names=loaded.config.label_names, classes_file=classes)
+        pool = UnlabeledPool.from_source(unlabeled)
+    with progress_bars(quiet=quiet) as progress:
+        result = run_selection(
+            loaded, positive_set.paths, pool.paths, options, device=run_device,
+            workers=workers if workers is not None else default_workers(len(pool)),
+            use_cache=not no_cache, progress=progress,
+        )
+    report.timings.update({k: round(v, 4) for k, v in result.timings.items()})
+    report.skipped = list(result.skipped)
+    report.counts = dict(result.counts)
+    rule = f"PU-s2 (top {budget})" if budget is not None else "PU-s1 (score > 0)"
+    report.results = {
+        "class_prior": prior, "rule": rule, "mode": result.metadata["mode"],
+        "descriptor_channels": result.metadata["scale_channels"], "scales": result.metadata["scales"],
+        "descriptor_cache": str(result.cache_path) if result.cache_path else None, "cache_hit": result.from_cache,
+        "risks_per_epoch": result.history,
+    }
+
+    with report.stage("write"):
+        order = sorted(range(len(result.paths)), key=lambda i: (-float(result.scores[i]), i))
+        # Absolute paths: the index may be read from another folder than the one it was made in.
+        entries = [IndexEntry(result.paths[i].absolute(), float(result.scores[i]), bool(result.selected[i]))
+                   for i in order if all_items or bool(result.selected[i])]
+        write_index(entries, out, with_selected=all_items)
+        if out == "-":
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            base = report_path if report_path is not None else state_dir() / "runs" / f"select-{stamp}.report.json"
+            anchor = base  # no index file: the selector goes beside the report
+        else:
+            base = report_path if report_path is not None else report_path_for(out)
+            anchor = Path(out)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        selector_file = anchor.with_name(anchor.name.split(".")[0] + ".selector.safetensors")
+        selector_path = save_selector(result, options, selector_file, loaded)
+    report.results["selector"] = str(selector_path)
+    written = report.write(base)
+
+    summary = _summary(result, prior, rule, out, selector_path, written)
+    if json_output:
+        emit_json(summary)
+    elif not quiet:
+        _print_table(summary)
+    if result.skipped:
+        info(f"[yellow]skipped {len(result.skipped)} unreadable file(s)[/]; listed in the report", quiet=quiet)
+    if out == "-":
+        # With the index on stdout, the other outputs' locations must still reach the user.
+        info(f"selector: {selector_path}\nreport: {written}", quiet=quiet)
+    else:
+        info(f"index: {out}\nselector: {selector_path}\nreport: {written}", quiet=quiet)
+
+
+def _summary(result: Any, prior: float, rule: str, out: str, selector: Path, report: Path) -> dict[str, Any]:
+    return {
+        "rule": rule,
+        "class_prior": prior,
+        "positive": result.counts["positive"],
+        "unlabeled": result.counts["unlabeled"],
+        "selected": result.counts["selected"],
+        "selected_fraction": result.counts["selected"] / max(1, result.counts["unlabeled"]),
+        "skipped": result.counts["skipped"],
+        "cache_hit": result.from_cache,
+        "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "final_risk": result.history[-1]["risk"] if result.history else None,
+        "index": out,
+        "selector": str(selector),
+        "report": str(report),
+    }
+
+
+def _print_table(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"pucli select: {summary['rule']}", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("labeled positives", f"{summary['positive']:,}")
+    table.add_row("unlabeled pool", f"{summary['unlabeled']:,}")
+    table.add_row("class prior", f"{summary['class_prior']:.3f}")
+    table.add_row("selected", f"{summary['selected']:,} ({summary['selected_fraction']:.1%})")
+    table.add_row("skipped files", f"{summary['skipped']:,}")
+    for stage, seconds in summary["timings_s"].items():
+        note = " (cached)" if stage == "extract" and summary["cache_hit"] else ""
+        table.add_row(f"{stage} time", f"{seconds:.2f} s{note}")
+    console.print(table)

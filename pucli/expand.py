@@ -1,0 +1,184 @@
+"""Build the extended set ``L^l = L^t ∪ U^p`` and its teacher soft targets (PU compression, stage 2).
+
+Xu et al., "Positive-Unlabeled Compression on the Cloud", NeurIPS 2019
+(https://arxiv.org/abs/1909.09757), Section 3: the labeled positives ``L^t`` and the unlabeled
+images the PU selector kept (``U^p``) form the extended set; the teacher's soft targets
+``y_i^te = softmax(Z_i / T)`` are the pseudo ground truth of every item, and their sum per class
+gives the class weights of Eq. 7. The soft targets are computed once here, with the teacher's
+deterministic evaluation transform, so ``pucli distill`` without augmentation never runs the teacher.
+The format written is defined in :mod:`pucli.manifest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from pucli.checkpoints import LoadedModel
+from pucli.errors import DataError, UsageError
+from pucli.index import IndexEntry
+from pucli.manifest import MANIFEST_NAME, ExpandedSet, build_expanded_set, write_expanded_set
+from pucli.progress import ProgressCallback, no_progress
+from pucli.sources import ImageDataset, LabeledFolder, Preprocess, SkippedFile, iterate_batches
+
+__all__ = ["expand", "teacher_soft_targets", "file_digest"]
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """``sha256:<hex>`` of a file's bytes (identifies the teacher the soft targets came from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def teacher_soft_targets(
+    teacher: LoadedModel,
+    paths: Sequence[Path],
+    *,
+    temperature: float = 1.0,
+    device: torch.device = torch.device("cpu"),
+    batch_size: int = 256,
+    workers: int = 0,
+    skipped: list[SkippedFile] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher soft targets ``softmax(teacher(x) / T)`` of every readable image in ``paths``.
+
+    Images go through the teacher's evaluation transform (resize, centre crop, normalise) and are
+    streamed in batches, so memory stays flat in ``len(paths)``.
+
+    Returns:
+        ``(kept, soft_targets)``: ``kept`` (N',) int64 positions in ``paths`` of the readable
+        images, in order; ``soft_targets`` (N', K) float32, rows summing to 1.
+
+    Side effects: unreadable files are appended to ``skipped``.
+    """
+    preprocess = Preprocess(teacher.config)
+    model = teacher.model.to(device).eval()
+    kept: list[torch.Tensor] = []
+    rows: list[torch.Tensor] = []
+    progress("soft targets", 0, len(paths))
+    with torch.inference_mode():
+        for batch in iterate_batches(
+            ImageDataset(paths, preprocess), batch_size=batch_size, workers=workers,
+            pin_memory=device.type == "cuda", skipped=skipped,
+        ):
+            images = preprocess.normalize(batch.images.to(device, non_blocking=True))
+            logits = model(images).float()
+            rows.append(torch.softmax(logits / temperature, dim=1).cpu())
+            kept.append(batch.indices)
+            progress("soft targets", int(batch.indices[-1]) + 1, len(paths))
+    num_classes = teacher.config.num_classes
+    if not rows:
+        return torch.empty(0, dtype=torch.int64), torch.empty(0, num_classes, dtype=torch.float32)
+    return torch.cat(kept), torch.cat(rows)
+
+
+def expand(
+    positive_set: LabeledFolder,
+    index: Sequence[IndexEntry],
+    teacher: LoadedModel,
+    out: str | os.PathLike[str],
+    *,
+    temperature: float = 1.0,
+    device: torch.device = torch.device("cpu"),
+    batch_size: int = 256,
+    workers: int = 0,
+    skipped: list[SkippedFile] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> ExpandedSet:
+    """Write the extended set ``L^t ∪ U^p`` to the folder ``out`` (format: :mod:`pucli.manifest`).
+
+    Items are the positives (in ``positive_set`` order) then the index entries with
+    ``selected=True`` (in index order, i.e. by descending selector score); an unlabeled path that
+    is also a positive is kept once, as a positive. Unreadable images are left out of the manifest
+    and appended to ``skipped``. The folder is written under a temporary name beside ``out`` and
+    renamed into place, so ``out`` is either the complete new set or what it was before.
+
+    Args:
+        positive_set: ``L^t``, labels in the teacher's output order.
+        index: the selection index (``pucli.index.read_index``).
+        teacher: the loaded teacher.
+        out: the expanded-set folder; it must not exist, be empty, or hold an earlier expanded set
+            (which is replaced).
+        temperature: T > 0 of the soft targets (the paper uses 1).
+
+    Returns:
+        The :class:`ExpandedSet` written, ``root`` set to ``out``.
+
+    Raises:
+        UsageError: ``temperature`` not > 0; ``out`` is a file or a non-empty folder that is not an
+            expanded set; its parent folder is missing.
+        DataError: no image of the extended set could be read.
+    """
+    if not temperature > 0:
+        raise UsageError(f"--temperature {temperature}: must be > 0")
+    out = Path(out)
+    _check_replaceable(out)
+    positive_paths = {p.absolute() for p in positive_set.paths}
+    selected = [e for e in index if e.selected and e.path.absolute() not in positive_paths]
+    paths = list(positive_set.paths) + [e.path for e in selected]
+    origins = ["positive"] * len(positive_set) + ["unlabeled"] * len(selected)
+    labels = list(positive_set.labels) + [-1] * len(selected)
+    scores: list[float | None] = [None] * len(positive_set) + [e.score for e in selected]
+
+    kept, soft_targets = teacher_soft_targets(
+        teacher, paths, temperature=temperature, device=device, batch_size=batch_size,
+        workers=workers, skipped=skipped, progress=progress,
+    )
+    if len(kept) == 0:
+        raise DataError("none of the positive or selected images could be read; check --positive and --index")
+    keep = kept.tolist()
+    expanded = build_expanded_set(
+        paths=[paths[i] for i in keep],
+        origins=[origins[i] for i in keep],
+        labels=[labels[i] for i in keep],
+        scores=[scores[i] for i in keep],
+        soft_targets=soft_targets,
+        temperature=temperature,
+        teacher_digest=file_digest(teacher.path),
+        class_names=list(positive_set.class_names),
+        teacher=str(teacher.path.absolute()),
+    )
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        write_expanded_set(expanded, staging)
+        _replace_folder(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    expanded.root = out
+    return expanded
+
+
+def _check_replaceable(out: Path) -> None:
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"--out {out} is a file: name a new folder for the expanded set")
+        if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+            raise UsageError(f"--out {out} is a non-empty folder that is not an expanded set: name a new folder")
+
+
+def _replace_folder(staging: Path, out: Path) -> None:
+    """Rename ``staging`` to ``out``; an existing ``out`` is moved aside first and deleted after."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    os.replace(out, old / out.name)
+    try:
+        os.replace(staging, out)
+    except OSError:
+        os.replace(old / out.name, out)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

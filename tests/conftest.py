@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny PNG folders and tiny models written by the tests themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pucli  # noqa: F401  (registers lenet5 / lenet5_half in timm)
+
+
+def write_png(path: Path, *, size: tuple[int, int] = (28, 28), mode: str = "L", seed: int = 0, value: int | None = None) -> Path:
+    """A small random (or constant) image file; the format follows the suffix."""
+    rng = np.random.default_rng(seed)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    shape = (size[1], size[0]) if channels == 1 else (size[1], size[0], channels)
+    pixels = np.full(shape, value, dtype=np.uint8) if value is not None else rng.integers(0, 256, shape, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode=mode).save(path)
+    return path
+
+
+@pytest.fixture
+def make_class_folder(tmp_path: Path) -> Callable[..., Path]:
+    """``make_class_folder("pos", classes=["0", "1"], per_class=3)`` -> folder of class subfolders."""
+
+    def make(name: str, classes: Sequence[str] = ("0", "1", "2"), per_class: int = 3, **image_kwargs: object) -> Path:
+        root = tmp_path / name
+        for k, cls in enumerate(classes):
+            for i in range(per_class):
+                write_png(root / cls / f"img{i}.png", seed=100 * k + i, **image_kwargs)  # type: ignore[arg-type]
+        return root
+
+    return make
+
+
+@pytest.fixture
+def make_pool(tmp_path: Path) -> Callable[..., Path]:
+    """``make_pool("pool", count=8)`` -> folder of unlabeled PNGs in nested subfolders."""
+
+    def make(name: str = "pool", count: int = 8, **image_kwargs: object) -> Path:
+        root = tmp_path / name
+        for i in range(count):
+            write_png(root / f"part{i % 2}" / f"u{i:03d}.png", seed=1000 + i, **image_kwargs)  # type: ignore[arg-type]
+        return root
+
+    return make
+
+
+@pytest.fixture
+def tiny_teacher(tmp_path: Path) -> Path:
+    """A randomly initialised LeNet-5 with 3 classes, saved as safetensors + sidecar config."""
+    import timm
+    import torch
+
+    from pucli.checkpoints import save_model
+
+    torch.manual_seed(0)
+    model = timm.create_model("lenet5", num_classes=3, in_chans=1)
+    return save_model(model, tmp_path / "teacher.safetensors", label_names=["0", "1", "2"])
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep reports and caches of unit tests out of the user's folders."""
+    monkeypatch.setenv("PUCLI_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.setenv("PUCLI_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+# The real cache, read before any test redirects PUCLI_CACHE_DIR: slow tests use the mnist-pu data there.
+from pucli.paths import cache_dir as _cache_dir  # noqa: E402
+
+REAL_CACHE_DIR = _cache_dir()
