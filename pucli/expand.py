@@ -150,6 +150,10 @@ def expand(
     )
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        # mkdtemp makes the folder private (0700); the set should get the permissions of any new folder.
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
         write_expanded_set(expanded, staging)
         _replace_folder(staging, out)
     finally:

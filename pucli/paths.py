@@ -47,6 +47,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        make_world_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -54,10 +55,19 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
         raise
 
 
+def make_world_readable(path: str | os.PathLike[str]) -> None:
+    """Give a file made by ``mkstemp`` (mode 0600) the mode a plain ``open`` would: 0666 less umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def temporary_path_beside(path: str | os.PathLike[str]) -> Path:
     """A fresh, unused file name in ``path``'s folder, for writers that want a path, not a handle
-    (rename it over ``path`` with ``os.replace`` once written)."""
+    (rename it over ``path`` with ``os.replace`` once written). The file has the mode a plain
+    ``open`` would give it."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    make_world_readable(tmp)
     return Path(tmp)

@@ -74,3 +74,37 @@ def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 from pucli.paths import cache_dir as _cache_dir  # noqa: E402
 
 REAL_CACHE_DIR = _cache_dir()
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def _run_benchmark_script(script: str, *args: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PUCLI_CACHE_DIR": str(REAL_CACHE_DIR)}
+    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), *args], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def mnist_pu() -> Path:
+    """The materialised mnist-pu scenario (docs/BENCHMARKS.md), made on first use (~20-45 s)."""
+    if not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("../shared/data is not present")
+    root = REAL_CACHE_DIR / "benchmarks" / "mnist-pu"
+    if not (root / "manifest.json").is_file():
+        _run_benchmark_script("mnist_pu_data.py", "--out", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_teacher(mnist_pu: Path) -> Path:
+    """The LeNet-5 teacher trained on mnist-pu's 30,000-image training set, trained on first use (~1-2 min)."""
+    path = mnist_pu / "teacher" / "lenet5.safetensors"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _run_benchmark_script("train_teacher.py", "--out", str(path))
+    return path

@@ -154,3 +154,16 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or
 ReportOption = Annotated[
     Path | None, typer.Option("--report", dir_okay=False, help="Where to write the run report (JSON) \\[default: beside the output].", rich_help_panel="Output")
 ]
+
+
+def command_help(text: str) -> str:
+    """Reflow a command's help for Typer's rich mode, which keeps every newline: lines of a prose
+    paragraph are joined; indented lines (examples) stay as they are."""
+    paragraphs = []
+    for block in text.strip().split("\n\n"):
+        lines = block.splitlines()
+        if any(line.startswith("  ") for line in lines):
+            paragraphs.append("\n".join(lines))
+        else:
+            paragraphs.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(paragraphs)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from pucli.cli._common import (
+    command_help,
     DeviceOption,
     JsonOption,
     QuietOption,
@@ -38,21 +39,21 @@ _RUN = "Training"
 
 
 def register(app: typer.Typer) -> None:
-    app.command("distill", help=HELP, no_args_is_help=True)(distill)
+    app.command("distill", help=command_help(HELP), no_args_is_help=True)(distill)
 
 
 @handles_errors
 def distill(
-    teacher: Annotated[Path, typer.Argument(help="Teacher weights (.safetensors, .pth, .pth.tar).", show_default=False)],
+    teacher: Annotated[Path, typer.Argument(metavar="TEACHER", help="Teacher weights (.safetensors, .pth, .pth.tar).", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Expanded-set folder written by `pucli expand`.", show_default=False)],
     student: Annotated[str, typer.Option("--student", help="Student architecture: any timm name (lenet5_half, resnet18, ...).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Student weights to write (*.safetensors).", show_default=False)],
     arch: Annotated[str | None, typer.Option("--arch", help="timm architecture of the teacher, for bare state dicts.")] = None,
     loss: Annotated[str, typer.Option("--loss", help="robust-kd (Eq. 10), weighted-kd (Eq. 8) or kd (Eq. 1).", rich_help_panel=_RUN)] = "robust-kd",
-    temperature: Annotated[float | None, typer.Option("--temperature", min=0.0, min_open=True, help="KD temperature T \\[default: the expanded set's].", rich_help_panel=_RUN)] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="KD temperature T \\[default: the expanded set's].", rich_help_panel=_RUN)] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs \\[default: ~5,000 steps, 20 to 200 epochs].", rich_help_panel=_RUN)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step.", rich_help_panel=_RUN)] = 128,
-    lr: Annotated[float | None, typer.Option("--lr", min=0.0, min_open=True, help="Peak learning rate (warm-up, then cosine) \\[default: 0.1 SGD, 1e-3 AdamW].", rich_help_panel=_RUN)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (warm-up, then cosine) \\[default: 0.1 SGD, 1e-3 AdamW].", rich_help_panel=_RUN)] = None,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (momentum 0.9, wd 5e-4) or adamw (wd 0.05).", rich_help_panel=_RUN)] = "sgd",
     eps: Annotated[float, typer.Option("--eps", min=0.0, help="Robust KD: radius of the class-weight perturbations.", rich_help_panel=_RUN)] = 0.1,
     num_weight_vectors: Annotated[int, typer.Option("--num-weight-vectors", min=1, help="Robust KD: M, perturbed weight vectors per set.", rich_help_panel=_RUN)] = 8,
@@ -70,7 +71,7 @@ def distill(
     quiet: QuietOption = False,
     report_path: ReportOption = None,
 ) -> None:
-    from pucli.checkpoints import load_model, save_model
+    from pucli.checkpoints import check_architecture, load_model, save_model
     from pucli.device import configure_threads, default_workers, resolve_device
     from pucli.distill import DistillConfig
     from pucli.distill import distill as train_student
@@ -87,6 +88,7 @@ def distill(
                            optimizer=optimizer, eps=eps, num_weight_vectors=num_weight_vectors,
                            redraw_weight_set=not fixed_weight_set, augment=augment, keep=keep, seed=seed)
     config.validate()
+    check_architecture(student)
     run_device = resolve_device(device)
     report = RunReport("distill", dict(teacher=teacher, data=data, student=student, out=out, arch=arch, loss=loss,
                                        temperature=temperature, epochs=epochs, batch_size=batch_size, lr=lr,

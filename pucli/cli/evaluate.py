@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from pucli.cli._common import (
+    command_help,
     DeviceOption,
     JsonOption,
     QuietOption,
@@ -34,7 +35,7 @@ TESTDIR has one subfolder per class (as for --positive). Each MODEL is a .safete
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate", help=HELP, no_args_is_help=True)(evaluate)
+    app.command("evaluate", help=command_help(HELP), no_args_is_help=True)(evaluate)
 
 
 @handles_errors
@@ -108,13 +109,14 @@ def _print_table(results: list[Any]) -> None:
     from rich.table import Table
 
     reference = results[0]
-    table = Table(title=f"{results[0].images} test images", title_justify="left")
-    for name, justify in (
-        ("model", "left"), ("architecture", "left"), ("top-1 %", "right"), ("top-5 %", "right"),
-        ("params", "right"), ("FLOPs/image", "right"), ("file", "right"),
-        ("CPU latency\nbatch 1", "right"), (f"throughput\n{reference.device}, batch {reference.throughput_batch}", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table = Table(
+        title=f"{reference.images:,} test images", title_justify="left",
+        caption=f"FLOPs per image (2 per multiply-add); latency: CPU, batch 1, median; throughput: {reference.device}, "
+                f"batch {reference.throughput_batch}; (x) = ratio to the first model",
+        caption_justify="left",
+    )
+    for name in ("model", "architecture", "top-1 %", "top-5 %", "params", "FLOPs", "file", "latency", "throughput"):
+        table.add_column(name, justify="left" if name in ("model", "architecture") else "right", no_wrap=True)
     for r in results:
         table.add_row(
             r.name,
@@ -127,7 +129,10 @@ def _print_table(results: list[Any]) -> None:
             f"{r.latency_ms:.3f} ms",
             f"{r.throughput:,.0f} img/s",
         )
-    Console(highlight=False).print(table)
+    stdout = Console(highlight=False)
+    if not stdout.is_terminal:
+        stdout = Console(highlight=False, width=max(stdout.width, 140))  # a pipe or file: never squeeze columns
+    stdout.print(table)
 
 
 def _si(value: float) -> str:

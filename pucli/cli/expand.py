@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from pucli.cli._common import (
+    command_help,
     DeviceOption,
     JsonOption,
     QuietOption,
@@ -35,7 +36,7 @@ the class weights of Eq. 7 used by weighted and robust KD), and prints per-class
 
 
 def register(app: typer.Typer) -> None:
-    app.command("expand", help=HELP, no_args_is_help=True)(expand)
+    app.command("expand", help=command_help(HELP), no_args_is_help=True)(expand)
 
 
 @handles_errors
@@ -46,7 +47,7 @@ def expand(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the expanded set to (replaced if it holds one).", show_default=False)],
     arch: Annotated[str | None, typer.Option("--arch", help="timm architecture for bare state dicts.")] = None,
     classes: Annotated[Path | None, typer.Option("--classes", help="Class names in output order, one per line.")] = None,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.0, min_open=True, help="Softmax temperature T of the soft targets.")] = 1.0,
+    temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature T of the soft targets.")] = 1.0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per teacher forward pass.")] = 256,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,

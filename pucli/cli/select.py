@@ -58,7 +58,8 @@ def select(
     all_items: Annotated[bool, typer.Option("--all", help="Write every pool item with a selected column (1/0), not only the kept ones.", rich_help_panel="Output")] = False,
     finetune: Annotated[bool, typer.Option("--finetune", help="Train the backbone end to end (slower) instead of caching frozen descriptors.", rich_help_panel=_PU)] = False,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the pool.", rich_help_panel=_PU)] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Unlabeled images per batch (training, extraction, scoring).", rich_help_panel=_PU)] = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch for descriptor extraction, scoring and fine-tuning.", rich_help_panel=_PU)] = 256,
+    train_batch_size: Annotated[int, typer.Option("--train-batch-size", help="Unlabeled descriptors per training step (frozen mode).", rich_help_panel=_PU)] = 4096,
     reduction: Annotated[int, typer.Option("--reduction", help="Squeeze-and-excitation reduction ratio r.", rich_help_panel=_PU)] = 16,
     risk: Annotated[str, typer.Option("--risk", help="nnpu (non-negative risk) or upu (unbiased, for ablation).", rich_help_panel=_PU)] = "nnpu",
     loss: Annotated[str, typer.Option("--loss", help="Surrogate loss: sigmoid or logistic.", rich_help_panel=_PU)] = "sigmoid",
@@ -85,7 +86,7 @@ def select(
         raise UsageError(f"--budget {budget}: must be >= 1 (the number of images to keep)")
     if json_output and out == "-":
         raise UsageError("--json and --out - both write to stdout: write the index to a file, or drop --json")
-    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--reduction", reduction, 1), ("--ensemble", ensemble, 1)):
+    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--train-batch-size", train_batch_size, 1), ("--reduction", reduction, 1), ("--ensemble", ensemble, 1)):
         if value < low:
             raise UsageError(f"{name} {value}: must be >= {low}")
     if risk not in ("nnpu", "upu"):
@@ -109,12 +110,12 @@ def select(
 
     options = SelectorOptions(
         class_prior=prior, budget=budget, finetune=finetune, epochs=epochs, batch_size=batch_size,
-        reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma, ensemble=ensemble, seed=seed,
+        train_batch_size=train_batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma, ensemble=ensemble, seed=seed,
     )
     run_device = resolve_device(device)
     report = RunReport("select", dict(positive=positive, unlabeled=unlabeled, teacher=teacher, arch=arch, classes=classes,
                                       prior=prior, budget=budget, out=out, all=all_items, finetune=finetune, epochs=epochs,
-                                      batch_size=batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta,
+                                      batch_size=batch_size, train_batch_size=train_batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta,
                                       gamma=gamma, ensemble=ensemble, no_cache=no_cache, device=device, workers=workers,
                                       threads=threads), seed=seed)
     report.device, report.threads = str(run_device), configure_threads(threads)

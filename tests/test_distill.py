@@ -1,0 +1,186 @@
+"""Distillation engine (Xu et al., NeurIPS 2019, Eq. 1, 8, 10; Algorithm 2): losses, resume, outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from pucli.checkpoints import load_model, save_model
+from pucli.distill import (
+    DistillConfig,
+    FlipCrop,
+    TrainingInterrupted,
+    default_epochs,
+    distill,
+    resolve_augment,
+    training_bound_throughput,
+)
+from pucli.errors import DataError, UsageError
+from pucli.manifest import build_expanded_set
+from conftest import write_png
+
+FAST = DistillConfig(epochs=3, batch_size=8, lr=0.05)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks run fastest on one thread, and the CI machine is shared: no thread contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def teacher(tiny_teacher):
+    return load_model(tiny_teacher)
+
+
+def _expanded(tmp_path: Path, teacher, n: int = 24, balanced: bool = False):
+    """An extended set of n random 28x28 PNGs; soft targets from the teacher, or, when ``balanced``,
+    the same three target rows repeated so every class has the same soft count (Eq. 7 weights = 1)."""
+    paths = [write_png(tmp_path / "set" / f"{i:03d}.png", seed=i) for i in range(n)]
+    if balanced:
+        base = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.7, 0.2], [0.2, 0.1, 0.7]])
+        targets = base.repeat(n // 3, 1)
+    else:
+        targets = torch.softmax(torch.randn(n, 3, generator=torch.Generator().manual_seed(0)) * 2, dim=1)
+    return build_expanded_set(
+        paths=paths, origins=["unlabeled"] * n, labels=[-1] * n, scores=[1.0] * n, soft_targets=targets,
+        temperature=1.0, teacher_digest="", class_names=["0", "1", "2"],
+    )
+
+
+def _run(tmp_path, teacher, expanded, config=FAST, name="ckpt.pt", **kwargs):
+    return distill(teacher, expanded, "lenet5_half", config=config, checkpoint_path=tmp_path / name, **kwargs)
+
+
+def test_distill_loss_falls_on_a_tiny_set(tmp_path, teacher):
+    result = _run(tmp_path, teacher, _expanded(tmp_path, teacher), dataclasses.replace(FAST, epochs=8, loss="kd"))
+    losses = [h.loss for h in result.history]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert result.in_memory and result.augment == "none"
+
+
+@pytest.mark.parametrize("other", [dict(loss="weighted-kd"), dict(loss="robust-kd", eps=0.0)], ids=["weighted", "robust-eps0"])
+def test_with_uniform_class_weights_weighted_and_robust_kd_train_exactly_like_kd(tmp_path, teacher, other):
+    expanded = _expanded(tmp_path, teacher, balanced=True)
+    assert torch.equal(expanded.class_weights, torch.ones(3, dtype=torch.float64))
+    plain = _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, loss="kd"), name="a.pt")
+    weighted = _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, **other), name="b.pt")
+    for (key, a), b in zip(plain.student.state_dict().items(), weighted.student.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_robust_kd_records_which_weight_vector_attained_the_max(tmp_path, teacher):
+    result = _run(tmp_path, teacher, _expanded(tmp_path, teacher), dataclasses.replace(FAST, num_weight_vectors=4))
+    counts = result.history[0].max_vector_counts
+    assert len(counts) == 4 and sum(counts) == 3  # 24 items / batch 8 = 3 steps
+
+
+def test_resume_after_interrupt_continues_from_checkpoint_and_matches_uninterrupted_run(tmp_path, teacher):
+    expanded = _expanded(tmp_path, teacher)
+    config = dataclasses.replace(FAST, epochs=4)
+    reference = _run(tmp_path, teacher, expanded, config, name="ref.pt")
+
+    def interrupt_in_epoch_3(stage, completed, total, **metrics):
+        if stage == "distill" and metrics.get("epoch") == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match="holds epoch 2"):
+        _run(tmp_path, teacher, expanded, config, name="run.pt", progress=interrupt_in_epoch_3)
+    checkpoint = torch.load(tmp_path / "run.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
+    resumed = _run(tmp_path, teacher, expanded, config, name="run.pt", resume=True)
+    assert resumed.resumed_from == 2 and [h.epoch for h in resumed.history] == [1, 2, 3, 4]
+    for (key, a), b in zip(reference.student.state_dict().items(), resumed.student.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
+
+
+def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path, teacher):
+    expanded = _expanded(tmp_path, teacher)
+    _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, epochs=1))
+    with pytest.raises(UsageError, match="loss='robust-kd'"):
+        _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, epochs=1, loss="kd"), resume=True)
+    with pytest.raises(UsageError, match="no checkpoint"):
+        _run(tmp_path, teacher, expanded, FAST, name="missing.pt", resume=True)
+
+
+def test_student_round_trips_through_pucli_and_timm(tmp_path, teacher):
+    import timm
+
+    result = _run(tmp_path, teacher, _expanded(tmp_path, teacher), dataclasses.replace(FAST, epochs=1))
+    path = save_model(result.student, tmp_path / "student.safetensors", label_names=["0", "1", "2"],
+                      data_config=teacher.config.data_config())
+    x = torch.randn(2, 1, 28, 28)
+    expected = result.student(x)
+    loaded = load_model(path)
+    assert loaded.config.architecture == "lenet5_half" and loaded.config.label_names == ("0", "1", "2")
+    torch.testing.assert_close(loaded.model(x), expected)
+    via_timm = timm.create_model("lenet5_half", pretrained=True, num_classes=3, in_chans=1,
+                                 pretrained_cfg_overlay=dict(file=str(path), num_classes=3)).eval()
+    torch.testing.assert_close(via_timm(x), expected)
+
+
+def test_augmented_training_runs_the_teacher_on_each_batch(tmp_path, teacher):
+    calls = []
+    handle = teacher.model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        result = _run(tmp_path, teacher, _expanded(tmp_path, teacher), dataclasses.replace(FAST, epochs=1, augment="flip-crop"))
+    finally:
+        handle.remove()
+    assert result.augment == "flip-crop" and calls == [8, 8, 8]
+
+
+def test_sets_above_the_memory_budget_stream_from_disk(tmp_path, teacher):
+    result = _run(tmp_path, teacher, _expanded(tmp_path, teacher), dataclasses.replace(FAST, epochs=1, memory_budget_bytes=0))
+    assert not result.in_memory and result.history[0].images == 24
+
+
+def test_keep_best_needs_validation_and_picks_the_best_epoch(tmp_path, teacher, make_class_folder):
+    from pucli.sources import LabeledFolder
+
+    expanded = _expanded(tmp_path, teacher)
+    with pytest.raises(UsageError, match="--keep best needs --val"):
+        _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, keep="best"))
+    val = LabeledFolder.from_folder(make_class_folder("val"), num_classes=3, label_names=["0", "1", "2"], option="--val")
+    result = _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, keep="best"), val_set=val)
+    tops = [h.val_top1 for h in result.history]
+    assert result.kept_epoch == 1 + tops.index(max(tops))
+
+
+def test_class_count_mismatch_between_teacher_and_set_is_a_data_error(tmp_path, teacher):
+    import timm
+
+    other = load_model(save_model(timm.create_model("lenet5", num_classes=5), tmp_path / "t5.safetensors"))
+    with pytest.raises(DataError, match="3 classes but the teacher has 5"):
+        _run(tmp_path, other, _expanded(tmp_path, teacher))
+
+
+def test_auto_augmentation_is_off_for_small_grey_inputs_and_flip_crop_for_colour(teacher):
+    assert resolve_augment(teacher.config, "auto") == "none"
+    colour = dataclasses.replace(teacher.config, in_chans=3, input_size=(3, 224, 224))
+    assert resolve_augment(colour, "auto") == "flip-crop"
+    assert resolve_augment(colour, "none") == "none"
+
+
+def test_flip_crop_returns_shifted_or_mirrored_crops_of_the_same_size():
+    images = torch.arange(2 * 3 * 16 * 16, dtype=torch.int64).reshape(2, 3, 16, 16).to(torch.uint8)
+    out = FlipCrop(16, 16)(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+
+
+def test_default_epochs_target_about_5000_steps_within_20_to_200():
+    assert default_epochs(30_000, 128) == 22
+    assert default_epochs(1_000_000, 128) == 20
+    assert default_epochs(10, 128) == 200
+
+
+def test_training_bound_throughput_is_positive(teacher):
+    import timm
+
+    student = timm.create_model("lenet5_half", num_classes=3, in_chans=1)
+    assert training_bound_throughput(student, teacher.model, (1, 28, 28), 16, torch.device("cpu"), budget_s=0.05) > 0

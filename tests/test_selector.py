@@ -1,0 +1,313 @@
+"""The PU selector engine (Xu et al. 2019, Eq. 3-6): extractor, SE gate, descriptor cache,
+seeded training, PU-s1 / PU-s2 selection."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from pucli.checkpoints import load_model
+from pucli.errors import NoImagesError, UsageError
+from pucli.selector import (
+    AttentionScoreHead,
+    MultiScaleExtractor,
+    PUSelectorNet,
+    Scales,
+    ScoreEnsemble,
+    SelectorOptions,
+    descriptor_cache_key,
+    load_or_extract_descriptors,
+    run_selection,
+    save_selector,
+    score_images,
+    select_indices,
+    train_frozen,
+)
+from pucli.sources import Preprocess, UnlabeledPool
+
+
+# --- extractor ---------------------------------------------------------------------------------
+
+
+def test_lenet5_descriptor_concatenates_both_conv_stages_and_pre_logits() -> None:
+    model = timm.create_model("lenet5").eval()
+    extractor = MultiScaleExtractor(model)
+    images = torch.randn(3, 1, 28, 28)
+    descriptors = extractor(images)
+    assert extractor.scale_channels == [6, 16, 84]
+    assert descriptors.shape == (3, 106) and descriptors.dtype == torch.float32
+    # The last scale is exactly the teacher's penultimate layer.
+    torch.testing.assert_close(descriptors[:, 22:], model.forward_head(model.forward_features(images), pre_logits=True))
+
+
+def test_resnet_descriptor_pools_every_feature_stage_on_small_grayscale_input() -> None:
+    model = timm.create_model("resnet10t", in_chans=1, num_classes=10).eval()
+    extractor = MultiScaleExtractor(model)
+    channels = [info["num_chs"] for info in model.feature_info]
+    assert extractor.scale_channels == channels + [model.num_features]
+    assert extractor(torch.randn(2, 1, 32, 32)).shape == (2, sum(channels) + model.num_features)
+
+
+def test_scales_choose_stages_and_can_drop_pre_logits() -> None:
+    extractor = MultiScaleExtractor(timm.create_model("lenet5").eval(), Scales(stages=(-1,), pre_logits=False))
+    assert extractor.scale_channels == [16]
+    assert extractor(torch.randn(2, 1, 28, 28)).shape == (2, 16)
+    with pytest.raises(UsageError, match="stage 5 does not exist"):
+        MultiScaleExtractor(timm.create_model("lenet5"), Scales(stages=(5,)))
+
+
+class _NoIntermediates(nn.Module):
+    """LeNet-5 hiding forward_intermediates, to exercise the feature_info hook path."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.feature_info = [dict(info, module=f"inner.{info['module']}") for info in inner.feature_info]
+        self.num_features = inner.num_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.inner.forward_head(x, pre_logits=pre_logits)
+
+
+def test_models_without_forward_intermediates_are_tapped_through_feature_info_hooks() -> None:
+    model = timm.create_model("lenet5").eval()
+    images = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(MultiScaleExtractor(_NoIntermediates(model))(images), MultiScaleExtractor(model)(images))
+
+
+def test_model_without_feature_stages_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="no feature stages"):
+        MultiScaleExtractor(nn.Linear(3, 3))
+
+
+# --- gate and head ----------------------------------------------------------------------------
+
+
+def test_head_reuses_timm_se_module_with_a_floor_on_the_bottleneck() -> None:
+    from timm.layers import SEModule
+
+    head = AttentionScoreHead(22, reduction=16)
+    assert isinstance(head.gate, SEModule)
+    assert head.rd_channels == 8  # 22 // 16 = 1 would squeeze everything through one unit
+    assert AttentionScoreHead(1536, reduction=16).rd_channels == 96
+    assert head(torch.randn(5, 22)).shape == (5,)
+    # The gate is evaluated as matrix products (fast on CPU) but equals SEModule on (B, C, 1, 1).
+    z = torch.randn(7, 22)
+    torch.testing.assert_close(head.excite(z), head.gate(z[:, :, None, None]).flatten(1))
+
+
+def test_head_computes_eq5_gate_then_linear_score() -> None:
+    torch.manual_seed(0)
+    head = AttentionScoreHead(12, reduction=4).eval()
+    head.set_statistics(torch.randn(50, 12) * 3 + 1)
+    o = torch.randn(4, 12)
+    z = (o - head.mean) / head.std
+    w = torch.sigmoid(head.gate.fc2(torch.relu(head.gate.fc1(z[:, :, None, None]))).flatten(1))
+    expected = (w * z) @ head.linear.weight[0] + head.linear.bias
+    torch.testing.assert_close(head(o), expected)
+
+
+# --- selection rules --------------------------------------------------------------------------
+
+
+def test_pu_s1_keeps_strictly_positive_scores() -> None:
+    scores = torch.tensor([0.5, 0.0, -1.0, 2.0, 1e-7])
+    assert select_indices(scores).tolist() == [True, False, False, True, True]
+
+
+def test_pu_s2_keeps_the_top_budget_and_breaks_ties_by_position() -> None:
+    scores = torch.tensor([0.1, 3.0, -2.0, 0.1, 0.1])
+    assert select_indices(scores, budget=3).tolist() == [True, True, False, True, False]
+    assert select_indices(scores, budget=100).all()
+    # PU-s2 ignores the sign: negative scores are kept when the budget asks for them.
+    assert select_indices(torch.tensor([-3.0, -1.0]), budget=1).tolist() == [False, True]
+
+
+def test_options_reject_out_of_range_values() -> None:
+    for kwargs, message in (({"class_prior": 1.0}, "--prior"), ({"class_prior": 0.3, "budget": 0}, "--budget"),
+                            ({"class_prior": 0.3, "risk": "pn"}, "--risk"), ({"class_prior": 0.3, "gamma": 2.0}, "--gamma")):
+        with pytest.raises(UsageError, match=message):
+            SelectorOptions(**kwargs)  # type: ignore[arg-type]
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def _blobs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positives around +2, negatives around -2 in 8 dims; U holds 30% positives."""
+    g = torch.Generator().manual_seed(seed)
+    positive = torch.randn(10, 8, generator=g) + 2
+    truth = torch.rand(600, generator=g) < 0.3
+    unlabeled = torch.randn(600, 8, generator=g) + torch.where(truth, 2.0, -2.0)[:, None]
+    return positive, unlabeled, truth
+
+
+def test_same_seed_gives_identical_scores_and_another_seed_differs() -> None:
+    positive, unlabeled, _ = _blobs()
+    options = SelectorOptions(class_prior=0.3, epochs=3, train_batch_size=128, ensemble=2, seed=7)
+    first, history = train_frozen(positive, unlabeled, options)
+    second, _ = train_frozen(positive, unlabeled, options)
+    other, _ = train_frozen(positive, unlabeled, SelectorOptions(class_prior=0.3, epochs=3, train_batch_size=128, ensemble=2, seed=8))
+    with torch.inference_mode():
+        assert torch.equal(first(unlabeled), second(unlabeled))
+        assert not torch.equal(first(unlabeled), other(unlabeled))
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert isinstance(first, ScoreEnsemble) and len(first.members) == 2
+
+
+def test_nnpu_training_separates_well_separated_classes() -> None:
+    positive, unlabeled, truth = _blobs()
+    head, history = train_frozen(positive, unlabeled, SelectorOptions(class_prior=0.3, epochs=10, train_batch_size=64, lr=1e-2, ensemble=1))
+    with torch.inference_mode():
+        selected = select_indices(head(unlabeled))
+    accuracy = (selected == truth).float().mean().item()
+    assert accuracy > 0.95
+    assert all(set(h) == {"epoch", "risk", "positive_risk", "negative_risk", "ascent_steps"} for h in history)
+
+
+def test_upu_ablation_trains_without_ascent_steps() -> None:
+    positive, unlabeled, _ = _blobs()
+    _, history = train_frozen(positive, unlabeled, SelectorOptions(class_prior=0.3, epochs=3, train_batch_size=64, risk="upu", ensemble=1))
+    assert sum(h["ascent_steps"] for h in history) == 0
+
+
+def test_training_without_descriptors_raises_no_images() -> None:
+    with pytest.raises(NoImagesError):
+        train_frozen(torch.empty(0, 8), torch.randn(5, 8), SelectorOptions(class_prior=0.3))
+
+
+# --- descriptor cache and the whole stage -----------------------------------------------------------
+
+
+@pytest.fixture
+def scenario(tiny_teacher: Path, make_class_folder: Callable[..., Path], make_pool: Callable[..., Path]) -> dict:
+    positive = make_class_folder("pos", per_class=2)
+    pool = make_pool("pool", count=24)
+    return {
+        "teacher": load_model(tiny_teacher),
+        "positive": sorted(p for p in positive.rglob("*.png")),
+        "pool": UnlabeledPool.from_source(str(pool)).paths,
+    }
+
+
+def _cache_files() -> list[Path]:
+    from pucli.paths import cache_dir
+
+    return sorted((cache_dir() / "descriptors").glob("*.safetensors"))
+
+
+def test_descriptor_cache_is_written_once_then_hit(scenario: dict) -> None:
+    options = SelectorOptions(class_prior=0.3, epochs=2, batch_size=8, ensemble=1)
+    first = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"], options)
+    assert not first.from_cache and first.cache_path is not None and _cache_files() == [first.cache_path]
+    second = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"], options)
+    assert second.from_cache and second.cache_path == first.cache_path
+    assert torch.equal(first.scores, second.scores)
+    assert first.counts == {"positive": 6, "unlabeled": 24, "selected": first.counts["selected"], "skipped": 0}
+
+
+def test_cache_key_changes_with_weights_files_preprocessing_and_scales(scenario: dict, tmp_path: Path) -> None:
+    teacher, positive, pool = scenario["teacher"], scenario["positive"], scenario["pool"]
+    preprocess = Preprocess(teacher.config)
+    key = descriptor_cache_key(teacher, positive, pool, preprocess, Scales())
+    assert key == descriptor_cache_key(teacher, positive, pool, preprocess, Scales())
+    assert key != descriptor_cache_key(teacher, positive, pool, preprocess, Scales(pre_logits=False))
+    assert key != descriptor_cache_key(teacher, positive, pool[:-1], preprocess, Scales())
+    assert key != descriptor_cache_key(teacher, positive, list(reversed(pool)), preprocess, Scales())
+    stat = pool[0].stat()
+    os.utime(pool[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was touched/rewritten
+    assert key != descriptor_cache_key(teacher, positive, pool, preprocess, Scales())
+    key = descriptor_cache_key(teacher, positive, pool, preprocess, Scales())
+    other = Preprocess(teacher.config)
+    other.size = (32, 32)
+    assert key != descriptor_cache_key(teacher, positive, pool, other, Scales())
+    with torch.no_grad():
+        next(teacher.model.parameters()).add_(1.0)
+    from pucli.checkpoints import save_model
+
+    changed = load_model(save_model(teacher.model, tmp_path / "other.safetensors"))
+    assert key != descriptor_cache_key(changed, positive, pool, preprocess, Scales())
+
+
+def test_no_cache_neither_reads_nor_writes(scenario: dict) -> None:
+    options = SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=1)
+    result = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"], options, use_cache=False)
+    assert result.cache_path is None and _cache_files() == []
+
+
+def test_damaged_cache_entry_is_recomputed(scenario: dict) -> None:
+    teacher = scenario["teacher"]
+    kwargs = dict(scales=Scales(), device=torch.device("cpu"), batch_size=8)
+    extractor = MultiScaleExtractor(teacher.model)
+    preprocess = Preprocess(teacher.config)
+    first = load_or_extract_descriptors(teacher, extractor, scenario["positive"], scenario["pool"], preprocess, **kwargs)
+    assert first.cache_path is not None
+    first.cache_path.write_bytes(b"garbage")
+    again = load_or_extract_descriptors(teacher, extractor, scenario["positive"], scenario["pool"], preprocess, **kwargs)
+    assert not again.from_cache and torch.equal(again.unlabeled, first.unlabeled)
+
+
+def test_unreadable_pool_files_are_skipped_and_reported(scenario: dict) -> None:
+    bad = scenario["pool"][0].parent / "broken.png"
+    bad.write_bytes(b"not an image")
+    pool = sorted([*scenario["pool"], bad])
+    result = run_selection(scenario["teacher"], scenario["positive"], pool,
+                           SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=1))
+    assert [s.path for s in result.skipped] == [str(bad)]
+    assert bad not in result.paths and len(result.paths) == 24 == len(result.scores)
+
+
+def test_frozen_scores_match_streaming_the_images_through_extractor_and_head(scenario: dict) -> None:
+    teacher = scenario["teacher"]
+    result = run_selection(teacher, scenario["positive"], scenario["pool"],
+                           SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=2))
+    net = PUSelectorNet(MultiScaleExtractor(teacher.model), result.network)
+    index, streamed = score_images(net, scenario["pool"], Preprocess(teacher.config), device=torch.device("cpu"), batch_size=5)
+    assert index.tolist() == list(range(24))
+    torch.testing.assert_close(streamed, result.scores)
+
+
+def test_budget_gives_pu_s2(scenario: dict) -> None:
+    result = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"],
+                           SelectorOptions(class_prior=0.3, budget=5, epochs=1, batch_size=8, ensemble=1))
+    assert result.counts["selected"] == 5
+    assert result.scores[result.selected].min() >= result.scores[~result.selected].max()
+
+
+def test_finetune_trains_the_backbone_and_leaves_the_teacher_untouched(scenario: dict) -> None:
+    teacher = scenario["teacher"]
+    before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+    options = SelectorOptions(class_prior=0.3, epochs=2, batch_size=8, finetune=True, seed=3)
+    first = run_selection(teacher, scenario["positive"], scenario["pool"], options)
+    second = run_selection(teacher, scenario["positive"], scenario["pool"], options)
+    assert all(torch.equal(before[k], v) for k, v in teacher.model.state_dict().items())
+    assert isinstance(first.network, PUSelectorNet)
+    tuned = first.network.extractor.model.state_dict()
+    assert any(not torch.equal(before[k], tuned[k]) for k in before)
+    assert torch.equal(first.scores, second.scores)
+    assert len(first.history) == 2 and first.cache_path is None
+
+
+def test_selector_weights_round_trip_through_safetensors(scenario: dict, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    options = SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=2)
+    result = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"], options)
+    path = save_selector(result, options, tmp_path / "sel.selector.safetensors", scenario["teacher"])
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata()["teacher_architecture"] == "lenet5"
+        loaded = {k: handle.get_tensor(k) for k in handle.keys()}
+    head = ScoreEnsemble([AttentionScoreHead(106), AttentionScoreHead(106)])
+    head.load_state_dict(loaded)
+    with torch.inference_mode():
+        descriptors = torch.randn(4, 106)
+        torch.testing.assert_close(head(descriptors), result.network(descriptors))
