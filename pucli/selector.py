@@ -514,23 +514,24 @@ def extract_descriptors(
     unreadable files go to ``skipped``.
     """
     extractor.eval()
-    indices: list[torch.Tensor] = []
-    chunks: list[torch.Tensor] = []
+    # Filled in place: collecting chunks and concatenating would hold the descriptors twice.
+    descriptors = torch.empty(len(paths), extractor.channels)
+    kept = torch.zeros(len(paths), dtype=torch.bool)
     total = progress_total if progress_total is not None else len(paths)
-    done = 0
     started = time.perf_counter()
     dataset = ImageDataset(paths, preprocess)
     for batch in iterate_batches(dataset, batch_size=batch_size, workers=workers,
                                  pin_memory=device.type == "cuda", skipped=skipped):
         images = preprocess.normalize(batch.images.to(device, non_blocking=True))
-        chunks.append(extractor(images).float().cpu())
-        indices.append(batch.indices)
+        descriptors[batch.indices] = extractor(images).float().cpu()
+        kept[batch.indices] = True
         done = int(batch.indices[-1]) + 1
         elapsed = time.perf_counter() - started
         progress(stage, progress_offset + done, total, img_s=done / elapsed if elapsed > 0 else 0.0)
-    if not chunks:
-        return torch.empty(0, dtype=torch.int64), torch.empty(0, extractor.channels)
-    return torch.cat(indices), torch.cat(chunks)
+    index = kept.nonzero().flatten()
+    if len(index) == len(paths):
+        return index, descriptors
+    return index, descriptors[index]
 
 
 def load_or_extract_descriptors(

@@ -25,18 +25,13 @@ from pucli.cli._common import (
 
 HELP = """Select the unlabeled images that belong to the teacher's task, from a few labeled positives.
 
-Trains a positive-unlabeled (nnPU) selector on the teacher's multi-scale features (Xu et al. 2019,
-Eq. 3-6) and writes an index (TSV: path, score; best first). PU-s1 (default) keeps every image with
-score > 0; --budget N (PU-s2) keeps the N best. Also written beside the index: the selector's
-weights (<stem>.selector.safetensors) and the run report (<stem>.report.json).
+Trains a positive-unlabeled (nnPU) selector on the teacher's multi-scale features (Xu et al. 2019, Eq. 3-6) and writes an index (TSV: path, score; best first). PU-s1 (default) keeps every image with score > 0; --budget N (PU-s2) keeps the N best. Also written beside the index: the selector's weights (<stem>.selector.safetensors) and the run report (<stem>.report.json).
 
 [bold]Example[/]
 
   pucli select --positive ./labeled --unlabeled ./pool.txt --teacher teacher.safetensors --prior 0.3 --out selected.tsv
 
---positive has one subfolder per class; --unlabeled is a folder, a file listing image paths, or -
-(a list on stdin). Frozen descriptors are cached, so a second run on the same inputs trains in seconds.
-"""
+--positive has one subfolder per class; --unlabeled is a folder, a file listing image paths, or - (a list on stdin). Frozen descriptors are cached, so a second run on the same inputs trains in seconds."""
 
 _PU = "PU training"
 
@@ -100,6 +95,8 @@ def select(
     if out != "-":
         check_output_path(Path(out))
 
+    import torch
+
     from pucli.checkpoints import load_model
     from pucli.device import configure_threads, default_workers, resolve_device
     from pucli.index import IndexEntry, write_index
@@ -142,10 +139,13 @@ def select(
     }
 
     with report.stage("write"):
-        order = sorted(range(len(result.paths)), key=lambda i: (-float(result.scores[i]), i))
+        # Stable descending sort: ties keep pool order, so the index is deterministic.
+        order = torch.sort(result.scores, descending=True, stable=True).indices.tolist()
         # Absolute paths: the index may be read from another folder than the one it was made in.
-        entries = [IndexEntry(result.paths[i].absolute(), float(result.scores[i]), bool(result.selected[i]))
-                   for i in order if all_items or bool(result.selected[i])]
+        # A generator, so the 100k-row index is never held as a second list of entries.
+        scores, selected = result.scores.tolist(), result.selected.tolist()
+        entries = (IndexEntry(result.paths[i].absolute(), scores[i], selected[i])
+                   for i in order if all_items or selected[i])
         write_index(entries, out, with_selected=all_items)
         if out == "-":
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
