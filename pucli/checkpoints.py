@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
+import hashlib
 import json
 import os
 import pickle
@@ -35,7 +37,15 @@ from torch import nn
 from pucli.errors import TeacherFormatError, UsageError
 from pucli.paths import temporary_path_beside
 
-__all__ = ["ModelConfig", "LoadedModel", "load_model", "save_model", "sidecar_config_path", "check_architecture"]
+__all__ = [
+    "ModelConfig",
+    "LoadedModel",
+    "load_model",
+    "save_model",
+    "sidecar_config_path",
+    "check_architecture",
+    "weights_digest",
+]
 
 SAFETENSORS_SUFFIX = ".safetensors"
 CONFIG_METADATA_KEY = "pucli.config"
@@ -80,6 +90,35 @@ class LoadedModel:
     path: Path
     file_bytes: int
     source_format: str  # "safetensors" | "timm-checkpoint" | "state-dict"
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """:func:`weights_digest` of the file, computed once."""
+        return weights_digest(self.path)
+
+
+# Hashing gigabytes on every run would cost more than it saves; bigger files are identified by
+# their resolved path, size, mtime and first/last MiB.
+_FULL_HASH_LIMIT = 64 * 2**20  # bytes
+
+
+def weights_digest(path: str | os.PathLike[str]) -> str:
+    """``sha256:<hex>`` identifying a weights file: its whole content up to 64 MiB, else its resolved
+    path, size, mtime and first and last MiB. Keys caches and ties outputs to the teacher they
+    came from."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    stat = path.stat()
+    with path.open("rb") as handle:
+        if stat.st_size <= _FULL_HASH_LIMIT:
+            for chunk in iter(lambda: handle.read(2**20), b""):
+                digest.update(chunk)
+        else:
+            digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+            digest.update(handle.read(2**20))
+            handle.seek(-(2**20), os.SEEK_END)
+            digest.update(handle.read(2**20))
+    return f"sha256:{digest.hexdigest()}"
 
 
 def check_architecture(name: str) -> str:

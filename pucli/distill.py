@@ -35,7 +35,6 @@ from torch import Tensor, nn
 
 from pucli.checkpoints import LoadedModel, ModelConfig, build_model, check_architecture
 from pucli.errors import DataError, PucliError, UsageError
-from pucli.expand import file_digest
 from pucli.manifest import ExpandedSet, retemper
 from pucli.paths import temporary_path_beside
 from pucli.progress import ProgressCallback, no_progress
@@ -344,7 +343,7 @@ def distill(
         images_per_s=images_trained / train_seconds if train_seconds else float("nan"),
         decode_s=decode_s,
         resumed_from=resumed_from,
-        teacher_matches_data=not expanded.teacher_digest or expanded.teacher_digest == file_digest(teacher.path),
+        teacher_matches_data=not expanded.teacher_digest or expanded.teacher_digest == teacher.digest,
         settings=settings,
     )
 

@@ -11,7 +11,6 @@ The format written is defined in :mod:`pucli.manifest`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -27,16 +26,7 @@ from pucli.manifest import MANIFEST_NAME, ExpandedSet, build_expanded_set, write
 from pucli.progress import ProgressCallback, no_progress
 from pucli.sources import ImageDataset, LabeledFolder, Preprocess, SkippedFile, iterate_batches
 
-__all__ = ["expand", "teacher_soft_targets", "file_digest"]
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """``sha256:<hex>`` of a file's bytes (identifies the teacher the soft targets came from)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
+__all__ = ["expand", "teacher_soft_targets"]
 
 
 def teacher_soft_targets(
@@ -144,7 +134,7 @@ def expand(
         scores=[scores[i] for i in keep],
         soft_targets=soft_targets,
         temperature=temperature,
-        teacher_digest=file_digest(teacher.path),
+        teacher_digest=teacher.digest,
         class_names=list(positive_set.class_names),
         teacher=str(teacher.path.absolute()),
     )

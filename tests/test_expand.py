@@ -10,7 +10,8 @@ import torch
 
 from pucli.checkpoints import load_model
 from pucli.errors import DataError, UsageError
-from pucli.expand import expand, file_digest
+from pucli.checkpoints import weights_digest
+from pucli.expand import expand
 from pucli.index import IndexEntry
 from pucli.manifest import (
     CLASSES_NAME,
@@ -130,7 +131,7 @@ def test_soft_targets_equal_softmax_of_teacher_logits_over_temperature(inputs, t
     with torch.no_grad():
         expected = torch.softmax(teacher.model(preprocess.normalize(images)) / 2.0, dim=1)
     torch.testing.assert_close(stored.soft_targets, expected, rtol=1e-5, atol=1e-6)
-    assert stored.temperature == 2.0 and stored.teacher_digest == file_digest(teacher.path)
+    assert stored.temperature == 2.0 and stored.teacher_digest == weights_digest(teacher.path)
 
 
 def test_classes_json_weights_match_eq7_computed_by_hand_from_stored_soft_targets(inputs, tmp_path):
