@@ -181,25 +181,22 @@ def default_epochs(num_items: int, batch_size: int) -> int:
 
 
 class FlipCrop:
-    """Random crop after zero-padding by 1/8 of the side, plus a random horizontal flip, applied to a
-    whole uint8 (B, C, H, W) batch at once on its device (the CIFAR recipe, scaled to any size)."""
+    """Random crop after zero-padding by 1/8 of the side plus a random horizontal flip (the CIFAR
+    recipe, scaled to any size), per image, by torchvision's transforms. uint8 (B, C, H, W) in and
+    out; the randomness is drawn from ``generator``, so a seeded run is reproducible."""
 
     def __init__(self, height: int, width: int) -> None:
-        self.height, self.width = height, width
-        self.pad_h, self.pad_w = max(1, height // 8), max(1, width // 8)
+        from torchvision.transforms import v2
+
+        padding = [max(1, width // 8), max(1, height // 8)]
+        self.transform = v2.Compose([v2.RandomCrop((height, width), padding=padding), v2.RandomHorizontalFlip()])
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        batch, channels = images.shape[:2]
-        padded = nn.functional.pad(images, (self.pad_w, self.pad_w, self.pad_h, self.pad_h))
-        top = torch.randint(0, 2 * self.pad_h + 1, (batch,), generator=generator).to(images.device)
-        left = torch.randint(0, 2 * self.pad_w + 1, (batch,), generator=generator).to(images.device)
-        flip = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
-        rows = top[:, None] + torch.arange(self.height, device=images.device)
-        cols = torch.arange(self.width, device=images.device).expand(batch, -1)
-        cols = torch.where(flip[:, None], cols.flip(1), cols) + left[:, None]
-        b = torch.arange(batch, device=images.device)[:, None, None, None]
-        c = torch.arange(channels, device=images.device)[None, :, None, None]
-        return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+        # torchvision draws from the global RNG: seed a forked copy of it from our generator.
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return torch.stack([self.transform(image) for image in images])
 
 
 def distill(

@@ -171,6 +171,11 @@ def test_flip_crop_returns_shifted_or_mirrored_crops_of_the_same_size():
     images = torch.arange(2 * 3 * 16 * 16, dtype=torch.int64).reshape(2, 3, 16, 16).to(torch.uint8)
     out = FlipCrop(16, 16)(images, torch.Generator().manual_seed(0))
     assert out.shape == images.shape and out.dtype == torch.uint8
+    again = FlipCrop(16, 16)(images, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    # Over a few draws some image is moved or mirrored (a no-op draw has probability 1/(5*5*2) each).
+    draws = [FlipCrop(16, 16)(images, torch.Generator().manual_seed(s)) for s in range(4)]
+    assert any(not torch.equal(d, images) for d in draws)
 
 
 def test_default_epochs_target_about_5000_steps_within_20_to_200():
