@@ -63,6 +63,17 @@ def tiny_teacher(tmp_path: Path) -> Path:
     return save_model(model, tmp_path / "teacher.safetensors", label_names=["0", "1", "2"])
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny networks run fastest on one thread, and the CI machine is shared: no thread contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep reports and caches of unit tests out of the user's folders."""

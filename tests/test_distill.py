@@ -25,13 +25,7 @@ from conftest import write_png
 FAST = DistillConfig(epochs=3, batch_size=8, lr=0.05)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread, and the CI machine is shared: no thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
