@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from pucli.cli import app
 from pucli.index import IndexEntry, format_index
-from conftest import REAL_CACHE_DIR
 
 runner = CliRunner()
 
@@ -104,19 +103,14 @@ def test_bad_input_exits_non_zero_with_one_line_error_and_no_traceback(tmp_path,
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
 
 
-MNIST_PU = REAL_CACHE_DIR / "benchmarks" / "mnist-pu"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not (MNIST_PU / "teacher" / "lenet5.safetensors").is_file(), reason="mnist-pu benchmark data not materialised")
-def test_mnist_pu_expand_then_distill_short_run_learns_digits(tmp_path):
+def test_mnist_pu_expand_then_distill_short_run_learns_digits(tmp_path, mnist_pu, mnist_teacher):
     """Real data: positives nl10-seed0 plus the first 2,000 pool images (no selection), 10 epochs of robust KD."""
-    pool = [line.strip() for line in (MNIST_PU / "unlabeled.txt").read_text().splitlines() if line.strip()][:2000]
-    base = MNIST_PU
-    entries = [IndexEntry(Path(p) if os.path.isabs(p) else base / p, 1.0) for p in pool]
+    pool = [line.strip() for line in (mnist_pu / "unlabeled.txt").read_text().splitlines() if line.strip()][:2000]
+    entries = [IndexEntry(Path(p) if os.path.isabs(p) else mnist_pu / p, 1.0) for p in pool]
     index_text = "".join(format_index(entries))
-    teacher = MNIST_PU / "teacher" / "lenet5.safetensors"
-    result = runner.invoke(app, ["expand", "--positive", str(MNIST_PU / "positive" / "nl10-seed0"), "--index", "-",
+    teacher = mnist_teacher
+    result = runner.invoke(app, ["expand", "--positive", str(mnist_pu / "positive" / "nl10-seed0"), "--index", "-",
                                  "--teacher", str(teacher), "--out", str(tmp_path / "exp"), "--quiet", "--threads", "1"],
                            input=index_text)
     assert result.exit_code == 0, result.output
@@ -128,5 +122,5 @@ def test_mnist_pu_expand_then_distill_short_run_learns_digits(tmp_path):
     from pucli.checkpoints import load_model
     from pucli.evaluate import evaluate_model
 
-    accuracy = evaluate_model(load_model(out), MNIST_PU / "test", device=torch.device("cpu"), measure_speed=False).top1
+    accuracy = evaluate_model(load_model(out), mnist_pu / "test", device=torch.device("cpu"), measure_speed=False).top1
     assert accuracy > 80.0
