@@ -43,6 +43,7 @@ __all__ = [
 
 # torchvision's ImageFolder list, plus GIF which PIL decodes.
 from torchvision.datasets.folder import IMG_EXTENSIONS as _TV_EXTENSIONS  # noqa: E402
+from torchvision.io import ImageReadMode, decode_image  # noqa: E402
 
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(sorted({*_TV_EXTENSIONS, ".gif"}))
 
@@ -245,25 +246,61 @@ def decode_image_file(path: Path, channels: int) -> torch.Tensor:
     Raises:
         BadImageError: empty, truncated, corrupt or not an image.
     """
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import to_dtype
+    _check_channels(channels)
+    data = _read_encoded(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = _decode_with_torchvision(data, channels)
+    return _finish_decode(path, data, image, channels)
 
+
+def _check_channels(channels: int) -> None:
     if channels not in (1, 3):
         raise ValueError(f"models with {channels} input channels are not supported (1 or 3)")
+
+
+def _read_encoded(path: Path) -> torch.Tensor:
+    """The file's bytes as a 1-D uint8 tensor over a writable buffer (no copy, no warning).
+
+    Raises:
+        BadImageError: unreadable or empty.
+    """
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            buffer = bytearray(os.fstat(fd).st_size)
+            read = os.readv(fd, [buffer]) if buffer else 0
+            if read < len(buffer):  # shrank since fstat
+                del buffer[read:]
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise BadImageError(f"cannot read ({exc.strerror or exc.__class__.__name__})") from exc
-    if not data:
+    if not buffer:
         raise BadImageError("empty file")
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    return torch.frombuffer(buffer, dtype=torch.uint8)
+
+
+def _decode_with_torchvision(data: torch.Tensor, channels: int) -> torch.Tensor | None:
+    """torchvision's decode of ``data``, or None when it cannot read it (PIL's turn).
+
+    Callers silence warnings around it: torchvision warns of its own deprecation on every call,
+    and a batch is cheaper to wrap once than each image.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode, apply_exif_orientation=True)
+        return decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB,
+                            apply_exif_orientation=True)
     except (RuntimeError, ValueError):
-        image = _decode_with_pil(path, data, channels)
+        return None
+
+
+def _finish_decode(path: Path, data: torch.Tensor, image: torch.Tensor | None, channels: int) -> torch.Tensor:
+    """PIL fallback when torchvision could not decode, 16-bit to 8-bit, and the shape check."""
+    if image is None:
+        image = _decode_with_pil(path, data.numpy().tobytes(), channels)
     if image.dtype != torch.uint8:
+        from torchvision.transforms.v2.functional import to_dtype
+
         image = to_dtype(image, torch.uint8, scale=True)
     if image.ndim != 3 or image.shape[0] != channels or image.shape[1] < 1 or image.shape[2] < 1:
         raise BadImageError(f"decoded to an unexpected shape {tuple(image.shape)}")
@@ -329,7 +366,10 @@ class Preprocess:
 
 
 class ImageDataset(Dataset):
-    """Decoded, resized images of ``paths``; item ``i`` is ``(i, image or None, label, reason)``."""
+    """Decoded, resized images of ``paths``; item ``i`` is ``(i, image or None, label, reason)``.
+
+    A DataLoader with a batch size fetches through :meth:`__getitems__`, a whole batch per call.
+    """
 
     def __init__(self, paths: Sequence[Path], preprocess: Preprocess, labels: Sequence[int] | None = None) -> None:
         self.paths = list(paths)
@@ -347,6 +387,40 @@ class ImageDataset(Dataset):
             return index, None, label, str(exc)
         return index, image, label, None
 
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        """The items ``indices`` already collated, in order: what ``collate`` would make of
+        ``[self[i] for i in indices]``.
+
+        DataLoader calls this once per batch in the worker: one warnings context, one stack and
+        one set of index/label tensors per batch instead of per image.
+        """
+        channels = self.preprocess.channels
+        _check_channels(channels)
+        encoded: list[tuple[int, torch.Tensor | None, torch.Tensor | None, str | None]] = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for index in indices:
+                try:
+                    data = _read_encoded(self.paths[index])
+                except BadImageError as exc:
+                    encoded.append((index, None, None, str(exc)))
+                    continue
+                encoded.append((index, data, _decode_with_torchvision(data, channels), None))
+        # PIL's fallback and the resize run outside the warnings context, as in decode_image_file.
+        samples: list[tuple[int, torch.Tensor | None, int, str | None]] = []
+        for index, data, decoded, reason in encoded:
+            label = self.labels[index] if self.labels is not None else -1
+            if data is not None:
+                try:
+                    image = self.preprocess.resize(_finish_decode(self.paths[index], data, decoded, channels))
+                except BadImageError as exc:
+                    reason = str(exc)
+                else:
+                    samples.append((index, image, label, None))
+                    continue
+            samples.append((index, None, label, reason))
+        return collate(samples)
+
 
 @dataclass
 class Batch:
@@ -359,7 +433,11 @@ class Batch:
     failed: list[tuple[int, str]]
 
 
-def collate(samples: list[tuple[int, torch.Tensor | None, int, str | None]]) -> Batch:
+def collate(samples: list[tuple[int, torch.Tensor | None, int, str | None]] | Batch) -> Batch:
+    """Items of :class:`ImageDataset` to a :class:`Batch`; a batch that
+    :meth:`ImageDataset.__getitems__` already made passes through."""
+    if isinstance(samples, Batch):
+        return samples
     good = [s for s in samples if s[1] is not None]
     failed = [(s[0], s[3] or "unreadable") for s in samples if s[1] is None]
     if good:

@@ -18,6 +18,7 @@ from pucli.sources import (
     LabeledFolder,
     Preprocess,
     UnlabeledPool,
+    collate,
     decode_image_file,
     iterate_batches,
 )
@@ -173,3 +174,72 @@ def test_normalize_uses_config_mean_and_std() -> None:
     batch = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
     out = Preprocess(GRAY_28).normalize(batch)
     torch.testing.assert_close(out, torch.full((2, 1, 28, 28), (1.0 - 0.5) / 0.25))
+
+
+def _mixed_pool(root: Path) -> list[Path]:
+    """Good PNGs of several sizes and modes, odd formats PIL must take, and bad files, interleaved."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(23):
+        kind = i % 6
+        if kind == 0:
+            paths.append(write_png(root / f"{i:02d}-gray.png", seed=i))
+        elif kind == 1:
+            paths.append(write_png(root / f"{i:02d}-rgb.png", size=(40, 30), mode="RGB", seed=i))
+        elif kind == 2:
+            path = root / f"{i:02d}-16bit.png"
+            Image.fromarray(rng.integers(0, 65536, (28, 28), dtype=np.uint16)).save(path)  # torchvision: uint16
+            paths.append(path)
+        elif kind == 3:
+            path = root / f"{i:02d}-cmyk.tif"  # torchvision cannot, PIL can
+            Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).convert("CMYK").save(path)
+            paths.append(path)
+        elif kind == 4:
+            paths.append(root / f"{i:02d}-empty.png")
+            paths[-1].write_bytes(b"")
+        else:
+            paths.append(root / f"{i:02d}-text.png")
+            paths[-1].write_text("not an image")
+    paths.append(root / "missing.png")
+    return paths
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batched_fetching_yields_the_batches_and_skips_of_per_item_fetching(tmp_path: Path, workers: int) -> None:
+    paths = _mixed_pool(tmp_path)
+    labels = [i % 3 for i in range(len(paths))]
+    dataset = ImageDataset(paths, Preprocess(GRAY_28), labels)
+    skipped: list = []
+    batches = list(iterate_batches(dataset, batch_size=5, workers=workers, skipped=skipped))
+
+    expected_skipped = []
+    expected = []
+    for start in range(0, len(paths), 5):
+        reference = collate([dataset[i] for i in range(start, start + 5) if i < len(paths)])
+        expected_skipped += [(str(paths[i]), reason) for i, reason in reference.failed]
+        if len(reference.indices):
+            expected.append(reference)
+    assert [(s.path, s.reason) for s in skipped] == expected_skipped
+    assert {Path(p).name.split("-")[-1] for p, _ in expected_skipped} == {"empty.png", "text.png", "missing.png"}
+    assert len(batches) == len(expected)
+    for got, want in zip(batches, expected):
+        assert torch.equal(got.indices, want.indices) and torch.equal(got.labels, want.labels)
+        assert got.images.dtype == torch.uint8 and torch.equal(got.images, want.images)
+
+
+def test_getitems_returns_a_batch_that_collate_passes_through(tmp_path: Path) -> None:
+    paths = _mixed_pool(tmp_path)[:6]
+    dataset = ImageDataset(paths, Preprocess(GRAY_28))
+    batch = dataset.__getitems__([0, 4, 1])
+    assert collate(batch) is batch
+    assert batch.indices.tolist() == [0, 1] and batch.labels.tolist() == [-1, -1]
+    assert batch.failed == [(4, "empty file")] and batch.images.shape == (2, 1, 28, 28)
+    all_bad = dataset.__getitems__([4, 5])
+    assert len(all_bad.indices) == 0 and [i for i, _ in all_bad.failed] == [4, 5]
+
+
+def test_decoding_reads_16_bit_pngs_to_their_high_byte(tmp_path: Path) -> None:
+    pixels = np.arange(0, 65536, 256, dtype=np.uint16).reshape(16, 16)
+    Image.fromarray(pixels).save(tmp_path / "deep.png")
+    decoded = decode_image_file(tmp_path / "deep.png", 1)
+    assert decoded.dtype == torch.uint8 and decoded.flatten().tolist() == list(range(256))
