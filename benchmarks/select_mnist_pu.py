@@ -213,7 +213,8 @@ def main() -> None:
         report = json.loads((work / f"{label}.report.json").read_text())
         kept = {str(e.path) for e in read_index(index) if e.selected}
         run = {"label": label, "n_l": nl, "pool": len(pool_paths), **_prf(kept, truth, pool_paths),
-               "timings_s": report["timings_s"], "cache_hit": report["results"]["cache_hit"], **child}
+               "timings_s": report["timings_s"], "cache_hit": report["results"]["cache_hit"],
+               "positive_augmented": report["results"]["positive_augmented"], **child}
         runs.append(run)
         return run
 

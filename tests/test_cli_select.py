@@ -91,6 +91,8 @@ def test_json_summary_and_cache_hit_on_second_run(inputs: dict[str, str], tmp_pa
         (["--prior", "0.3", "--budget", "0", "--out", "x.tsv"], "--budget"),
         (["--prior", "0.3", "--out", "-", "--json"], "--json"),
         (["--prior", "0.3", "--risk", "pn", "--out", "x.tsv"], "--risk"),
+        (["--prior", "0.3", "--augment-positives", "-1", "--out", "x.tsv"], "--augment-positives"),
+        (["--prior", "0.3", "--augment-positives", "2", "--finetune", "--out", "x.tsv"], "--augment-positives"),
     ],
 )
 def test_bad_options_exit_2_with_one_line_and_no_traceback(inputs: dict[str, str], extra: list[str], message: str) -> None:

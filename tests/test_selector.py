@@ -15,14 +15,18 @@ from torch import nn
 from pucli.checkpoints import load_model
 from pucli.errors import NoImagesError, UsageError
 from pucli.selector import (
+    AUTO_AUGMENT_COPIES,
     AttentionScoreHead,
     MultiScaleExtractor,
+    PositiveAugmentation,
     PUSelectorNet,
     Scales,
     ScoreEnsemble,
     SelectorOptions,
     descriptor_cache_key,
+    extract_augmented_descriptors,
     load_or_extract_descriptors,
+    resolve_positive_augmentation,
     run_selection,
     save_selector,
     score_images,
@@ -134,7 +138,9 @@ def test_pu_s2_keeps_the_top_budget_and_breaks_ties_by_position() -> None:
 
 def test_options_reject_out_of_range_values() -> None:
     for kwargs, message in (({"class_prior": 1.0}, "--prior"), ({"class_prior": 0.3, "budget": 0}, "--budget"),
-                            ({"class_prior": 0.3, "risk": "pn"}, "--risk"), ({"class_prior": 0.3, "gamma": 2.0}, "--gamma")):
+                            ({"class_prior": 0.3, "risk": "pn"}, "--risk"), ({"class_prior": 0.3, "gamma": 2.0}, "--gamma"),
+                            ({"class_prior": 0.3, "augment_positives": -1}, "--augment-positives"),
+                            ({"class_prior": 0.3, "augment_positives": 4, "finetune": True}, "--augment-positives")):
         with pytest.raises(UsageError, match=message):
             SelectorOptions(**kwargs)  # type: ignore[arg-type]
 
@@ -336,3 +342,68 @@ def test_selector_finds_mnist_digits_in_a_mixed_pool_at_nl10() -> None:
     precision = len(kept & positives) / max(1, len(kept))
     recall = len(kept & positives) / len(positives)
     assert 2 * precision * recall / (precision + recall) > 0.9
+
+
+# --- augmented positives ---------------------------------------------------------------------------
+
+
+def test_augmented_positives_are_deterministic_for_a_seed_and_differ_with_another(scenario: dict) -> None:
+    teacher, positive = scenario["teacher"], scenario["positive"]
+    extractor, preprocess = MultiScaleExtractor(teacher.model), Preprocess(teacher.config)
+
+    def augmented(seed: int, batch_size: int = 8) -> torch.Tensor:
+        return extract_augmented_descriptors(extractor, positive, preprocess, PositiveAugmentation(copies=3, seed=seed),
+                                             device=torch.device("cpu"), batch_size=batch_size)
+
+    first = augmented(0)
+    assert first.shape == (3 * len(positive), extractor.channels) and first.dtype == torch.float32
+    assert torch.equal(first, augmented(0))
+    # Per-(copy, image) draws: the batch size does not change the copies (only float rounding).
+    torch.testing.assert_close(first, augmented(0, batch_size=2))
+    assert not torch.equal(first, augmented(1))
+    plain = load_or_extract_descriptors(teacher, extractor, positive, scenario["pool"], preprocess, scales=Scales(),
+                                        device=torch.device("cpu"), use_cache=False).positive
+    assert not torch.equal(first[: len(positive)], plain)
+
+
+def test_augmentation_draws_small_affine_parameters_and_flips_only_when_asked() -> None:
+    parameters = PositiveAugmentation(copies=50, seed=0).draw(20, (28, 28))
+    assert parameters.shape == (50, 20, 5)
+    angle, dx, dy, zoom, flip = parameters.unbind(-1)
+    assert angle.abs().max() <= 10 and dx.abs().max() == 2 and dy.abs().max() == 2
+    assert 0.9 <= zoom.min() and zoom.max() <= 1.1 and flip.sum() == 0
+    assert 0 < PositiveAugmentation(copies=50, seed=0, flip=True).draw(20, (28, 28))[..., 4].mean() < 1
+
+
+def test_auto_augmentation_is_for_tiny_positive_sets_and_flips_only_natural_images(scenario: dict) -> None:
+    import dataclasses
+
+    digits = dataclasses.replace(scenario["teacher"].config, num_classes=10)
+    auto = resolve_positive_augmentation(digits, None, 10, seed=3)
+    assert auto == PositiveAugmentation(copies=AUTO_AUGMENT_COPIES, seed=3, flip=False)
+    assert resolve_positive_augmentation(digits, None, 50, seed=3).copies == AUTO_AUGMENT_COPIES
+    assert resolve_positive_augmentation(digits, None, 51, seed=3) is None
+    assert resolve_positive_augmentation(digits, 0, 10, seed=3) is None
+    assert resolve_positive_augmentation(digits, 5, 100, seed=3).copies == 5
+    photos = dataclasses.replace(digits, in_chans=3, input_size=(3, 224, 224))
+    assert resolve_positive_augmentation(photos, None, 10, seed=3).flip
+
+
+def test_cache_key_changes_with_the_positive_augmentation(scenario: dict) -> None:
+    teacher, positive, pool = scenario["teacher"], scenario["positive"], scenario["pool"]
+    preprocess = Preprocess(teacher.config)
+    keys = {descriptor_cache_key(teacher, positive, pool, preprocess, Scales(), augmentation)
+            for augmentation in (None, PositiveAugmentation(copies=2), PositiveAugmentation(copies=3),
+                                 PositiveAugmentation(copies=2, seed=1), PositiveAugmentation(copies=2, flip=True))}
+    assert len(keys) == 5
+
+
+def test_augmented_positives_are_trained_on_and_cached(scenario: dict) -> None:
+    options = SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=1, augment_positives=4)
+    first = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"], options)
+    assert first.metadata["positive_augmented"] == 4 * 6 and "copies=4" in first.metadata["positive_augmentation"]
+    second = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"], options)
+    assert second.from_cache and torch.equal(first.scores, second.scores)
+    off = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"],
+                        SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=1, augment_positives=0))
+    assert off.metadata["positive_augmented"] == 0 and off.cache_path != first.cache_path

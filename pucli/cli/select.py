@@ -61,6 +61,7 @@ def select(
     beta: Annotated[float, typer.Option("--beta", help="nnPU ascent threshold (>= 0).", rich_help_panel=_PU)] = 0.0,
     gamma: Annotated[float, typer.Option("--gamma", help="nnPU ascent step scale, in [0, 1].", rich_help_panel=_PU)] = 1.0,
     ensemble: Annotated[int, typer.Option("--ensemble", help="Heads trained from different seeds and averaged (frozen mode).", rich_help_panel=_PU)] = 3,
+    augment_positives: Annotated[int | None, typer.Option("--augment-positives", help="Randomly augmented copies (small affine) of each labeled positive added to P, cached with the descriptors \\[default: 32 with at most 5 positives per class, else 0].", show_default=False, rich_help_panel=_PU)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the descriptor cache.", rich_help_panel=_PU)] = False,
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
@@ -81,7 +82,7 @@ def select(
         raise UsageError(f"--budget {budget}: must be >= 1 (the number of images to keep)")
     if json_output and out == "-":
         raise UsageError("--json and --out - both write to stdout: write the index to a file, or drop --json")
-    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--train-batch-size", train_batch_size, 1), ("--reduction", reduction, 1), ("--ensemble", ensemble, 1)):
+    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--train-batch-size", train_batch_size, 1), ("--reduction", reduction, 1), ("--ensemble", ensemble, 1), ("--augment-positives", 0 if augment_positives is None else augment_positives, 0)):
         if value < low:
             raise UsageError(f"{name} {value}: must be >= {low}")
     if risk not in ("nnpu", "upu"):
@@ -92,6 +93,8 @@ def select(
         raise UsageError(f"--beta {beta}: must be >= 0")
     if not 0.0 <= gamma <= 1.0:
         raise UsageError(f"--gamma {gamma}: must be in [0, 1]")
+    if finetune and augment_positives:
+        raise UsageError("--augment-positives applies to frozen descriptors: drop it or --finetune")
     if out != "-":
         check_output_path(Path(out))
 
@@ -107,13 +110,14 @@ def select(
 
     options = SelectorOptions(
         class_prior=prior, budget=budget, finetune=finetune, epochs=epochs, batch_size=batch_size,
-        train_batch_size=train_batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma, ensemble=ensemble, seed=seed,
+        train_batch_size=train_batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma, ensemble=ensemble,
+        augment_positives=augment_positives, seed=seed,
     )
     run_device = resolve_device(device)
     report = RunReport("select", dict(positive=positive, unlabeled=unlabeled, teacher=teacher, arch=arch, classes=classes,
                                       prior=prior, budget=budget, out=out, all=all_items, finetune=finetune, epochs=epochs,
                                       batch_size=batch_size, train_batch_size=train_batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta,
-                                      gamma=gamma, ensemble=ensemble, no_cache=no_cache, device=device, workers=workers,
+                                      gamma=gamma, ensemble=ensemble, augment_positives=augment_positives, no_cache=no_cache, device=device, workers=workers,
                                       threads=threads), seed=seed)
     report.device, report.threads = str(run_device), configure_threads(threads)
     with report.stage("load"):
@@ -134,6 +138,8 @@ def select(
     report.results = {
         "class_prior": prior, "rule": rule, "mode": result.metadata["mode"],
         "descriptor_channels": result.metadata["scale_channels"], "scales": result.metadata["scales"],
+        "positive_augmentation": result.metadata["positive_augmentation"],
+        "positive_augmented": result.metadata["positive_augmented"],
         "descriptor_cache": str(result.cache_path) if result.cache_path else None, "cache_hit": result.from_cache,
         "risks_per_epoch": result.history,
     }
