@@ -496,26 +496,6 @@ class SelectionResult:
 
 # --- descriptor cache -----------------------------------------------------------------------------
 
-_FULL_HASH_LIMIT = 64 * 2**20  # bytes; bigger teacher files are identified by stat + head/tail
-
-
-def _weights_digest(path: Path) -> str:
-    """sha256 of a weights file: its whole content when small, else its resolved path, size,
-    mtime and first/last MiB (hashing gigabytes on every run would cost more than it saves)."""
-    digest = hashlib.sha256()
-    stat = path.stat()
-    with path.open("rb") as handle:
-        if stat.st_size <= _FULL_HASH_LIMIT:
-            for chunk in iter(lambda: handle.read(2**20), b""):
-                digest.update(chunk)
-        else:
-            digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-            digest.update(handle.read(2**20))
-            handle.seek(-(2**20), os.SEEK_END)
-            digest.update(handle.read(2**20))
-    return digest.hexdigest()
-
-
 def _file_identities(paths: Sequence[Path]) -> str:
     """sha256 over (path, size, mtime_ns) of each file, in order; a missing file hashes as -1."""
     digest = hashlib.sha256()
@@ -546,7 +526,7 @@ def descriptor_cache_key(
     config = teacher.config
     parts = {
         "version": DESCRIPTOR_CACHE_VERSION,
-        "weights": _weights_digest(teacher.path),
+        "weights": teacher.digest,
         "architecture": config.architecture,
         "model_args": json.dumps(config.model_args, sort_keys=True, default=str),
         "positive": _file_identities(positive_paths),

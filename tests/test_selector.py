@@ -321,21 +321,14 @@ def test_selector_weights_round_trip_through_safetensors(scenario: dict, tmp_pat
 
 # --- real data (mnist-pu, docs/BENCHMARKS.md) ------------------------------------------------------
 
-from pucli.paths import cache_dir as _cache_dir  # noqa: E402
-
-# Read at import, before the autouse fixture points PUCLI_CACHE_DIR at a temporary folder.
-MNIST_PU = _cache_dir() / "benchmarks" / "mnist-pu"
-
 
 @pytest.mark.slow
-def test_selector_finds_mnist_digits_in_a_mixed_pool_at_nl10() -> None:
-    if not (MNIST_PU / "manifest.json").is_file() or not (MNIST_PU / "teacher" / "lenet5.safetensors").is_file():
-        pytest.skip("mnist-pu data or teacher missing: run benchmarks/mnist_pu_data.py and benchmarks/train_teacher.py")
-    pool = UnlabeledPool.from_source(str(MNIST_PU / "unlabeled.txt")).paths[:8000]
-    truth_rows = (MNIST_PU / "ground_truth.tsv").read_text().splitlines()[1:]
+def test_selector_finds_mnist_digits_in_a_mixed_pool_at_nl10(mnist_pu: Path, mnist_teacher: Path) -> None:
+    pool = UnlabeledPool.from_source(str(mnist_pu / "unlabeled.txt")).paths[:8000]
+    truth_rows = (mnist_pu / "ground_truth.tsv").read_text().splitlines()[1:]
     truth = {row.split("\t")[0]: row.split("\t")[1] == "1" for row in truth_rows}
-    positive = sorted((MNIST_PU / "positive" / "nl10-seed0").rglob("*.png"))
-    result = run_selection(load_model(MNIST_PU / "teacher" / "lenet5.safetensors"), positive, pool,
+    positive = sorted((mnist_pu / "positive" / "nl10-seed0").rglob("*.png"))
+    result = run_selection(load_model(mnist_teacher), positive, pool,
                            SelectorOptions(class_prior=0.3), workers=2, use_cache=False)
     kept = {str(p) for p, keep in zip(result.paths, result.selected.tolist()) if keep}
     positives = {str(p) for p in pool if truth[str(p)]}
