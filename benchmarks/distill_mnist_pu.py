@@ -8,7 +8,7 @@ size and thread count, measured in this process right after each run.
 
 Usage::
 
-    pucli select ... --out nl10-s1.tsv          # the PU-s1 index (see docs/benchmarks-distill.md)
+    pucli select ... --out nl10-s1.tsv          # the PU-s1 index (see docs/benchmarks.md)
     python benchmarks/distill_mnist_pu.py --index nl10-s1.tsv --work /tmp/distill-bench
 
 Writes ``WORK/results.json`` and prints a Markdown table. Commands are run exactly as printed.

@@ -35,7 +35,7 @@ randomly augmented copies (small random affine: rotation, shift, scale; plus a h
 for natural images), extracted once and cached with the other descriptors
 (:class:`PositiveAugmentation`; the issue's "augmenting P": on mnist-pu at n_l = 1 it cut the
 KMNIST characters wrongly kept by up to a quarter and raised PU-s1 F1 by 0.03 on average over
-training seeds, though not at every seed, see docs/benchmarks-select.md); descriptors are
+training seeds, though not at every seed, see docs/benchmarks.md); descriptors are
 standardised with the pool's statistics (the pool is large, P is not); P is tiny,
 so every mini-batch resamples it with replacement and can jitter it with Gaussian noise in the
 standardised space (an optional augmentation, off by default: on mnist-pu it did not help);

@@ -115,7 +115,7 @@ def _print_table(results: list[Any]) -> None:
                 f"batch {reference.throughput_batch}; (x) = ratio to the first model",
         caption_justify="left",
     )
-    for name in ("model", "architecture", "top-1 %", "top-5 %", "params", "FLOPs", "file", "latency", "throughput"):
+    for name in ("model", "architecture", "top-1 %", "top-5 %", "params", "FLOPs", "file", "latency ms", "images/s"):
         table.add_column(name, justify="left" if name in ("model", "architecture") else "right", no_wrap=True)
     for r in results:
         table.add_row(
@@ -126,8 +126,8 @@ def _print_table(results: list[Any]) -> None:
             _si(r.params) + _ratio(r.params, reference.params, r is reference),
             _si(r.flops_per_image) + _ratio(r.flops_per_image, reference.flops_per_image, r is reference),
             _bytes(r.file_bytes),
-            f"{r.latency_ms:.3f} ms",
-            f"{r.throughput:,.0f} img/s",
+            f"{r.latency_ms:.3f}",
+            f"{r.throughput:,.0f}",
         )
     stdout = Console(highlight=False)
     if not stdout.is_terminal:
