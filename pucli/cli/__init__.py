@@ -43,16 +43,10 @@ def _root(
     set_debug(debug)
 
 
-import importlib  # noqa: E402
+from pucli.cli import distill, evaluate, expand, select  # noqa: E402  (after `app` exists)
 
-for _name in ("select", "expand", "distill", "evaluate"):
-    try:
-        _module = importlib.import_module(f"pucli.cli.{_name}")
-    except ModuleNotFoundError as _exc:  # TEMPORARY while commands are being written
-        if _exc.name != f"pucli.cli.{_name}":
-            raise
-        continue
-    _module.register(app)
+for _command in (select, expand, distill, evaluate):
+    _command.register(app)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from pucli.cli._common import (
+    command_help,
     DeviceOption,
     JsonOption,
     QuietOption,
@@ -37,7 +38,7 @@ _PU = "PU training"
 
 
 def register(app: typer.Typer) -> None:
-    app.command("select", help=HELP, no_args_is_help=True)(select)
+    app.command("select", help=command_help(HELP), no_args_is_help=True)(select)
 
 
 @handles_errors
