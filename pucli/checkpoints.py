@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from pucli.errors import TeacherFormatError, UsageError
-from pucli.paths import temporary_path_beside
+from pucli.paths import output_stem, temporary_path_beside
 
 __all__ = [
     "ModelConfig",
@@ -312,7 +312,7 @@ def _read_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise TeacherFormatError(f"{path} holds no weight tensors: save model.state_dict()")
-    sidecar = sidecar_config_path(path.with_name(path.name.split(".")[0] + SAFETENSORS_SUFFIX))
+    sidecar = sidecar_config_path(path.with_name(output_stem(path) + SAFETENSORS_SUFFIX))
     if sidecar.is_file():
         config = {**_read_json_config(sidecar), **config}
     return tensors, config, source_format

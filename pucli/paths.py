@@ -55,6 +55,13 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
         raise
 
 
+def output_stem(path: str | os.PathLike[str]) -> str:
+    """A file's name without its format suffix (``.pth.tar`` counts as one): ``run.v2.tsv`` ->
+    ``run.v2``, ``model_best.pth.tar`` -> ``model_best``. Names files written beside it."""
+    name = Path(path).name
+    return name[: -len(".pth.tar")] if name.endswith(".pth.tar") else Path(name).stem
+
+
 def make_world_readable(path: str | os.PathLike[str]) -> None:
     """Give a file made by ``mkstemp`` (mode 0600) the mode a plain ``open`` would: 0666 less umask."""
     umask = os.umask(0)

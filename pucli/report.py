@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pucli import __version__
-from pucli.paths import atomic_write
+from pucli.paths import atomic_write, output_stem
 
 __all__ = ["RunReport", "report_path_for", "REPORT_FORMAT_VERSION"]
 
@@ -39,7 +39,7 @@ def report_path_for(output: str | os.PathLike[str]) -> Path:
     output = Path(output)
     if output.is_dir():
         return output / "report.json"
-    return output.with_name(output.name.split(".")[0] + ".report.json")
+    return output.with_name(output_stem(output) + ".report.json")
 
 
 class RunReport:

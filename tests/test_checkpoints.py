@@ -147,3 +147,12 @@ def test_model_safetensors_layout_loads_with_timm_local_dir(tmp_path: Path, lene
     reloaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True)
     assert _same_weights(reloaded, lenet)
     assert reloaded.pretrained_cfg["label_names"] == [str(i) for i in range(10)]
+
+
+def test_output_stem_keeps_inner_dots_and_treats_pth_tar_as_one_suffix() -> None:
+    from pucli.paths import output_stem
+    from pucli.report import report_path_for
+
+    assert output_stem("runs/model_best.pth.tar") == "model_best"
+    assert output_stem("teacher.v2.pth") == "teacher.v2"
+    assert report_path_for(Path("out/index.v2.tsv")) == Path("out/index.v2.report.json")

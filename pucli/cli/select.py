@@ -104,7 +104,7 @@ def select(
     from pucli.checkpoints import load_model
     from pucli.device import configure_threads, default_workers, resolve_device
     from pucli.index import IndexEntry, write_index
-    from pucli.paths import state_dir
+    from pucli.paths import output_stem, state_dir
     from pucli.report import RunReport, report_path_for
     from pucli.selector import SelectorOptions, run_selection, save_selector
     from pucli.sources import LabeledFolder, UnlabeledPool
@@ -162,7 +162,8 @@ def select(
             base = report_path if report_path is not None else report_path_for(out)
             anchor = Path(out)
         base.parent.mkdir(parents=True, exist_ok=True)
-        selector_file = anchor.with_name(anchor.name.split(".")[0] + ".selector.safetensors")
+        stem = output_stem(anchor).removesuffix(".report")  # run.report.json -> run.selector.safetensors
+        selector_file = anchor.with_name(stem + ".selector.safetensors")
         selector_path = save_selector(result, options, selector_file, loaded)
     report.results["selector"] = str(selector_path)
     written = report.write(base)
