@@ -69,7 +69,7 @@ def main() -> None:
     results: dict = {"index": str(args.index), "threads": args.threads or torch.get_num_threads(), "runs": {}}
 
     stdout, wall, rss = run([*pucli_bin, "expand", "--positive", str(args.data / "positive" / "nl10-seed0"), "--index", "-",
-                             "--teacher", str(teacher), "--out", str(expanded), "--json", "--quiet", *threads],
+                             "--teacher", str(teacher), "--out", str(expanded), "--force", "--json", "--quiet", *threads],
                             stdin_path=args.index)
     expand_out = json.loads(stdout)
     results["expand"] = {"items": expand_out["items"], "skipped": expand_out["skipped"], "wall_s": wall, "peak_rss_mib": rss,
@@ -87,7 +87,7 @@ def main() -> None:
         out = args.work / f"student-{loss}.safetensors"
         epochs = ["--epochs", str(args.epochs)] if args.epochs else []
         stdout, wall, rss = run([*pucli_bin, "distill", str(teacher), "--data", str(expanded), "--student", "lenet5_half",
-                                 "--out", str(out), "--loss", loss, "--seed", "0", "--json", "--quiet", *epochs, *threads])
+                                 "--out", str(out), "--force", "--loss", loss, "--seed", "0", "--json", "--quiet", *epochs, *threads])
         summary = json.loads(stdout)
         student = load_model(out)
         top1 = evaluate_model(student, args.data / "test", device=torch.device("cpu"), measure_speed=False).top1

@@ -23,7 +23,7 @@ head -n "$pool" "$root/unlabeled.txt" \
   | "$bin/pucli" select --positive "$positive" --unlabeled - --teacher "$teacher" --prior 0.3 \
       --out - --report "$work/select.report.json" \
   | tee "$work/index.tsv" \
-  | "$bin/pucli" expand --positive "$positive" --index - --teacher "$teacher" --out "$work/expanded"
+  | "$bin/pucli" expand --positive "$positive" --index - --teacher "$teacher" --out "$work/expanded" --force
 
-"$bin/pucli" distill "$teacher" --data "$work/expanded" --student lenet5_half --out "$work/student.safetensors"
+"$bin/pucli" distill "$teacher" --data "$work/expanded" --student lenet5_half --out "$work/student.safetensors" --force
 "$bin/pucli" evaluate "$teacher" "$work/student.safetensors" --data "$root/test" --report "$work/evaluate.report.json"

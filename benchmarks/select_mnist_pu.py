@@ -58,7 +58,7 @@ def child_select(args: argparse.Namespace) -> None:
     from pucli.cli import app
 
     argv = ["select", "--positive", args.positive, "--unlabeled", args.unlabeled, "--teacher", args.teacher,
-            "--prior", str(args.prior), "--out", args.index, "--all", "--seed", str(args.seed), "--quiet",
+            "--prior", str(args.prior), "--out", args.index, "--force", "--all", "--seed", str(args.seed), "--quiet",
             "--threads", str(args.threads), *(["--workers", str(args.workers)] if args.workers is not None else [])]
     started = time.perf_counter()
     try:

@@ -33,12 +33,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pucli import distributed
 from pucli.checkpoints import LoadedModel, ModelConfig, build_model, check_architecture
-from pucli.errors import DataError, PucliError, UsageError
+from pucli.errors import DataError, Interrupted, UsageError
 from pucli.manifest import ExpandedSet, retemper
 from pucli.paths import temporary_path_beside
 from pucli.progress import ProgressCallback, no_progress
-from pucli.robust_kd import RobustKDLoss, class_weights, kd_loss, sample_weights
+from pucli.robust_kd import RobustKDLoss, class_weights, kd_loss, sample_weights, soft_cross_entropy
 from pucli.sources import ImageDataset, LabeledFolder, Preprocess, SkippedFile, collate, iterate_batches
 
 __all__ = [
@@ -53,12 +54,15 @@ __all__ = [
     "resolve_augment",
     "default_epochs",
     "training_bound_throughput",
+    "sampling_weights",
+    "WEIGHTINGS",
 ]
 
 LOSSES = ("robust-kd", "weighted-kd", "kd")
 AUGMENTATIONS = ("auto", "none", "flip-crop")
 OPTIMIZERS = ("sgd", "adamw")
 KEEP = ("last", "best")
+WEIGHTINGS = ("uniform", "pu-score")
 CHECKPOINT_FORMAT = "pucli-distill-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 DEFAULT_MEMORY_BUDGET_BYTES = 2 * 2**30
@@ -73,10 +77,9 @@ _AUTO_MIN_EPOCHS, _AUTO_MAX_EPOCHS = 20, 200
 _SMALL_GRAY_SIDE = 64
 
 
-class TrainingInterrupted(PucliError):
-    """Ctrl-C during training; the checkpoint holds the last finished epoch."""
-
-    exit_code = 130
+class TrainingInterrupted(Interrupted):
+    """Ctrl-C (or SIGTERM, which the CLI turns into one) during training; the checkpoint holds
+    the last finished epoch."""
 
 
 @dataclass
@@ -89,7 +92,10 @@ class DistillConfig:
     radius and M (Eq. 9). ``redraw_weight_set``: draw a new ``W`` every epoch (``False`` keeps the
     first, as Algorithm 2). ``augment``: ``auto`` | ``none`` | ``flip-crop``. ``keep``: ``last`` or
     ``best`` (best validation top-1; needs a validation set). ``memory_budget_bytes``: largest
-    decoded uint8 set trained from memory.
+    decoded uint8 set trained from memory. ``weighting``: ``uniform`` (every item once per epoch)
+    or ``pu-score`` (each epoch draws as many items with replacement, with probability
+    :func:`sampling_weights`: the PU selector's scores as sampling weights, for a set that holds
+    a whole pool; Eq. 7 then uses the soft class counts expected under that sampling).
     """
 
     loss: str = "robust-kd"
@@ -105,6 +111,7 @@ class DistillConfig:
     keep: str = "last"
     seed: int = 0
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
+    weighting: str = "uniform"
 
     def validate(self) -> None:
         """Raises UsageError naming the CLI option of the first bad setting."""
@@ -113,6 +120,7 @@ class DistillConfig:
             (self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer}: choose sgd or adamw"),
             (self.augment in AUGMENTATIONS, f"--augment {self.augment}: choose one of {', '.join(AUGMENTATIONS)}"),
             (self.keep in KEEP, f"--keep {self.keep}: choose last or best"),
+            (self.weighting in WEIGHTINGS, f"--weighting {self.weighting}: choose one of {', '.join(WEIGHTINGS)}"),
             (self.temperature is None or (math.isfinite(self.temperature) and self.temperature > 0),
              f"--temperature {self.temperature}: must be > 0"),
             (self.epochs is None or self.epochs >= 1, f"--epochs {self.epochs}: must be >= 1"),
@@ -178,6 +186,27 @@ def default_epochs(num_items: int, batch_size: int) -> int:
     """Epochs giving about 5,000 optimizer steps, at least 20 and at most 200."""
     steps = _steps_per_epoch(num_items, batch_size)
     return int(min(_AUTO_MAX_EPOCHS, max(_AUTO_MIN_EPOCHS, math.ceil(_AUTO_TARGET_STEPS / steps))))
+
+
+def sampling_weights(expanded: ExpandedSet) -> Tensor:
+    """Per-item sampling weights of ``weighting="pu-score"``: (N,) float64.
+
+    ``sigmoid(F(x))`` of the selector score of each unlabeled item (the score nnPU's sigmoid loss
+    trains towards +1 on positives, -1 on negatives), and 1 for the labeled positives, whose class
+    is known. For an expanded set holding a whole pool (issue 5: PU scores as sampling weights
+    instead of a hard PU-s1 cut), items the selector rejects are still drawn, rarely.
+
+    Raises:
+        DataError: an unlabeled item has no score.
+    """
+    weights = torch.ones(len(expanded), dtype=torch.float64)
+    for row, (origin, score) in enumerate(zip(expanded.origins, expanded.scores)):
+        if origin == "positive":
+            continue
+        if score is None:
+            raise DataError(f"--weighting pu-score: manifest row {row + 1} has no selector score")
+        weights[row] = 1.0 / (1.0 + math.exp(-score)) if score > -700 else 0.0
+    return weights
 
 
 class FlipCrop:
@@ -262,8 +291,13 @@ def distill(
 
     source, decode_s = _training_source(expanded, preprocess, config, device, workers, skipped, progress)
     soft_targets = retemper(expanded.soft_targets, expanded.temperature, temperature)
-    # Eq. 7 over the items actually trained on (unreadable ones dropped), at the training temperature.
-    weights = class_weights(soft_targets[source.items].double().sum(dim=0)).float().to(device)
+    # Eq. 7 over the items actually trained on (unreadable ones dropped), at the training temperature;
+    # with PU-score weighting, over the soft class counts expected under the sampling.
+    trained_targets = soft_targets[source.items].double()
+    if config.weighting == "pu-score":
+        source.sampling_weights = sampling_weights(expanded)[source.items]
+        trained_targets = trained_targets * source.sampling_weights[:, None]
+    weights = class_weights(trained_targets.sum(dim=0)).float().to(device)
     soft_targets = soft_targets.to(device)
     epochs = config.epochs or default_epochs(len(source), config.batch_size)
     steps_per_epoch = _steps_per_epoch(len(source), config.batch_size)
@@ -274,6 +308,7 @@ def distill(
         "lr": float(config.lr or _DEFAULT_LR[config.optimizer]), "eps": float(config.eps),
         "num_weight_vectors": config.num_weight_vectors, "redraw_weight_set": config.redraw_weight_set,
         "augment": augment, "keep": config.keep, "seed": config.seed, "num_items": len(source),
+        "weighting": config.weighting,
         "num_classes": student_config.num_classes, "in_chans": student_config.in_chans,
     }
     optimizer = _make_optimizer(student, config.optimizer, settings["lr"])
@@ -286,6 +321,8 @@ def distill(
         if config.loss == "robust-kd" else None
     )
     val_images = _load_val(val_set, preprocess, config, workers) if val_set is not None else None
+    # Under torchrun: DistributedDataParallel, each rank training on its share of every batch.
+    trainee = _data_parallel(student, device, config.batch_size)
 
     state = _TrainingState(history=[], best_epoch=0, best_top1=-1.0, best_state=None)
     start_epoch = 1
@@ -303,7 +340,7 @@ def distill(
             if robust is not None and config.redraw_weight_set and epoch > 1:
                 robust.redraw(_epoch_generator(config.seed, epoch, "weights"))
             stats = _train_epoch(
-                epoch, epochs, steps_per_epoch, student, teacher_model, source, soft_targets, weights, robust,
+                epoch, epochs, steps_per_epoch, trainee, teacher_model, source, soft_targets, weights, robust,
                 config.loss, temperature, preprocess, augment, optimizer, scheduler, scaler, amp_dtype,
                 memory_format, config.seed, device, progress,
             )
@@ -386,9 +423,11 @@ def training_bound_throughput(
 
 
 class _InMemorySource:
-    """Decoded uint8 images (N', C, H, W) in memory; ``items`` (N',) their manifest rows."""
+    """Decoded uint8 images (N', C, H, W) in memory; ``items`` (N',) their manifest rows;
+    ``sampling_weights`` (N',) float64 or None (uniform, each item once per epoch)."""
 
     in_memory = True
+    sampling_weights: Tensor | None = None
 
     def __init__(self, images: Tensor, items: Tensor, batch_size: int, device: torch.device) -> None:
         # On a GPU the whole set lives there: no per-batch host-to-device copies.
@@ -402,10 +441,13 @@ class _InMemorySource:
 
     def epoch_batches(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         """(manifest rows (B,) int64, images uint8 (B, C, H, W) on the device) in a fresh order."""
-        order = torch.randperm(len(self.items), generator=generator)
+        if self.sampling_weights is None:
+            order = torch.randperm(len(self.items), generator=generator)
+        else:
+            order = torch.multinomial(self.sampling_weights, len(self.items), replacement=True, generator=generator)
         steps = _steps_per_epoch(len(self.items), self.batch_size)
         for step in range(steps):
-            positions = order[step * self.batch_size:(step + 1) * self.batch_size]
+            positions = distributed.batch_share(order[step * self.batch_size:(step + 1) * self.batch_size])
             images = self.images[positions.to(self.images.device)]
             yield self.items[positions], images.to(self.device, non_blocking=True)
 
@@ -414,6 +456,7 @@ class _StreamingSource:
     """Images decoded from disk every epoch by DataLoader workers (sets above the memory budget)."""
 
     in_memory = False
+    sampling_weights: Tensor | None = None
 
     def __init__(self, expanded: ExpandedSet, preprocess: Preprocess, batch_size: int, workers: int,
                  device: torch.device, skipped: list[SkippedFile] | None) -> None:
@@ -427,12 +470,24 @@ class _StreamingSource:
         return len(self.items)
 
     def epoch_batches(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-        from torch.utils.data import DataLoader, RandomSampler
+        from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
+        sampler = RandomSampler(self.dataset, generator=generator) if self.sampling_weights is None else \
+            WeightedRandomSampler(self.sampling_weights, len(self.dataset), replacement=True, generator=generator)
+        drop_last = len(self.dataset) >= 2 * self.batch_size
+        if distributed.is_distributed():
+            # Every rank draws the same order and loads its share of each batch: the batches of one
+            # process, split (DistributedSampler deals single items and cannot weight them).
+            order = torch.tensor(list(sampler), dtype=torch.int64)
+            batches = [distributed.batch_share(order[s * self.batch_size:(s + 1) * self.batch_size]).tolist()
+                       for s in range(_steps_per_epoch(len(order), self.batch_size))]
+            batching: dict[str, Any] = {"batch_sampler": batches}
+        else:
+            batching = {"batch_size": self.batch_size, "sampler": sampler, "drop_last": drop_last}
         loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=RandomSampler(self.dataset, generator=generator),
+            self.dataset, **batching,
             num_workers=self.workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
-            drop_last=len(self.dataset) >= 2 * self.batch_size, prefetch_factor=4 if self.workers else None,
+            prefetch_factor=4 if self.workers else None,
         )
         for batch in loader:
             for index, reason in batch.failed:
@@ -441,6 +496,9 @@ class _StreamingSource:
                     self.skipped.append(SkippedFile(str(self.dataset.paths[index]), reason))
             if len(batch.indices):
                 yield batch.indices, batch.images.to(self.device, non_blocking=True)
+            elif distributed.is_distributed():  # ranks step together, even with nothing readable
+                channels, (height, width) = self.dataset.preprocess.channels, self.dataset.preprocess.size
+                yield batch.indices, torch.empty(0, channels, height, width, dtype=torch.uint8, device=self.device)
 
 
 def _training_source(expanded: ExpandedSet, preprocess: Preprocess, config: DistillConfig, device: torch.device,
@@ -541,7 +599,8 @@ def _train_epoch(
 ) -> EpochStats:
     student.train()
     flip_crop = FlipCrop(*preprocess.size) if augment == "flip-crop" else None
-    augment_generator = _epoch_generator(seed, epoch, "augment")
+    # Each rank augments its own images: its own draws (rank 0's are those of one process).
+    augment_generator = _epoch_generator(seed + 7919 * distributed.rank(), epoch, "augment")
     loss_sum = torch.zeros((), device=device)
     images_seen, steps = 0, 0
     max_counts = [0] * (robust.num_vectors if robust is not None else 0)
@@ -549,7 +608,7 @@ def _train_epoch(
     done_before = (epoch - 1) * steps_per_epoch
     start = time.perf_counter()
     for items, images in source.epoch_batches(_epoch_generator(seed, epoch, "order")):
-        if flip_crop is not None:
+        if flip_crop is not None and len(images):
             images = flip_crop(images, augment_generator)
         inputs = preprocess.normalize(images).contiguous(memory_format=memory_format)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -559,7 +618,11 @@ def _train_epoch(
             else:
                 targets = soft_targets[items.to(device)]
             logits = student(inputs).float()
-        if robust is not None:
+        if distributed.is_distributed():
+            loss, chosen = _distributed_loss(logits, targets, robust, loss_name, weights, temperature)
+            if chosen is not None:
+                max_counts[chosen] += 1
+        elif robust is not None:
             loss, chosen = robust(logits, targets)
             max_counts[chosen] += 1
         elif loss_name == "weighted-kd":
@@ -579,6 +642,10 @@ def _train_epoch(
             progress("distill", done_before + steps, total_steps, epoch=epoch,
                      loss=float(loss_sum) / steps, img_s=images_seen / elapsed if elapsed else 0.0)
     elapsed = time.perf_counter() - start
+    if distributed.is_distributed():
+        # A rank's loss is its share of the batch loss, scaled so that the ranks' mean is the batch loss.
+        totals = distributed.all_reduce_sum(torch.tensor([float(loss_sum), images_seen], dtype=torch.float64))
+        loss_sum, images_seen = totals[0] / distributed.world_size(), int(totals[1])
     mean_loss = float(loss_sum) / max(1, steps)
     if not math.isfinite(mean_loss):
         raise DataError(f"training diverged in epoch {epoch} (loss {mean_loss}): lower --lr")
@@ -586,6 +653,54 @@ def _train_epoch(
         epoch=epoch, loss=mean_loss, lr=optimizer.param_groups[0]["lr"], val_top1=None, images=images_seen,
         train_s=elapsed, images_per_s=images_seen / elapsed if elapsed else float("nan"), max_vector_counts=max_counts,
     )
+
+
+def _data_parallel(student: nn.Module, device: torch.device, batch_size: int) -> nn.Module:
+    """``student`` in DistributedDataParallel under torchrun (gradients averaged over ranks after
+    every backward pass); ``student`` itself in one process.
+
+    Raises:
+        UsageError: fewer images per batch than processes.
+    """
+    if not distributed.is_distributed():
+        return student
+    if batch_size < distributed.world_size():
+        raise UsageError(f"--batch-size {batch_size}: each batch is split over the {distributed.world_size()} "
+                         "processes; give at least one image per process")
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _distributed_loss(logits: Tensor, targets: Tensor, robust: RobustKDLoss | None, loss_name: str,
+                      weights: Tensor, temperature: float) -> tuple[Tensor, int | None]:
+    """The batch loss of Eq. 1, 8 or 10 when the batch is split over the ranks of a torchrun launch.
+
+    Each rank sums its per-sample losses, weighted by each vector of ``W`` for robust KD (by the
+    Eq. 7 weights for weighted KD); these sums and the item counts are all-reduced, so every rank
+    knows the whole batch's losses and, for robust KD, takes the same maximising vector (Eq. 10's
+    max is over the batch, not over a rank's share of it). The rank's loss is its sum for that
+    vector times ``world_size / n``: DDP's mean of the ranks' gradients is then the gradient of
+    the whole batch's loss, as in one process. A rank with no image (all unreadable) contributes
+    zero. Returns ``(loss, chosen vector or None)``.
+    """
+    rows = robust.num_vectors if robust is not None else 1
+    if len(logits):
+        per_sample = soft_cross_entropy(logits, targets, temperature)
+        if robust is not None:
+            vector_weights = robust.weight_set.to(per_sample.dtype)[:, targets.argmax(dim=1)]
+        elif loss_name == "weighted-kd":
+            vector_weights = sample_weights(targets, weights).to(per_sample.dtype)[None]
+        else:
+            vector_weights = torch.ones(1, len(per_sample), dtype=per_sample.dtype, device=per_sample.device)
+        sums = vector_weights @ per_sample
+    else:  # keeps the graph through the student, which DDP needs on every rank
+        sums = logits.sum() * 0 + torch.zeros(rows, device=logits.device)
+    totals = torch.cat([sums.detach().double(), torch.tensor([float(len(logits))], dtype=torch.float64, device=sums.device)])
+    distributed.all_reduce_sum(totals)
+    chosen = int(totals[:-1].argmax()) if robust is not None else None
+    loss = sums[chosen or 0] * (distributed.world_size() / float(totals[-1]))
+    return loss, chosen
 
 
 def _accuracy(student: nn.Module, val: tuple[Tensor, Tensor], preprocess: Preprocess, batch_size: int,
@@ -607,13 +722,15 @@ def _accuracy(student: nn.Module, val: tuple[Tensor, Tensor], preprocess: Prepro
 # Plain tensors, numbers, strings, lists and dicts only, so torch.load(weights_only=True) reads them.
 
 # Settings a resumed run must share with the checkpoint (others, e.g. --keep, may change).
-_RESUME_KEYS = ("student", "loss", "temperature", "epochs", "batch_size", "optimizer", "lr", "eps",
+_RESUME_KEYS = ("student", "loss", "temperature", "epochs", "batch_size", "optimizer", "lr", "eps", "weighting",
                 "num_weight_vectors", "redraw_weight_set", "augment", "seed", "num_items", "num_classes", "in_chans")
 
 
 def _save_checkpoint(path: Path, epoch: int, settings: dict[str, Any], student: nn.Module,
                      optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
                      robust: RobustKDLoss | None, state: _TrainingState) -> None:
+    if not distributed.is_main():  # under torchrun the replicas are equal: rank 0 writes
+        return
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,

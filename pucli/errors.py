@@ -37,3 +37,11 @@ class ClassMappingError(DataError):
 
 class NoImagesError(DataError):
     """A folder or list holds no readable image."""
+
+
+class Interrupted(PucliError):
+    """SIGINT (Ctrl-C) or SIGTERM stopped a command; finished work was kept for ``--resume``.
+
+    The CLI exits with 128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
+
+    exit_code = 130

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from pucli import distributed
 from pucli.checkpoints import LoadedModel
 from pucli.errors import DataError, UsageError
 from pucli.index import IndexEntry
@@ -55,21 +56,29 @@ def teacher_soft_targets(
     model = teacher.model.to(device).eval()
     kept: list[torch.Tensor] = []
     rows: list[torch.Tensor] = []
-    progress("soft targets", 0, len(paths))
+    # Under torchrun each rank runs the teacher on its block of whole batches (the same batches as
+    # one process) and every rank gets all the rows back; progress counts this rank's block.
+    start, end = distributed.batch_block(len(paths), batch_size)
+    unreadable: list[SkippedFile] = []
+    progress("soft targets", 0, end - start)
     with torch.inference_mode():
         for batch in iterate_batches(
-            ImageDataset(paths, preprocess), batch_size=batch_size, workers=workers,
-            pin_memory=device.type == "cuda", skipped=skipped,
+            ImageDataset(paths[start:end], preprocess), batch_size=batch_size, workers=workers,
+            pin_memory=device.type == "cuda", skipped=unreadable,
         ):
             images = preprocess.normalize(batch.images.to(device, non_blocking=True))
             logits = model(images).float()
             rows.append(torch.softmax(logits / temperature, dim=1).cpu())
-            kept.append(batch.indices)
-            progress("soft targets", int(batch.indices[-1]) + 1, len(paths))
+            kept.append(batch.indices + start)
+            progress("soft targets", int(batch.indices[-1]) + 1, end - start)
     num_classes = teacher.config.num_classes
-    if not rows:
-        return torch.empty(0, dtype=torch.int64), torch.empty(0, num_classes, dtype=torch.float32)
-    return torch.cat(kept), torch.cat(rows)
+    index = torch.cat(kept) if kept else torch.empty(0, dtype=torch.int64)
+    targets = torch.cat(rows) if rows else torch.empty(0, num_classes, dtype=torch.float32)
+    if skipped is not None:
+        skipped.extend(item for part in distributed.gather_objects(unreadable) for item in part)
+    gathered = distributed.gather_rows(index, targets, to_all=True)
+    assert gathered is not None
+    return gathered
 
 
 def expand(
@@ -138,6 +147,9 @@ def expand(
         class_names=list(positive_set.class_names),
         teacher=str(teacher.path.absolute()),
     )
+    if not distributed.is_main():  # under torchrun, rank 0 writes the set
+        expanded.root = out
+        return expanded
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         # mkdtemp makes the folder private (0700); the set should get the permissions of any new folder.

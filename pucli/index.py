@@ -11,7 +11,10 @@ Format (version 1), UTF-8 text, tab-separated, one item per line::
 - The header names the columns; ``path`` and ``score`` come first, in that order; more columns
   (e.g. ``selected`` with ``--all``) may follow.
 - ``path`` is absolute, or relative to the index file's folder (to the working directory when
-  read from stdin). Tabs and newlines in paths are not allowed.
+  read from stdin). Tabs, newlines and NUL bytes in paths are not allowed. File names that are
+  not valid UTF-8 (possible on Linux) are written byte for byte (``surrogateescape``) and read
+  back as the same path.
+- Lines end in ``\n`` (a ``\r\n`` written by another tool is accepted).
 - ``score`` is the selector's F(x) as a decimal float; rows are sorted by descending score.
 """
 
@@ -28,7 +31,7 @@ from typing import TextIO
 from pucli.errors import DataError, UsageError
 from pucli.paths import atomic_write
 
-__all__ = ["INDEX_TAG", "IndexEntry", "write_index", "read_index", "format_index"]
+__all__ = ["INDEX_TAG", "IndexEntry", "write_index", "read_index", "format_index", "check_files_exist"]
 
 INDEX_TAG = "#pucli-index v1"
 
@@ -42,14 +45,25 @@ class IndexEntry:
     selected: bool = True
 
 
+_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+
+
 def format_index(entries: Iterable[IndexEntry], *, with_selected: bool = False) -> Iterable[str]:
-    """The index's lines (each ending in a newline), in the order given."""
+    """The index's lines (each ending in a newline), in the order given.
+
+    Raises:
+        DataError: a path holds a tab, newline or NUL byte, or a score is NaN.
+    """
     yield INDEX_TAG + "\n"
     yield "path\tscore" + ("\tselected" if with_selected else "") + "\n"
     for entry in entries:
         text = str(entry.path)
-        if "\t" in text or "\n" in text:
-            raise DataError(f"cannot write path with a tab or newline to the index: {text!r}")
+        if "\t" in text or "\n" in text or "\x00" in text:
+            raise DataError(f"cannot write path with a tab, newline or NUL byte to the index: {text!r}; rename the file")
+        if math.isnan(entry.score):
+            raise DataError(f"cannot write a NaN score to the index (for {text!r})")
+        if text.startswith("#"):
+            text = "./" + text  # the same relative path, not a comment line
         line = f"{text}\t{entry.score:.6g}"
         if with_selected:
             line += "\t1" if entry.selected else "\t0"
@@ -64,10 +78,17 @@ def write_index(entries: Iterable[IndexEntry], out: str | os.PathLike[str], *, w
         OSError: ``out``'s folder is missing or read-only.
     """
     if str(out) == "-":
-        sys.stdout.writelines(format_index(entries, with_selected=with_selected))
+        lines = format_index(entries, with_selected=with_selected)
+        binary = getattr(sys.stdout, "buffer", None)
+        if binary is None:
+            sys.stdout.writelines(lines)
+        else:
+            sys.stdout.flush()
+            binary.writelines(line.encode(**_ENCODING) for line in lines)
+            binary.flush()
         sys.stdout.flush()
         return
-    with atomic_write(out) as handle:
+    with atomic_write(out, **_ENCODING) as handle:
         handle.writelines(format_index(entries, with_selected=with_selected))
 
 
@@ -80,22 +101,25 @@ def read_index(source: str | os.PathLike[str], *, stdin: TextIO | None = None, o
         DataError: malformed content (names the line and what is wrong).
     """
     if str(source) == "-":
-        return _parse(stdin or sys.stdin, base=Path.cwd(), name="stdin", option=option)
+        stream = stdin or sys.stdin
+        binary = getattr(stream, "buffer", None)
+        # Bytes, split on "\n" only: the same lines a file gives, whatever stdin's text settings.
+        lines: Iterable[str] = binary.read().decode(**_ENCODING).split("\n") if binary is not None else stream
+        return _parse(lines, base=Path.cwd(), name="stdin", option=option)
     path = Path(source)
     if not path.is_file():
         raise UsageError(f"{option} {path} does not exist: give the index written by `pucli select`, or -")
-    try:
-        with path.open(encoding="utf-8") as handle:
-            return _parse(handle, base=path.parent, name=str(path), option=option)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{option} {path} is not a text index (not UTF-8): give the file `pucli select` wrote") from exc
+    with path.open(newline="\n", **_ENCODING) as handle:
+        return _parse(handle, base=path.parent, name=str(path), option=option)
 
 
 def _parse(lines: Iterable[str], *, base: Path, name: str, option: str) -> list[IndexEntry]:
     entries: list[IndexEntry] = []
     columns: list[str] | None = None
     for number, raw in enumerate(lines, start=1):
-        line = raw.rstrip("\r\n")
+        line = raw.rstrip("\n").removesuffix("\r")
+        if "\x00" in line:
+            raise DataError(f"{option} {name} line {number} holds a NUL byte: not a text index; give the file `pucli select` wrote")
         if not line.strip() or line.startswith("#"):
             if number == 1 and line.startswith("#pucli-index") and line != INDEX_TAG:
                 raise DataError(f"{option} {name}: unsupported index version {line[1:]!r}; upgrade pucli")
@@ -103,6 +127,8 @@ def _parse(lines: Iterable[str], *, base: Path, name: str, option: str) -> list[
         fields = line.split("\t")
         if columns is None:
             columns = fields
+            if not line.replace("\t", " ").isprintable():
+                raise DataError(f"{option} {name} line {number}: not a text index (binary or not UTF-8); give the file `pucli select` wrote")
             if columns[:2] != ["path", "score"]:
                 raise DataError(f"{option} {name} line {number}: header must start with 'path<TAB>score', got {line[:60]!r}")
             continue
@@ -127,3 +153,22 @@ def _parse(lines: Iterable[str], *, base: Path, name: str, option: str) -> list[
     if columns is None:
         raise DataError(f"{option} {name} is empty or has no header: give the index written by `pucli select`")
     return entries
+
+
+def check_files_exist(entries: Iterable[IndexEntry], source: str | os.PathLike[str], *, option: str = "--index") -> None:
+    """Fail when selected entries name files that are gone (the pool moved or was cleaned up).
+
+    A member path of a tar shard counts as present when its shard holds that member.
+
+    Raises:
+        DataError: one or more selected files do not exist (says how many and the first).
+    """
+    from pucli.shards import member_exists
+
+    selected = [entry.path for entry in entries if entry.selected]
+    missing = [path for path in selected if not member_exists(path)]
+    if missing:
+        raise DataError(
+            f"{option} {source}: {len(missing)} of the {len(selected)} selected files do not exist (first: {missing[0]}); "
+            "restore them, or run `pucli select` again on the pool as it is now"
+        )

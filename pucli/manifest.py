@@ -183,10 +183,11 @@ def write_expanded_set(expanded: ExpandedSet, folder: str | os.PathLike[str]) ->
     lines = [MANIFEST_TAG, "\t".join(MANIFEST_HEADER)]
     for path, origin, label, score in zip(expanded.paths, expanded.origins, expanded.labels, expanded.scores):
         text = str(Path(path).absolute())
-        if "\t" in text or "\n" in text:
-            raise DataError(f"cannot write a path with a tab or newline to the manifest: {text!r}")
+        if "\t" in text or "\n" in text or "\x00" in text:
+            raise DataError(f"cannot write a path with a tab, newline or NUL byte to the manifest: {text!r}; rename the file")
         lines.append(f"{text}\t{origin}\t{label}\t{'' if score is None else repr(float(score))}")
-    (folder / MANIFEST_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # surrogateescape: a file name that is not valid UTF-8 is written byte for byte and read back as itself.
+    (folder / MANIFEST_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
     metadata = {
         "format": SOFT_TARGETS_FORMAT,
         "format_version": str(MANIFEST_FORMAT_VERSION),
@@ -245,7 +246,9 @@ def read_expanded_set(folder: str | os.PathLike[str], *, check_files: bool = Tru
     if bad_label is not None:
         raise DataError(f"{where}: {MANIFEST_NAME} row {bad_label + 1} has label {labels[bad_label]} >= {num_classes} classes")
     if check_files:
-        missing = [p for p in paths if not p.exists()]
+        from pucli.shards import member_exists  # a path may be a member of a tar shard
+
+        missing = [p for p in paths if not member_exists(p)]
         if missing:
             raise DataError(
                 f"{where}: {len(missing)} image(s) listed in {MANIFEST_NAME} do not exist (first: {missing[0]}); "
@@ -286,11 +289,13 @@ def retemper(soft_targets: Tensor, from_temperature: float, to_temperature: floa
 
 
 def _read_manifest(path: Path, where: str) -> tuple[list[Path], list[str], list[int], list[float | None]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{where}: {MANIFEST_NAME} is not UTF-8 text; re-run `pucli expand`") from exc
-    lines = text.splitlines()
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    if "\x00" in text:
+        raise DataError(f"{where}: {MANIFEST_NAME} holds NUL bytes, it is not a text manifest; re-run `pucli expand`")
+    # Split on "\n" alone (str.splitlines also splits on \x85, \u2028, ... which paths may hold).
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
     if not lines or not lines[0].startswith("#pucli-manifest"):
         raise DataError(f"{where}: {MANIFEST_NAME} does not start with '{MANIFEST_TAG}'; re-run `pucli expand`")
     if lines[0] != MANIFEST_TAG:
@@ -378,9 +383,10 @@ def _read_soft_targets(path: Path, where: str) -> tuple[Tensor, dict[str, str]]:
 def _read_classes(path: Path, where: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, huge numbers
         raise DataError(f"{where}: {CLASSES_NAME} is not valid JSON; re-run `pucli expand`") from exc
-    if not isinstance(data, dict) or data.get("format_version") != MANIFEST_FORMAT_VERSION:
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if type(version) is not int or version != MANIFEST_FORMAT_VERSION:
         raise DataError(f"{where}: {CLASSES_NAME} has no or an unsupported format_version; upgrade pucli or re-run expand")
     names = data.get("class_names")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):

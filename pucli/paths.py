@@ -31,11 +31,12 @@ def state_dir() -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8",
+                 errors: str | None = None) -> Iterator[IO]:
     """Open a temporary file beside ``path`` and rename it over ``path`` when the block succeeds.
 
-    A crash or Ctrl-C inside the block leaves ``path`` as it was (never half written).
-    ``mode`` is ``"w"`` (text) or ``"wb"`` (bytes).
+    A crash, Ctrl-C or SIGTERM inside the block leaves ``path`` as it was (never half written).
+    ``mode`` is ``"w"`` (text) or ``"wb"`` (bytes); ``errors`` as for :func:`open` (text only).
 
     Raises:
         OSError: the folder is missing or not writable (callers turn it into a UsageError).
@@ -43,7 +44,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+        text = "b" not in mode
+        with os.fdopen(fd, mode, encoding=encoding if text else None, errors=errors if text else None) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -55,6 +55,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -66,10 +67,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pucli import distributed
 from pucli.checkpoints import LoadedModel, ModelConfig
 from pucli.errors import DataError, NoImagesError, UsageError
 from pucli.nnpu import nnpu_risk
 from pucli.paths import cache_dir, temporary_path_beside
+from pucli.prior import Fit, PriorEstimate, estimate_class_prior
 from pucli.progress import ProgressCallback, no_progress
 from pucli.sources import ImageDataset, Preprocess, SkippedFile, iterate_batches
 
@@ -88,6 +91,8 @@ __all__ = [
     "descriptor_cache_key",
     "extract_descriptors",
     "load_or_extract_descriptors",
+    "extract_descriptors_in_parts",
+    "training_state_path",
     "train_frozen",
     "train_finetune",
     "score_images",
@@ -210,11 +215,13 @@ class AttentionScoreHead(nn.Module):
         channels: C, the descriptor width.
         reduction: r, the SE reduction ratio (16 in the official code).
         min_rd_channels: floor on ``C/r`` so that tiny descriptors still get a useful bottleneck.
+        attention: False drops the SE gate (``o~ = o``: plain concatenation of the scales, the
+            ablation of Eq. 5); the module then has no ``gate`` parameters.
 
     Shapes: ``forward`` (B, C) float32 -> (B,) float32.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, min_rd_channels: int = 8) -> None:
+    def __init__(self, channels: int, reduction: int = 16, min_rd_channels: int = 8, attention: bool = True) -> None:
         super().__init__()
         from timm.layers import SEModule
 
@@ -225,7 +232,8 @@ class AttentionScoreHead(nn.Module):
         self.rd_channels = max(min_rd_channels, channels // reduction)
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("std", torch.ones(channels))
-        self.gate = SEModule(channels, rd_channels=self.rd_channels)
+        self.attention = attention
+        self.gate = SEModule(channels, rd_channels=self.rd_channels) if attention else None
         self.linear = nn.Linear(channels, 1)
 
     def set_statistics(self, descriptors: torch.Tensor) -> None:
@@ -242,9 +250,11 @@ class AttentionScoreHead(nn.Module):
         Numerically the same as ``self.gate(o.view(B, C, 1, 1))``, but with the SE module's 1x1
         convolutions applied as matrix products: on 1x1 maps the CPU convolution kernels (and
         their backward) cost one to two orders of magnitude more than the equivalent ``linear``
-        and dominated training time when measured.
+        and dominated training time when measured. Without attention, ``o`` unchanged.
         """
         gate = self.gate
+        if gate is None:
+            return standardized
         hidden = F.linear(standardized, gate.fc1.weight.flatten(1), gate.fc1.bias)
         hidden = gate.act(gate.bn(hidden))
         weights = gate.gate(F.linear(hidden, gate.fc2.weight.flatten(1), gate.fc2.bias))
@@ -289,7 +299,8 @@ class SelectorOptions:
     """Hyper-parameters of PU training and selection.
 
     Attributes:
-        class_prior: ``pi_p``, the fraction of positives in the unlabeled pool, in (0, 1).
+        class_prior: ``pi_p``, the fraction of positives in the unlabeled pool, in (0, 1); None
+            estimates it from the descriptors (:func:`estimate_prior_from_descriptors`).
         budget: PU-s2 keeps the top ``budget`` images; None gives PU-s1 (``F(x) > 0``).
         finetune: train the backbone end to end instead of caching frozen descriptors.
         epochs: passes over the unlabeled pool.
@@ -300,6 +311,8 @@ class SelectorOptions:
             None uses a quarter of the unlabeled batch.
         lr, weight_decay, optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9); cosine schedule.
         reduction: SE reduction ratio r.
+        attention: gate the descriptor with squeeze-and-excitation (Eq. 5); False feeds the plain
+            concatenation to the linear head (the ablation).
         risk: ``"nnpu"`` (Kiryo et al. 2017) or ``"upu"`` (unbiased, the ablation).
         loss: surrogate, ``"sigmoid"`` or ``"logistic"``.
         beta, gamma: nnPU's ascent threshold and step scale.
@@ -312,7 +325,7 @@ class SelectorOptions:
         seed: seeds every random draw.
     """
 
-    class_prior: float
+    class_prior: float | None
     budget: int | None = None
     finetune: bool = False
     epochs: int = 20
@@ -323,6 +336,7 @@ class SelectorOptions:
     weight_decay: float = 1e-4
     optimizer: str = "adam"
     reduction: int = 16
+    attention: bool = True
     risk: str = "nnpu"
     loss: str = "sigmoid"
     beta: float = 0.0
@@ -335,7 +349,8 @@ class SelectorOptions:
 
     def __post_init__(self) -> None:
         checks = (
-            (0.0 < self.class_prior < 1.0, f"--prior {self.class_prior}: must be between 0 and 1 (exclusive)"),
+            (self.class_prior is None or 0.0 < self.class_prior < 1.0,
+             f"--prior {self.class_prior}: must be between 0 and 1 (exclusive), or auto"),
             (self.budget is None or self.budget >= 1, f"--budget {self.budget}: must be >= 1"),
             (self.epochs >= 1, f"--epochs {self.epochs}: must be >= 1"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1"),
@@ -479,6 +494,8 @@ class SelectionResult:
         skipped: unreadable files (positive or unlabeled), left out.
         counts: ``positive``, ``unlabeled``, ``selected``, ``skipped``.
         cache_path, from_cache: the descriptor cache used (frozen mode).
+        class_prior: the class prior the selector was trained with (given or estimated).
+        prior_estimate: the estimate, when the prior was estimated (``options.class_prior`` None).
     """
 
     paths: list[Path]
@@ -492,16 +509,21 @@ class SelectionResult:
     cache_path: Path | None = None
     from_cache: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    class_prior: float | None = None
+    prior_estimate: PriorEstimate | None = None
 
 
 # --- descriptor cache -----------------------------------------------------------------------------
 
 def _file_identities(paths: Sequence[Path]) -> str:
-    """sha256 over (path, size, mtime_ns) of each file, in order; a missing file hashes as -1."""
+    """sha256 over (path, size, mtime_ns) of each file, in order; a missing file hashes as -1.
+    A member of a tar shard takes the shard's size and mtime (:func:`pucli.shards.storage_path`)."""
+    from pucli.shards import storage_path
+
     digest = hashlib.sha256()
     for path in paths:
         try:
-            stat = os.stat(path)
+            stat = os.stat(storage_path(path))
             size, mtime = stat.st_size, stat.st_mtime_ns
         except OSError:
             size, mtime = -1, -1
@@ -668,34 +690,46 @@ def load_or_extract_descriptors(
     use_cache: bool = True,
     augmentation: PositiveAugmentation | None = None,
     progress: ProgressCallback = no_progress,
-) -> Descriptors:
+    resume: bool = False,
+) -> Descriptors | None:
     """Descriptors of P and U: from the cache when the key matches, else extracted (and cached).
+
+    Under torchrun the ranks share the extraction (:func:`_load_or_extract_sharded`): rank 0
+    gets the descriptors, the other ranks None.
 
     With ``augmentation``, the augmented copies of P (:func:`extract_augmented_descriptors`) are
     extracted and cached too, under a key that includes the augmentation's settings.
 
     The cache lives in ``pucli.paths.cache_dir()/descriptors/<key>.safetensors`` (key:
     :func:`descriptor_cache_key`), written atomically, so an interrupted run never leaves a
-    half-written entry behind.
+    half-written entry behind. While the pool is extracted, each finished part of it is saved in
+    ``<key>.parts/`` (:func:`extract_descriptors_in_parts`); ``resume`` loads the parts an
+    interrupted run left instead of extracting them again (without it they are discarded).
     """
-    path = None
+    path = parts = None
     if use_cache:
         path = _cache_file(descriptor_cache_key(teacher, positive_paths, unlabeled_paths, preprocess, scales,
                                                 augmentation))
+    if distributed.is_distributed():
+        return _load_or_extract_sharded(extractor, positive_paths, unlabeled_paths, preprocess, path,
+                                        device=device, batch_size=batch_size, workers=workers,
+                                        augmentation=augmentation, progress=progress)
+    if path is not None:
         if path.is_file():
             cached = _read_cache(path)
             if cached is not None:
                 total = len(positive_paths) + len(unlabeled_paths)
                 progress("extract", total, total, cached=1)
                 return cached
+        parts = _parts_folder(path, keep=resume)
     skipped: list[SkippedFile] = []
     total = len(positive_paths) + len(unlabeled_paths)
     positive_index, positive = extract_descriptors(
         extractor, positive_paths, preprocess, device=device, batch_size=batch_size, workers=0,
         skipped=skipped, progress=progress, progress_total=total,
     )
-    unlabeled_index, unlabeled = extract_descriptors(
-        extractor, unlabeled_paths, preprocess, device=device, batch_size=batch_size, workers=workers,
+    unlabeled_index, unlabeled = extract_descriptors_in_parts(
+        extractor, unlabeled_paths, preprocess, parts=parts, device=device, batch_size=batch_size, workers=workers,
         skipped=skipped, progress=progress, progress_offset=len(positive_paths), progress_total=total,
     )
     positive_augmented = torch.empty(0, extractor.channels)
@@ -710,7 +744,165 @@ def load_or_extract_descriptors(
         except OSError:
             # A read-only cache folder must not fail the run; the next run just recomputes.
             descriptors.cache_path = None
+    if parts is not None and descriptors.cache_path is not None:
+        shutil.rmtree(parts, ignore_errors=True)  # the whole entry now holds them
     return descriptors
+
+
+def _load_or_extract_sharded(
+    extractor: MultiScaleExtractor,
+    positive_paths: Sequence[Path],
+    unlabeled_paths: Sequence[Path],
+    preprocess: Preprocess,
+    path: Path | None,
+    *,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    augmentation: PositiveAugmentation | None,
+    progress: ProgressCallback,
+) -> Descriptors | None:
+    """:func:`load_or_extract_descriptors` over the ranks of a torchrun launch.
+
+    Rank 0 looks up the cache and tells the others. Otherwise each rank extracts its block of
+    whole batches of the pool (:func:`pucli.distributed.batch_block`: the same batches, so the
+    same bits, as one process), the blocks are gathered on rank 0 in pool order, and rank 0 adds
+    the positives (tiny) and writes the cache entry a one-process run would have written.
+    Returns the descriptors on rank 0, None elsewhere. The per-part resume of a one-process
+    extraction is not used here: an interrupted run extracts the pool again.
+    """
+    cached = _read_cache(path) if path is not None and distributed.is_main() and path.is_file() else None
+    if distributed.broadcast_object(cached is not None):
+        if cached is not None:
+            total = len(positive_paths) + len(unlabeled_paths)
+            progress("extract", total, total, cached=1)
+        return cached
+    start, end = distributed.batch_block(len(unlabeled_paths), batch_size)
+    skipped: list[SkippedFile] = []
+    index, values = extract_descriptors(extractor, unlabeled_paths[start:end], preprocess, device=device,
+                                        batch_size=batch_size, workers=workers, skipped=skipped, progress=progress)
+    gathered = distributed.gather_rows(index + start, values)
+    all_skipped = [item for part in distributed.gather_objects(skipped) for item in part]
+    if gathered is None:
+        return None
+    unlabeled_index, unlabeled = gathered
+    positive_skipped: list[SkippedFile] = []
+    positive_index, positive = extract_descriptors(extractor, positive_paths, preprocess, device=device,
+                                                   batch_size=batch_size, workers=0, skipped=positive_skipped)
+    positive_augmented = torch.empty(0, extractor.channels)
+    if augmentation is not None:
+        positive_augmented = extract_augmented_descriptors(extractor, positive_paths, preprocess, augmentation,
+                                                           device=device, batch_size=batch_size)
+    descriptors = Descriptors(positive, unlabeled, positive_index, unlabeled_index, positive_skipped + all_skipped,
+                              path, False, positive_augmented)
+    if path is not None:
+        try:
+            _write_cache(path, descriptors)
+        except OSError:
+            descriptors.cache_path = None
+    return descriptors
+
+
+# Images per saved part of the pool's descriptors (rounded to whole batches): an interrupted
+# extraction loses at most this much work, and each part costs one DataLoader start-up.
+DESCRIPTOR_PART_IMAGES = 8192
+
+
+def _parts_folder(cache_path: Path, *, keep: bool) -> Path | None:
+    """``<key>.parts/`` beside the cache entry, emptied unless ``keep``; None when it cannot be
+    made (a read-only cache: extraction then simply cannot resume)."""
+    parts = cache_path.with_name(cache_path.stem + ".parts")
+    if not keep:
+        shutil.rmtree(parts, ignore_errors=True)
+    try:
+        parts.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return parts
+
+
+def extract_descriptors_in_parts(
+    extractor: MultiScaleExtractor,
+    paths: Sequence[Path],
+    preprocess: Preprocess,
+    *,
+    parts: Path | None,
+    device: torch.device,
+    batch_size: int = 512,
+    workers: int = 0,
+    skipped: list[SkippedFile] | None = None,
+    progress: ProgressCallback = no_progress,
+    progress_offset: int = 0,
+    progress_total: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`extract_descriptors`, saving each part of :data:`DESCRIPTOR_PART_IMAGES` images to
+    ``parts`` (atomically) as soon as it is done, and loading the parts already there instead of
+    extracting them. Parts are whole batches starting at multiples of the batch size, so the
+    descriptors are the same bits as one uninterrupted pass. ``parts`` None: one plain pass.
+
+    Returns ``(index (N',) int64, descriptors (N', C) float32)`` as :func:`extract_descriptors`.
+    """
+    if parts is None:
+        return extract_descriptors(extractor, paths, preprocess, device=device, batch_size=batch_size,
+                                   workers=workers, skipped=skipped, progress=progress,
+                                   progress_offset=progress_offset, progress_total=progress_total)
+    total = progress_total if progress_total is not None else len(paths)
+    size = batch_size * max(1, round(DESCRIPTOR_PART_IMAGES / batch_size))
+    descriptors = torch.empty(len(paths), extractor.channels)
+    kept = torch.zeros(len(paths), dtype=torch.bool)
+    for start in range(0, len(paths), size):
+        chunk = paths[start:start + size]
+        part = parts / f"unlabeled-{start:010d}-{len(chunk)}.safetensors"
+        loaded = _read_part(part, extractor.channels)
+        if loaded is None:
+            part_skipped: list[SkippedFile] = []
+            index, values = extract_descriptors(extractor, chunk, preprocess, device=device, batch_size=batch_size,
+                                                workers=workers, skipped=part_skipped, progress=progress,
+                                                progress_offset=progress_offset + start, progress_total=total)
+            _write_part(part, index, values, part_skipped)
+        else:
+            index, values, part_skipped = loaded
+            progress("extract", progress_offset + start + len(chunk), total, cached=1)
+        descriptors[index + start] = values
+        kept[index + start] = True
+        if skipped is not None:
+            skipped.extend(part_skipped)
+    index = kept.nonzero().flatten()
+    return index, (descriptors if len(index) == len(paths) else descriptors[index])
+
+
+def _read_part(path: Path, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[SkippedFile]] | None:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            index, values = handle.get_tensor("index"), handle.get_tensor("descriptors")
+        skipped = [SkippedFile(**item) for item in json.loads(metadata.get("skipped", "[]"))]
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError):
+        return None  # a damaged part is extracted again
+    if values.ndim != 2 or values.shape[1] != channels or len(index) != len(values):
+        return None
+    return index, values, skipped
+
+
+def _write_part(path: Path, index: torch.Tensor, values: torch.Tensor, skipped: list[SkippedFile]) -> None:
+    from safetensors.torch import save_file
+
+    try:
+        tmp = temporary_path_beside(path)
+    except OSError:
+        return  # parts are a shortcut: without them the run goes on, only resuming starts over
+    try:
+        save_file({"index": index.contiguous(), "descriptors": values.contiguous()}, str(tmp),
+                  metadata={"skipped": json.dumps([asdict(s) for s in skipped])})
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --- PU training --------------------------------------------------------------------------------
@@ -781,12 +973,19 @@ def train_frozen(
     options: SelectorOptions,
     *,
     progress: ProgressCallback = no_progress,
+    state_path: Path | None = None,
 ) -> tuple[ScoreEnsemble, list[dict[str, float]]]:
     """Train the gate + head (an ensemble of ``options.ensemble`` members) on frozen descriptors.
+
+    Each member draws from its own seeded generator, so members are independent: with
+    ``state_path``, every finished member is saved there (atomically) and members already saved
+    are loaded instead of trained, which makes an interrupted training resumable with the same
+    result.
 
     Args:
         positive: (N_P, C) float32 descriptors of the labeled positives.
         unlabeled: (N_U, C) float32 descriptors of the pool.
+        state_path: where finished members are kept (None: nowhere).
 
     Returns:
         The ensemble (eval mode) and one history entry per epoch, averaged over members.
@@ -798,23 +997,187 @@ def train_frozen(
         raise NoImagesError("no readable positive or unlabeled image left to train the selector on")
     members = []
     histories = []
+    finished = _read_training_state(state_path) if state_path is not None else {}
     steps = options.epochs * max(1, math.ceil(len(unlabeled) / options.train_batch_size))
     for member in range(options.ensemble):
         generator = torch.Generator().manual_seed(options.seed * 1000 + member)
         torch.manual_seed(options.seed * 1000 + member)  # layer initialisation
-        head = AttentionScoreHead(positive.shape[1], reduction=options.reduction)
+        head = AttentionScoreHead(positive.shape[1], reduction=options.reduction, attention=options.attention)
         head.set_statistics(unlabeled)
 
         def on_step(step: int, _total: int, member: int = member) -> None:
             progress("train", member * steps + step, options.ensemble * steps)
 
-        histories.append(_train_head_member(head, positive, unlabeled, options, generator, on_step))
-        members.append(head)
+        saved = finished.get(member)
+        if saved is not None and _load_member(head, saved["head"]):
+            histories.append(saved["history"])
+            progress("train", (member + 1) * steps, options.ensemble * steps, cached=1)
+        else:
+            histories.append(_train_head_member(head, positive, unlabeled, options, generator, on_step))
+            finished[member] = {"head": head.state_dict(), "history": histories[-1]}
+            if state_path is not None:
+                _write_training_state(state_path, finished)
+        members.append(head.eval())
     history = [
         {key: sum(h[epoch][key] for h in histories) / len(histories) for key in histories[0][epoch]}
         for epoch in range(options.epochs)
     ]
     return ScoreEnsemble(members).eval(), history
+
+
+# --- resumable training state (frozen mode) ------------------------------------------------------
+# Plain tensors, numbers and dicts only, so torch.load(weights_only=True) reads them.
+
+TRAINING_STATE_FORMAT = "pucli-selector-state"
+TRAINING_STATE_VERSION = 1
+
+
+def training_state_path(descriptor_cache: Path, options: SelectorOptions) -> Path:
+    """Where :func:`train_frozen` keeps finished members for these descriptors and options:
+    ``cache_dir()/selector-runs/<key>.pt``; the key changes with any option but the budget
+    (which only picks from the scores)."""
+    settings = {k: v for k, v in asdict(options).items() if k != "budget"}
+    text = json.dumps({"descriptors": descriptor_cache.stem, "options": settings}, sort_keys=True, default=str)
+    return cache_dir() / "selector-runs" / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.pt"
+
+
+def _read_training_state(path: Path) -> dict[int, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format") != TRAINING_STATE_FORMAT or state.get("format_version") != TRAINING_STATE_VERSION:
+            return {}
+        return {int(k): v for k, v in state["members"].items()}
+    except Exception:  # noqa: BLE001 - a damaged state only means training those members again
+        return {}
+
+
+def _write_training_state(path: Path, members: dict[int, dict[str, Any]]) -> None:
+    state = {"format": TRAINING_STATE_FORMAT, "format_version": TRAINING_STATE_VERSION,
+             "members": {str(k): v for k, v in members.items()}}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_path_beside(path)
+    except OSError:
+        return  # a read-only cache: training goes on, only resuming starts over
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_member(head: AttentionScoreHead, state: dict[str, torch.Tensor]) -> bool:
+    try:
+        head.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError):
+        return False
+    return True
+
+
+# --- class prior ----------------------------------------------------------------------------------
+
+#: Epochs of each cross-fitted nnPU head in the prior's refinement pass (single heads, no ensemble).
+PRIOR_REFINE_EPOCHS = 10
+
+
+def _nnpu_fit(options: SelectorOptions) -> Callable[[float], Fit]:
+    """The refinement scorer of the prior estimate: one nnPU head trained as the selector is,
+    with the current estimate as its class prior."""
+    import dataclasses
+
+    def with_prior(class_prior: float) -> Fit:
+        def fit(positive: torch.Tensor, unlabeled: torch.Tensor, seed: int) -> nn.Module:
+            member_options = dataclasses.replace(options, class_prior=class_prior, ensemble=1,
+                                                 epochs=PRIOR_REFINE_EPOCHS, seed=seed)
+            return train_frozen(positive, unlabeled, member_options)[0]
+
+        return fit
+
+    return with_prior
+
+
+def estimate_prior_from_descriptors(descriptors: Descriptors, options: SelectorOptions, *,
+                                    positive_labels: Sequence[int] | None = None,
+                                    progress: ProgressCallback = no_progress) -> PriorEstimate:
+    """The class prior of the pool, estimated from frozen descriptors (:mod:`pucli.prior`).
+
+    Best-bin estimation on cross-fitted P-vs-U logistic scores, refined once with cross-fitted
+    nnPU heads trained at that first estimate (Garg et al. 2021's alternation of estimation and
+    PU training). The augmented copies of the positives, if any, join the training folds only.
+    ``positive_labels`` (the class of each input positive, in input order) stratify the folds.
+
+    Raises:
+        NoImagesError: fewer than 2 readable positives, or no unlabeled image.
+    """
+    augmented = None
+    if len(descriptors.positive_augmented):
+        augmented = descriptors.positive_augmented.view(-1, len(descriptors.positive), descriptors.positive.shape[1])
+    labels = None
+    if positive_labels is not None:
+        labels = torch.as_tensor(list(positive_labels), dtype=torch.long)[descriptors.positive_index]
+    return estimate_class_prior(descriptors.positive, descriptors.unlabeled, seed=options.seed,
+                                refine_fit=_nnpu_fit(options), positive_augmented=augmented, positive_labels=labels,
+                                progress=progress)
+
+
+@dataclass
+class PriorResult:
+    """What :func:`estimate_prior` produced: the estimate, the unreadable files left out, seconds
+    per stage (``extract``, ``prior``) and the descriptor cache used."""
+
+    estimate: PriorEstimate
+    skipped: list[SkippedFile]
+    timings: dict[str, float]
+    cache_path: Path | None
+
+
+def estimate_prior(
+    teacher: LoadedModel,
+    positive_paths: Sequence[Path],
+    unlabeled_paths: Sequence[Path],
+    *,
+    seed: int = 0,
+    scales: Scales = Scales(),
+    augment_positives: int | None = None,
+    device: torch.device | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    use_cache: bool = True,
+    positive_labels: Sequence[int] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> PriorResult:
+    """Estimate the class prior of ``unlabeled_paths`` (what ``pucli prior`` runs).
+
+    Extracts (or loads from the cache shared with ``pucli select``) the frozen descriptors, then
+    :func:`estimate_prior_from_descriptors` with the selector's default options.
+    ``positive_labels`` (class of each positive) stratify the cross-fitting folds.
+
+    Raises:
+        NoImagesError: fewer than 2 readable positives, or no readable unlabeled image.
+    """
+    device = device or torch.device("cpu")
+    options = SelectorOptions(class_prior=None, augment_positives=augment_positives, scales=scales, seed=seed,
+                              batch_size=batch_size)
+    timings: dict[str, float] = {}
+    extractor = MultiScaleExtractor(teacher.model, scales).to(device)
+    augmentation = resolve_positive_augmentation(teacher.config, augment_positives, len(positive_paths), seed)
+    with _timed(timings, "extract"):
+        descriptors = load_or_extract_descriptors(
+            teacher, extractor, list(positive_paths), list(unlabeled_paths), Preprocess(teacher.config),
+            scales=scales, device=device, batch_size=batch_size, workers=workers, use_cache=use_cache,
+            augmentation=augmentation, progress=progress,
+        )
+    extractor.cpu()
+    if descriptors is None:
+        raise UsageError("pucli prior runs in one process: launch it without torchrun")
+    with _timed(timings, "prior"):
+        estimate = estimate_prior_from_descriptors(descriptors, options, positive_labels=positive_labels,
+                                                   progress=progress)
+    return PriorResult(estimate, descriptors.skipped, timings, descriptors.cache_path)
 
 
 def train_finetune(
@@ -969,6 +1332,8 @@ def run_selection(
     workers: int = 0,
     use_cache: bool = True,
     progress: ProgressCallback = no_progress,
+    resume: bool = False,
+    positive_labels: Sequence[int] | None = None,
 ) -> SelectionResult:
     """Stage 1 end to end: descriptors (or fine-tuning), nnPU training, scoring, selection.
 
@@ -980,21 +1345,45 @@ def run_selection(
         device: where the networks run (CPU by default).
         workers: data-loading processes for the pool.
         use_cache: frozen mode reads/writes the descriptor cache.
+        resume: continue an interrupted run: reuse the parts of the pool's descriptors and the
+            ensemble members it finished (frozen mode, with the cache). Without it they are
+            discarded and the run starts over. Either way the result is the same bits.
+        positive_labels: the teacher class of each positive (input order); used only to
+            stratify the folds of the class-prior estimate when ``options.class_prior`` is None.
 
     Raises:
         NoImagesError: no readable positive or unlabeled image.
-        UsageError: the teacher exposes no feature stages.
+        UsageError: the teacher exposes no feature stages; ``resume`` with fine-tuning or
+            without the cache.
     """
     import copy
+    import dataclasses
+
+    if resume and (options.finetune or not use_cache):
+        raise UsageError("--resume continues from the descriptor cache and saved ensemble members: "
+                         "it cannot be used with --finetune or --no-cache")
+    if options.finetune and distributed.is_distributed():
+        raise UsageError("--finetune trains in one process: run it without torchrun, or drop --finetune")
 
     device = device or torch.device("cpu")
     preprocess = Preprocess(teacher.config)
     timings: dict[str, float] = {}
     positive_paths, unlabeled_paths = list(positive_paths), list(unlabeled_paths)
+    prior_estimate = None
+    if options.class_prior is None and options.finetune:
+        # Fine-tuning has no frozen descriptors of its own: estimate on those of the start backbone.
+        prior_result = estimate_prior(teacher, positive_paths, unlabeled_paths, seed=options.seed,
+                                      scales=options.scales, device=device, batch_size=options.batch_size,
+                                      workers=workers, use_cache=use_cache, positive_labels=positive_labels,
+                                      progress=progress)
+        prior_estimate = prior_result.estimate
+        timings.update(prior_result.timings)
+        options = dataclasses.replace(options, class_prior=prior_estimate.class_prior)
     if options.finetune:
         torch.manual_seed(options.seed)
         extractor = MultiScaleExtractor(copy.deepcopy(teacher.model), options.scales)
-        net = PUSelectorNet(extractor, AttentionScoreHead(extractor.channels, reduction=options.reduction)).to(device)
+        net = PUSelectorNet(extractor, AttentionScoreHead(extractor.channels, reduction=options.reduction,
+                                                          attention=options.attention)).to(device)
         skipped: list[SkippedFile] = []
         with _timed(timings, "train"):
             history = train_finetune(net, positive_paths, unlabeled_paths, preprocess, options, device=device,
@@ -1015,11 +1404,30 @@ def run_selection(
             descriptors = load_or_extract_descriptors(
                 teacher, extractor, positive_paths, unlabeled_paths, preprocess, scales=options.scales,
                 device=device, batch_size=options.batch_size, workers=workers, use_cache=use_cache,
-                augmentation=augmentation, progress=progress,
+                augmentation=augmentation, progress=progress, resume=resume,
             )
+        if descriptors is None:  # a rank other than 0 under torchrun: rank 0 trains and scores alone
+            return _share_selection(None, None, unlabeled_paths)
         extractor.cpu()
+        for images, paths, option in ((descriptors.positive, positive_paths, "--positive"),
+                                      (descriptors.unlabeled, unlabeled_paths, "--unlabeled")):
+            if len(images) == 0:
+                names = {str(p) for p in paths}
+                first = next((s for s in descriptors.skipped if s.path in names), None)
+                raise NoImagesError(f"none of the {len(paths)} images of {option} could be read"
+                                    + (f" (first: {first.path}: {first.reason})" if first else "")
+                                    + f"; check {option}")
+        if options.class_prior is None:
+            with _timed(timings, "prior"):
+                prior_estimate = estimate_prior_from_descriptors(descriptors, options, positive_labels=positive_labels,
+                                                                 progress=progress)
+            options = dataclasses.replace(options, class_prior=prior_estimate.class_prior)
+        state_path = training_state_path(descriptors.cache_path, options) if descriptors.cache_path else None
+        if state_path is not None and not resume:
+            state_path.unlink(missing_ok=True)
         with _timed(timings, "train"):
-            head, history = train_frozen(descriptors.positive_set, descriptors.unlabeled, options, progress=progress)
+            head, history = train_frozen(descriptors.positive_set, descriptors.unlabeled, options, progress=progress,
+                                         state_path=state_path)
         with _timed(timings, "score"):
             # The descriptors were computed with the evaluation transform, so the head on them is
             # exactly the streamed score of each image; no second pass over the pool is needed.
@@ -1043,14 +1451,35 @@ def run_selection(
         "selected": int(selected.sum()),
         "skipped": len(skipped),
     }
-    return SelectionResult(
+    result = SelectionResult(
         paths=paths, scores=scores, selected=selected, network=network, history=history, timings=timings,
         skipped=skipped, counts=counts, cache_path=cache_path, from_cache=from_cache,
         metadata={"mode": "finetune" if options.finetune else "frozen", "channels": extractor.channels,
                   "scale_channels": extractor.scale_channels, "scales": options.scales.describe(),
                   "positive_augmentation": augmentation.describe() if augmentation is not None else "none",
                   "positive_augmented": augmented_count},
+        class_prior=options.class_prior, prior_estimate=prior_estimate,
     )
+    return _share_selection(result, index, unlabeled_paths)
+
+
+def _share_selection(result: SelectionResult | None, index: torch.Tensor | None,
+                     unlabeled_paths: Sequence[Path]) -> SelectionResult:
+    """Under torchrun, rank 0's result on every rank (each rebuilds the paths from the pool and
+    ``index``, the pool positions of the scored images, rather than receiving them). One process:
+    ``result`` itself."""
+    import dataclasses
+
+    if not distributed.is_distributed():
+        assert result is not None
+        return result
+    sent = (dataclasses.replace(result, paths=[]), index) if distributed.is_main() else None
+    shared, shared_index = distributed.broadcast_object(sent)
+    if distributed.is_main():
+        assert result is not None
+        return result
+    shared.paths = [unlabeled_paths[int(i)] for i in shared_index]
+    return shared
 
 
 def save_selector(result: SelectionResult, options: SelectorOptions, path: str | os.PathLike[str],
@@ -1070,6 +1499,7 @@ def save_selector(result: SelectionResult, options: SelectorOptions, path: str |
         raise DataError(f"selector weights are safetensors: {path} must end in .safetensors")
     tensors = {k: v.detach().cpu().contiguous() for k, v in result.network.state_dict().items()}
     options_dict = asdict(options)
+    options_dict["class_prior"] = result.class_prior if result.class_prior is not None else options.class_prior
     metadata = {
         "format_version": str(SELECTOR_FORMAT_VERSION),
         "teacher_architecture": teacher.config.architecture,

@@ -183,3 +183,44 @@ def test_training_bound_throughput_is_positive(teacher):
 
     student = timm.create_model("lenet5_half", num_classes=3, in_chans=1)
     assert training_bound_throughput(student, teacher.model, (1, 28, 28), 16, torch.device("cpu"), budget_s=0.05) > 0
+
+
+# --- PU scores as sampling weights (issue 5) ------------------------------------------------------
+
+
+def test_pu_score_sampling_weights_are_sigmoid_of_the_score_and_one_for_positives(tmp_path):
+    from pucli.distill import sampling_weights
+
+    paths = [write_png(tmp_path / f"{i}.png", seed=i) for i in range(4)]
+    expanded = build_expanded_set(
+        paths=paths, origins=["positive", "unlabeled", "unlabeled", "unlabeled"], labels=[1, -1, -1, -1],
+        scores=[None, 0.0, 2.0, -1000.0], soft_targets=torch.full((4, 3), 1 / 3), temperature=1.0,
+        teacher_digest="", class_names=["0", "1", "2"],
+    )
+    weights = sampling_weights(expanded)
+    assert weights.dtype == torch.float64
+    torch.testing.assert_close(weights, torch.tensor([1.0, 0.5, 1 / (1 + torch.e ** -2.0), 0.0], dtype=torch.float64))
+
+
+def test_pu_score_weighting_draws_items_in_proportion_to_their_weights_with_replacement():
+    from pucli.distill import _InMemorySource
+
+    source = _InMemorySource(torch.zeros(1000, 1, 2, 2, dtype=torch.uint8), torch.arange(1000), 100, torch.device("cpu"))
+    source.sampling_weights = torch.cat([torch.zeros(500), torch.ones(400), torch.full((100,), 4.0)]).double()
+    drawn = torch.cat([items for items, _ in source.epoch_batches(torch.Generator().manual_seed(0))])
+    assert len(drawn) == 1000  # same steps per epoch as uniform sampling
+    assert not bool((drawn < 500).any())  # weight 0: never drawn
+    heavy = int((drawn >= 900).sum())
+    assert 400 < heavy < 600  # expected 1000 * 400 / 800 = 500
+    source.sampling_weights = None
+    uniform = torch.cat([items for items, _ in source.epoch_batches(torch.Generator().manual_seed(0))])
+    assert sorted(uniform.tolist()) == list(range(1000))
+
+
+def test_distill_with_pu_score_weighting_trains_and_records_it(tmp_path, teacher):
+    expanded = _expanded(tmp_path, teacher)
+    result = _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, weighting="pu-score"))
+    assert result.settings["weighting"] == "pu-score"
+    assert len(result.history) == 3 and result.history[0].images == 24
+    with pytest.raises(UsageError, match="--weighting"):
+        DistillConfig(weighting="scores").validate()

@@ -400,3 +400,23 @@ def test_augmented_positives_are_trained_on_and_cached(scenario: dict) -> None:
     off = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"],
                         SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=1, augment_positives=0))
     assert off.metadata["positive_augmented"] == 0 and off.cache_path != first.cache_path
+
+
+def test_head_without_attention_scores_the_plain_standardised_concatenation() -> None:
+    torch.manual_seed(0)
+    head = AttentionScoreHead(12, reduction=4, attention=False).eval()
+    assert head.gate is None and not any(name.startswith("gate.") for name in head.state_dict())
+    head.set_statistics(torch.randn(50, 12) * 3 + 1)
+    o = torch.randn(4, 12)
+    z = (o - head.mean) / head.std
+    torch.testing.assert_close(head(o), z @ head.linear.weight[0] + head.linear.bias)
+
+
+def test_selector_trains_without_attention_and_records_the_option() -> None:
+    positive, unlabeled, truth = _blobs()
+    options = SelectorOptions(class_prior=0.3, epochs=10, train_batch_size=64, lr=1e-2, ensemble=1, attention=False)
+    head, _ = train_frozen(positive, unlabeled, options)
+    assert all(member.gate is None for member in head.members)
+    with torch.inference_mode():
+        accuracy = (select_indices(head(unlabeled)) == truth).float().mean().item()
+    assert accuracy > 0.95

@@ -43,12 +43,18 @@ def _root(
     set_debug(debug)
 
 
-from pucli.cli import distill, evaluate, expand, select  # noqa: E402  (after `app` exists)
+from pucli.cli import distill, evaluate, expand, prior, select, shards  # noqa: E402  (after `app` exists)
 
-for _command in (select, expand, distill, evaluate):
+for _command in (select, prior, expand, distill, evaluate, shards):
     _command.register(app)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="pucli")
+    """Console-script entry point. On a terminal, required options left out are asked for
+    (:func:`pucli.cli._common.enable_prompts`); in a pipeline they are an error, never a prompt."""
+    from pucli.cli._common import enable_prompts, is_interactive
+
+    command = typer.main.get_command(app)
+    if is_interactive():
+        enable_prompts(command)
+    command(prog_name="pucli")

@@ -6,6 +6,7 @@ answers at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -24,7 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Human output (messages, tables, progress) goes to stderr; stdout carries only data.
 console = Console(stderr=True, highlight=False)
 
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "signal": None}
 
 
 def set_debug(enabled: bool) -> None:
@@ -38,30 +39,74 @@ def error(message: str) -> None:
 
 def handles_errors(command: F) -> F:
     """Turn pucli's typed errors (and OS errors) into one line on stderr and an exit code:
-    2 for usage errors, 1 for data errors, 130 for Ctrl-C. ``--debug`` shows the traceback."""
+    2 for usage errors, 1 for data errors, 128 + the signal's number for SIGINT (130) and
+    SIGTERM (143). ``--debug`` shows the traceback.
+
+    While the command runs, SIGTERM interrupts it as Ctrl-C does (``KeyboardInterrupt``), so the
+    engine's handlers keep finished work for ``--resume`` whichever of the two stopped it."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pucli.errors import PucliError
+        from pucli.errors import Interrupted, PucliError
 
         try:
-            return command(*args, **kwargs)
+            with _signals_interrupt():
+                return command(*args, **kwargs)
         except typer.Exit:
             raise
         except PucliError as exc:
             _maybe_traceback()
             error(_escape(str(exc)))
-            raise typer.Exit(exc.exit_code) from None
+            raise typer.Exit(_signal_exit_code() if isinstance(exc, Interrupted) else exc.exit_code) from None
+        except BrokenPipeError:
+            # The reader of stdout went away (`pucli select --out - | head`): stop quietly, as
+            # Unix tools do, and keep Python from complaining when it flushes stdout at exit.
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except OSError as exc:
             _maybe_traceback()
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             error(_escape(f"{where}{exc.strerror or exc}; check the path and its permissions"))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            error("interrupted")
-            raise typer.Exit(130) from None
+            _maybe_traceback()
+            error("interrupted; no output is left half written: run the command again")
+            raise typer.Exit(_signal_exit_code()) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Raise ``KeyboardInterrupt`` on SIGINT and SIGTERM and remember which one came; the
+    previous handlers come back afterwards. A no-op outside the main thread (where Python cannot
+    set handlers)."""
+    import signal
+    import threading
+
+    _state["signal"] = None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        _state["signal"] = signum
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _signal_exit_code() -> int:
+    """The shell's convention for a command stopped by a signal: 128 + its number (130 for Ctrl-C)."""
+    import signal
+
+    return 128 + int(_state["signal"] or signal.SIGINT)
 
 
 def _maybe_traceback() -> None:
@@ -137,7 +182,88 @@ def check_output_path(path: Path, option: str = "--out") -> None:
         raise UsageError(f"{option} {path}: folder {folder} is not writable; choose another location")
 
 
+def is_interactive() -> bool:
+    """True when a person can answer a question: stdin and stderr are both terminals. In a
+    pipeline, a cron job or CI pucli never asks; it decides by the options or fails with one line."""
+    try:
+        return sys.stdin.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
+
+
+def confirm_overwrite(path: Path, *, force: bool, option: str = "--out") -> None:
+    """Guard an existing output: replace it with ``--force``; on a terminal, ask; anywhere else
+    refuse, so a re-run script never destroys earlier results by accident.
+
+    Raises:
+        UsageError: ``path`` exists, no ``--force``, and no one said yes.
+    """
+    from pucli.errors import UsageError
+
+    if str(path) == "-" or not path.exists() or force:
+        return
+    if path.is_dir() and not any(path.iterdir()):
+        return  # an empty folder holds nothing to lose
+    if is_interactive():
+        with contextlib.suppress(EOFError):  # stdin closed: as good as a no
+            if _ask(f"{path} exists; replace it? [y/N] ").strip().lower() in ("y", "yes"):
+                return
+        raise UsageError(f"{option} {path} exists and was kept: choose another path, or pass --force to replace it")
+    raise UsageError(f"{option} {path} exists: pass --force to replace it, or choose another path")
+
+
+def _ask(question: str) -> str:
+    """Print ``question`` on stderr (as is: no markup, no wrapping) and read one line of stdin.
+
+    Raises:
+        EOFError: stdin is closed.
+    """
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\n")
+
+
+def enable_prompts(command: Any) -> Any:
+    """Ask for required options left out (on a terminal only; see :func:`is_interactive`), instead
+    of failing. ``command`` is the click command Typer built (a group: its subcommands too).
+
+    The question goes to stderr and the answer comes from stdin, so stdout stays clean for data.
+    """
+    for sub in getattr(command, "commands", {}).values():
+        enable_prompts(sub)
+    for param in getattr(command, "params", []):
+        # Typer ships its own copy of click: tell options by their attributes, not by class.
+        if (getattr(param, "param_type_name", "") == "option" and param.required and param.prompt is None
+                and not param.is_flag):
+            param.prompt = param.opts[0]
+            param.prompt_for_value = functools.partial(_prompt_for_value, param)  # type: ignore[method-assign]
+    return command
+
+
+def _prompt_for_value(param: Any, ctx: Any) -> Any:
+    help_text = f" ({param.help.rstrip('.')})" if param.help else ""
+    while True:
+        try:
+            answer = _ask(f"{param.opts[0]}{help_text}: ").strip()
+        except EOFError:
+            raise typer.Abort() from None
+        if not answer:
+            continue
+        try:
+            return param.process_value(ctx, answer)
+        except typer.BadParameter as exc:
+            error(_escape(exc.format_message()))
+
+
 # Options shared by several commands ------------------------------------------------------
+ForceOption = Annotated[
+    bool,
+    typer.Option("--force", "--yes", "-f", "-y", help="Replace existing outputs without asking (needed outside a terminal).",
+                 rich_help_panel="Output"),
+]
 DeviceOption = Annotated[
     str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.", rich_help_panel="Run")
 ]

@@ -16,7 +16,9 @@ from pucli.cli._common import (
     SeedOption,
     ThreadsOption,
     WorkersOption,
+    ForceOption,
     check_output_path,
+    confirm_overwrite,
     console,
     emit_json,
     handles_errors,
@@ -27,8 +29,8 @@ from pucli.cli._common import (
 HELP = """Train a smaller student on an expanded set with robust knowledge distillation.
 
 The loss is robust KD (Eq. 10: the worst case over perturbed class weights) by default, or
-weighted KD (Eq. 8) or plain KD (Eq. 1). A checkpoint is written after every epoch; Ctrl-C keeps it
-and --resume continues from it. Writes the student (.safetensors + timm config) and a run report.
+weighted KD (Eq. 8) or plain KD (Eq. 1). A checkpoint is written after every epoch; Ctrl-C or SIGTERM
+keeps it and --resume continues from it. An existing --out is replaced only with --force (or --resume). Writes the student (.safetensors + timm config) and a run report.
 
 [bold]Example[/]
 
@@ -61,6 +63,7 @@ def distill(
     augment: Annotated[str, typer.Option("--augment", help="auto (none for small grey digits, else flip-crop), none or flip-crop; with augmentation the teacher runs on the fly.", rich_help_panel=_RUN)] = "auto",
     val: Annotated[Path | None, typer.Option("--val", help="Labeled validation folder evaluated each epoch (never the test set).", rich_help_panel=_RUN)] = None,
     keep: Annotated[str, typer.Option("--keep", help="Student to write: last epoch, or best on --val.", rich_help_panel=_RUN)] = "last",
+    weighting: Annotated[str, typer.Option("--weighting", help="uniform (each item once per epoch) or pu-score (draw items with probability sigmoid(selector score), positives 1: for a set expanded from a whole pool).", rich_help_panel=_RUN)] = "uniform",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.", rich_help_panel=_RUN)] = False,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", dir_okay=False, help="Checkpoint file \\[default: OUT with .ckpt.pt].", rich_help_panel=_RUN)] = None,
     seed: SeedOption = 0,
@@ -70,7 +73,9 @@ def distill(
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     report_path: ReportOption = None,
+    force: ForceOption = False,
 ) -> None:
+    from pucli import distributed
     from pucli.checkpoints import check_architecture, load_model, save_model
     from pucli.device import configure_threads, default_workers, resolve_device
     from pucli.distill import DistillConfig
@@ -83,17 +88,21 @@ def distill(
     if not out.name.endswith(".safetensors"):
         raise UsageError(f"--out {out}: the student is written as safetensors, name the file *.safetensors")
     check_output_path(out)
+    confirm_overwrite(out, force=force or resume)
     checkpoint = checkpoint or out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.pt")
     config = DistillConfig(loss=loss, temperature=temperature, epochs=epochs, batch_size=batch_size, lr=lr,
                            optimizer=optimizer, eps=eps, num_weight_vectors=num_weight_vectors,
-                           redraw_weight_set=not fixed_weight_set, augment=augment, keep=keep, seed=seed)
+                           redraw_weight_set=not fixed_weight_set, augment=augment, keep=keep, seed=seed,
+                           weighting=weighting)
     config.validate()
     check_architecture(student)
-    run_device = resolve_device(device)
+    # Under torchrun every rank trains (DistributedDataParallel); only rank 0 reports and writes.
+    run_device = distributed.setup(resolve_device(device))
+    quiet = quiet or not distributed.is_main()
     report = RunReport("distill", dict(teacher=teacher, data=data, student=student, out=out, arch=arch, loss=loss,
                                        temperature=temperature, epochs=epochs, batch_size=batch_size, lr=lr,
                                        optimizer=optimizer, eps=eps, num_weight_vectors=num_weight_vectors,
-                                       fixed_weight_set=fixed_weight_set, augment=augment, val=val, keep=keep,
+                                       fixed_weight_set=fixed_weight_set, augment=augment, val=val, keep=keep, weighting=weighting,
                                        resume=resume, checkpoint=checkpoint, device=device, workers=workers,
                                        threads=threads), seed=seed)
     report.device, report.threads = str(run_device), configure_threads(threads)
@@ -110,6 +119,8 @@ def distill(
             device=run_device, workers=workers if workers is not None else default_workers(len(expanded)),
             skipped=report.skipped, progress=progress,
         )
+    if not distributed.is_main():
+        return
     with report.stage("save"):
         save_model(result.student, out, label_names=loaded.config.label_names or expanded.class_names,
                    data_config=loaded.config.data_config())

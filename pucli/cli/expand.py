@@ -15,6 +15,9 @@ from pucli.cli._common import (
     ReportOption,
     ThreadsOption,
     WorkersOption,
+    ForceOption,
+    check_output_path,
+    confirm_overwrite,
     console,
     emit_json,
     handles_errors,
@@ -55,15 +58,24 @@ def expand(
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     report_path: ReportOption = None,
+    force: ForceOption = False,
 ) -> None:
+    from pucli import distributed
     from pucli.checkpoints import load_model
+    from pucli.errors import UsageError
     from pucli.device import configure_threads, default_workers, resolve_device
     from pucli.expand import expand as expand_set
-    from pucli.index import read_index
+    from pucli.index import check_files_exist, read_index
     from pucli.report import RunReport, report_path_for
     from pucli.sources import LabeledFolder
 
-    run_device = resolve_device(device)
+    check_output_path(out)
+    confirm_overwrite(out, force=force)
+    # Under torchrun every rank runs this command; only rank 0 reports and writes the set.
+    run_device = distributed.setup(resolve_device(device))
+    quiet = quiet or not distributed.is_main()
+    if index == "-" and distributed.is_distributed():
+        raise UsageError("--index - under torchrun: every rank would read its own part of stdin; give the index file")
     report = RunReport("expand", dict(positive=positive, index=index, teacher=teacher, out=out, arch=arch, classes=classes,
                                       temperature=temperature, batch_size=batch_size, device=device, workers=workers,
                                       threads=threads))
@@ -73,6 +85,7 @@ def expand(
         positive_set = LabeledFolder.from_folder(positive, num_classes=loaded.config.num_classes,
                                                  label_names=loaded.config.label_names, classes_file=classes)
         entries = read_index(index)
+        check_files_exist(entries, index)
     selected = sum(1 for e in entries if e.selected)
     with progress_bars(quiet=quiet) as progress, report.stage("soft targets"):
         expanded = expand_set(
@@ -80,6 +93,8 @@ def expand(
             workers=workers if workers is not None else default_workers(len(positive_set) + selected),
             skipped=report.skipped, progress=progress,
         )
+    if not distributed.is_main():
+        return
     table = expanded.class_table()
     report.counts = {"positive": len(positive_set), "index_entries": len(entries), "selected": selected,
                      "items": len(expanded), "skipped": len(report.skipped)}

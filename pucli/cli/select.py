@@ -16,7 +16,9 @@ from pucli.cli._common import (
     SeedOption,
     ThreadsOption,
     WorkersOption,
+    ForceOption,
     check_output_path,
+    confirm_overwrite,
     console,
     emit_json,
     handles_errors,
@@ -31,8 +33,9 @@ Trains a positive-unlabeled (nnPU) selector on the teacher's multi-scale feature
 [bold]Example[/]
 
   pucli select --positive ./labeled --unlabeled ./pool.txt --teacher teacher.safetensors --prior 0.3 --out selected.tsv
+  torchrun --nproc_per_node=8 -m pucli select ...   (one process per GPU; the same index)
 
---positive has one subfolder per class; --unlabeled is a folder, a file listing image paths, or - (a list on stdin). Frozen descriptors are cached, so a second run on the same inputs trains in seconds."""
+--positive has one subfolder per class; --unlabeled is a folder, a file listing image paths, - (a list on stdin), or WebDataset-style tar shards (a brace pattern such as 'pool-{000000..000099}.tar'; `pucli shards pack` makes them). Frozen descriptors are cached, so a second run on the same inputs trains in seconds. Ctrl-C or SIGTERM keeps the finished parts of the extraction and the trained ensemble members: the same command with --resume continues and writes the same index. An existing --out is replaced only with --force (or a yes on a terminal)."""
 
 _PU = "PU training"
 
@@ -44,10 +47,10 @@ def register(app: typer.Typer) -> None:
 @handles_errors
 def select(
     positive: Annotated[Path, typer.Option("--positive", help="Labeled positives: one subfolder of images per teacher class.", show_default=False)],
-    unlabeled: Annotated[str, typer.Option("--unlabeled", help="Unlabeled pool: a folder, a file listing image paths, or - (stdin).", show_default=False)],
+    unlabeled: Annotated[str, typer.Option("--unlabeled", help="Unlabeled pool: a folder, a file listing image paths (or tar shards), - (stdin), or tar shards ('pool-{000000..000099}.tar').", show_default=False)],
     teacher: Annotated[Path, typer.Option("--teacher", help="Teacher weights (.safetensors, timm .pth.tar, or a state dict with --arch).", show_default=False)],
-    prior: Annotated[float, typer.Option("--prior", help="Class prior: the fraction of the pool that belongs to the teacher's task, in (0, 1).", show_default=False)],
     out: Annotated[str, typer.Option("--out", help="Index file to write (TSV), or - for stdout.", show_default=False)],
+    prior: Annotated[str, typer.Option("--prior", help="Class prior: the fraction of the pool that belongs to the teacher's task, in (0, 1), or auto to estimate it (best-bin estimation; see `pucli prior`).")] = "auto",
     budget: Annotated[int | None, typer.Option("--budget", help="PU-s2: keep the N best-scored images \\[default: PU-s1, keep score > 0].", show_default=False)] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="timm architecture, for bare state dicts.")] = None,
     classes: Annotated[Path | None, typer.Option("--classes", help="Class names in the teacher's output order, one per line.")] = None,
@@ -57,6 +60,7 @@ def select(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch for descriptor extraction, scoring and fine-tuning.", rich_help_panel=_PU)] = 256,
     train_batch_size: Annotated[int, typer.Option("--train-batch-size", help="Unlabeled descriptors per training step (frozen mode).", rich_help_panel=_PU)] = 4096,
     reduction: Annotated[int, typer.Option("--reduction", help="Squeeze-and-excitation reduction ratio r.", rich_help_panel=_PU)] = 16,
+    attention: Annotated[bool, typer.Option("--attention/--no-attention", help="Gate the multi-scale descriptor with squeeze-and-excitation (Eq. 5); --no-attention feeds the plain concatenation to the head (ablation).", rich_help_panel=_PU)] = True,
     risk: Annotated[str, typer.Option("--risk", help="nnpu (non-negative risk) or upu (unbiased, for ablation).", rich_help_panel=_PU)] = "nnpu",
     loss: Annotated[str, typer.Option("--loss", help="Surrogate loss: sigmoid or logistic.", rich_help_panel=_PU)] = "sigmoid",
     beta: Annotated[float, typer.Option("--beta", help="nnPU ascent threshold (>= 0).", rich_help_panel=_PU)] = 0.0,
@@ -64,6 +68,8 @@ def select(
     ensemble: Annotated[int, typer.Option("--ensemble", help="Heads trained from different seeds and averaged (frozen mode).", rich_help_panel=_PU)] = 3,
     augment_positives: Annotated[int | None, typer.Option("--augment-positives", help="Randomly augmented copies (small affine) of each labeled positive added to P, cached with the descriptors \\[default: 32 with at most 5 positives per class, else 0].", show_default=False, rich_help_panel=_PU)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the descriptor cache.", rich_help_panel=_PU)] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (same command): reuse the descriptors and ensemble members it finished; same index as an uninterrupted run.", rich_help_panel=_PU)] = False,
+    force: ForceOption = False,
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
@@ -74,11 +80,10 @@ def select(
 ) -> None:
     import datetime as dt
 
-    from pucli.errors import UsageError
+    from pucli.errors import Interrupted, UsageError
 
     # Validate every option before any slow import or file scan: usage errors answer at once.
-    if not (0.0 < prior < 1.0):
-        raise UsageError(f"--prior {prior}: must be between 0 and 1 (exclusive), the fraction of the pool that is positive")
+    class_prior = _parse_prior(prior)
     if budget is not None and budget < 1:
         raise UsageError(f"--budget {budget}: must be >= 1 (the number of images to keep)")
     if json_output and out == "-":
@@ -96,11 +101,15 @@ def select(
         raise UsageError(f"--gamma {gamma}: must be in [0, 1]")
     if finetune and augment_positives:
         raise UsageError("--augment-positives applies to frozen descriptors: drop it or --finetune")
+    if resume and (finetune or no_cache):
+        raise UsageError("--resume continues from the descriptor cache and saved ensemble members: drop --finetune and --no-cache")
     if out != "-":
         check_output_path(Path(out))
+        confirm_overwrite(Path(out), force=force or resume)
 
     import torch
 
+    from pucli import distributed
     from pucli.checkpoints import load_model
     from pucli.device import configure_threads, default_workers, resolve_device
     from pucli.index import IndexEntry, write_index
@@ -110,15 +119,19 @@ def select(
     from pucli.sources import LabeledFolder, UnlabeledPool
 
     options = SelectorOptions(
-        class_prior=prior, budget=budget, finetune=finetune, epochs=epochs, batch_size=batch_size,
+        class_prior=class_prior, budget=budget, finetune=finetune, epochs=epochs, batch_size=batch_size,
         train_batch_size=train_batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma, ensemble=ensemble,
-        augment_positives=augment_positives, seed=seed,
+        augment_positives=augment_positives, attention=attention, seed=seed,
     )
-    run_device = resolve_device(device)
+    # Under torchrun every rank runs this command; only rank 0 reports and writes the outputs.
+    run_device = distributed.setup(resolve_device(device))
+    quiet = quiet or not distributed.is_main()
+    if unlabeled == "-" and distributed.is_distributed():
+        raise UsageError("--unlabeled - under torchrun: every rank would read its own part of stdin; give a list file")
     report = RunReport("select", dict(positive=positive, unlabeled=unlabeled, teacher=teacher, arch=arch, classes=classes,
                                       prior=prior, budget=budget, out=out, all=all_items, finetune=finetune, epochs=epochs,
-                                      batch_size=batch_size, train_batch_size=train_batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta,
-                                      gamma=gamma, ensemble=ensemble, augment_positives=augment_positives, no_cache=no_cache, device=device, workers=workers,
+                                      batch_size=batch_size, train_batch_size=train_batch_size, reduction=reduction, attention=attention, risk=risk, loss=loss, beta=beta,
+                                      gamma=gamma, ensemble=ensemble, augment_positives=augment_positives, no_cache=no_cache, resume=resume, device=device, workers=workers,
                                       threads=threads), seed=seed)
     report.device, report.threads = str(run_device), configure_threads(threads)
     with report.stage("load"):
@@ -126,18 +139,31 @@ def select(
         positive_set = LabeledFolder.from_folder(positive, num_classes=loaded.config.num_classes,
                                                  label_names=loaded.config.label_names, classes_file=classes)
         pool = UnlabeledPool.from_source(unlabeled)
-    with progress_bars(quiet=quiet) as progress:
-        result = run_selection(
-            loaded, positive_set.paths, pool.paths, options, device=run_device,
-            workers=workers if workers is not None else default_workers(len(pool)),
-            use_cache=not no_cache, progress=progress,
-        )
+    if budget is not None and budget > len(pool):
+        raise UsageError(f"--budget {budget} is larger than the pool ({len(pool)} images): it would keep every image; "
+                         "give a smaller number, or leave --budget out for PU-s1")
+    try:
+        with progress_bars(quiet=quiet) as progress:
+            result = run_selection(
+                loaded, positive_set.paths, pool.paths, options, device=run_device,
+                workers=workers if workers is not None else default_workers(len(pool)),
+                use_cache=not no_cache, progress=progress, resume=resume, positive_labels=positive_set.labels,
+            )
+    except KeyboardInterrupt:
+        raise Interrupted("select interrupted; " + (
+            "nothing is kept with --finetune or --no-cache: run it again" if finetune or no_cache else
+            "the finished descriptors and ensemble members are kept: run the same command with --resume to continue"
+        )) from None
+    if not distributed.is_main():
+        return
     report.timings.update({k: round(v, 4) for k, v in result.timings.items()})
     report.skipped = list(result.skipped)
     report.counts = dict(result.counts)
     rule = f"PU-s2 (top {budget})" if budget is not None else "PU-s1 (score > 0)"
     report.results = {
-        "class_prior": prior, "rule": rule, "mode": result.metadata["mode"],
+        "class_prior": result.class_prior, "class_prior_source": "given" if class_prior is not None else "estimated",
+        "prior_estimate": result.prior_estimate.as_dict() if result.prior_estimate is not None else None,
+        "rule": rule, "mode": result.metadata["mode"],
         "descriptor_channels": result.metadata["scale_channels"], "scales": result.metadata["scales"],
         "positive_augmentation": result.metadata["positive_augmentation"],
         "positive_augmented": result.metadata["positive_augmented"],
@@ -168,11 +194,13 @@ def select(
     report.results["selector"] = str(selector_path)
     written = report.write(base)
 
-    summary = _summary(result, prior, rule, out, selector_path, written)
+    summary = _summary(result, rule, out, selector_path, written)
     if json_output:
         emit_json(summary)
     elif not quiet:
         _print_table(summary)
+    if result.prior_estimate is not None and result.prior_estimate.warning():
+        info(f"[yellow]warning:[/] {result.prior_estimate.warning()}", quiet=quiet)
     if result.skipped:
         info(f"[yellow]skipped {len(result.skipped)} unreadable file(s)[/]; listed in the report", quiet=quiet)
     if out == "-":
@@ -182,10 +210,33 @@ def select(
         info(f"index: {out}\nselector: {selector_path}\nreport: {written}", quiet=quiet)
 
 
-def _summary(result: Any, prior: float, rule: str, out: str, selector: Path, report: Path) -> dict[str, Any]:
+def _parse_prior(value: str) -> float | None:
+    """``--prior``: a number in (0, 1), or ``auto`` (None: estimate it).
+
+    Raises:
+        UsageError: anything else.
+    """
+    from pucli.errors import UsageError
+
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        prior = float(value)
+    except ValueError:
+        raise UsageError(f"--prior {value}: give a number between 0 and 1 (the fraction of the pool that is "
+                         "positive), or auto to estimate it") from None
+    if not 0.0 < prior < 1.0:
+        raise UsageError(f"--prior {value}: must be between 0 and 1 (exclusive), the fraction of the pool that is "
+                         "positive; or auto to estimate it")
+    return prior
+
+
+def _summary(result: Any, rule: str, out: str, selector: Path, report: Path) -> dict[str, Any]:
     return {
         "rule": rule,
-        "class_prior": prior,
+        "class_prior": result.class_prior,
+        "class_prior_source": "estimated" if result.prior_estimate is not None else "given",
+        "prior_estimate": result.prior_estimate.as_dict() if result.prior_estimate is not None else None,
         "positive": result.counts["positive"],
         "unlabeled": result.counts["unlabeled"],
         "selected": result.counts["selected"],
@@ -208,7 +259,12 @@ def _print_table(summary: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     table.add_row("labeled positives", f"{summary['positive']:,}")
     table.add_row("unlabeled pool", f"{summary['unlabeled']:,}")
-    table.add_row("class prior", f"{summary['class_prior']:.3f}")
+    estimate = summary["prior_estimate"]
+    if estimate is None:
+        table.add_row("class prior (given)", f"{summary['class_prior']:.3f}")
+    else:
+        table.add_row("class prior (estimated)", f"{summary['class_prior']:.3f} "
+                      f"({estimate['level']:.0%} interval {estimate['low']:.3f}-{estimate['high']:.3f})")
     table.add_row("selected", f"{summary['selected']:,} ({summary['selected_fraction']:.1%})")
     table.add_row("skipped files", f"{summary['skipped']:,}")
     for stage, seconds in summary["timings_s"].items():

@@ -1,0 +1,123 @@
+"""``pucli prior``: estimate the class prior of an unlabeled pool (the share that belongs to the task)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pucli.cli._common import (
+    DeviceOption,
+    JsonOption,
+    QuietOption,
+    ReportOption,
+    SeedOption,
+    ThreadsOption,
+    WorkersOption,
+    command_help,
+    console,
+    emit_json,
+    handles_errors,
+    info,
+    progress_bars,
+)
+
+HELP = """Estimate the class prior: the fraction of the unlabeled pool that belongs to the teacher's task.
+
+Prints the estimate alone on stdout (a number in (0, 1)), or with --json the estimate, its bootstrap standard deviation and interval, and how it was found. The estimator is best-bin estimation (Garg et al. 2021) on held-out positive-vs-unlabeled scores of the teacher's frozen descriptors; `pucli select` runs the same estimate when --prior is left out, and shares the descriptor cache with this command.
+
+[bold]Example[/]
+
+  pucli prior --positive ./labeled --unlabeled ./pool.txt --teacher teacher.safetensors
+
+With fewer than about 5 labeled images per class the estimate is unreliable (wide interval): give --prior to `pucli select` from what you know of the pool instead."""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prior", help=command_help(HELP), no_args_is_help=True)(prior)
+
+
+@handles_errors
+def prior(
+    positive: Annotated[Path, typer.Option("--positive", help="Labeled positives: one subfolder of images per teacher class.", show_default=False)],
+    unlabeled: Annotated[str, typer.Option("--unlabeled", help="Unlabeled pool: a folder, a file listing image paths, or - (stdin).", show_default=False)],
+    teacher: Annotated[Path, typer.Option("--teacher", help="Teacher weights (.safetensors, timm .pth.tar, or a state dict with --arch).", show_default=False)],
+    arch: Annotated[str | None, typer.Option("--arch", help="timm architecture, for bare state dicts.")] = None,
+    classes: Annotated[Path | None, typer.Option("--classes", help="Class names in the teacher's output order, one per line.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch for descriptor extraction.")] = 256,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the descriptor cache.")] = False,
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = None,
+    threads: ThreadsOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    report_path: ReportOption = None,
+) -> None:
+    import datetime as dt
+
+    from pucli.checkpoints import load_model
+    from pucli.device import configure_threads, default_workers, resolve_device
+    from pucli.paths import state_dir
+    from pucli.report import RunReport
+    from pucli.selector import estimate_prior
+    from pucli.sources import LabeledFolder, UnlabeledPool
+
+    run_device = resolve_device(device)
+    report = RunReport("prior", dict(positive=positive, unlabeled=unlabeled, teacher=teacher, arch=arch, classes=classes,
+                                     batch_size=batch_size, no_cache=no_cache, device=device, workers=workers,
+                                     threads=threads), seed=seed)
+    report.device, report.threads = str(run_device), configure_threads(threads)
+    with report.stage("load"):
+        loaded = load_model(teacher, arch, option="--teacher")
+        positive_set = LabeledFolder.from_folder(positive, num_classes=loaded.config.num_classes,
+                                                 label_names=loaded.config.label_names, classes_file=classes)
+        pool = UnlabeledPool.from_source(unlabeled)
+    with progress_bars(quiet=quiet) as progress:
+        result = estimate_prior(
+            loaded, positive_set.paths, pool.paths, seed=seed, device=run_device, batch_size=batch_size,
+            positive_labels=positive_set.labels,
+            workers=workers if workers is not None else default_workers(len(pool)), use_cache=not no_cache,
+            progress=progress,
+        )
+    report.timings.update({k: round(v, 4) for k, v in result.timings.items()})
+    report.skipped = list(result.skipped)
+    report.counts = {"positive": result.estimate.positive, "unlabeled": result.estimate.unlabeled,
+                     "skipped": len(result.skipped)}
+    report.results = {"prior_estimate": result.estimate.as_dict()}
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    written = report.write(report_path if report_path is not None else state_dir() / "runs" / f"prior-{stamp}.report.json")
+
+    estimate = result.estimate
+    if json_output:
+        emit_json(_summary(estimate, written))
+    else:
+        # The number alone on stdout, so `--prior $(pucli prior ...)` works in a shell.
+        print(f"{estimate.class_prior:.4f}", flush=True)
+        if not quiet:
+            _print_table(estimate)
+    if estimate.warning():
+        info(f"[yellow]warning:[/] {estimate.warning()}", quiet=quiet)
+    if result.skipped:
+        info(f"[yellow]skipped {len(result.skipped)} unreadable file(s)[/]; listed in the report", quiet=quiet)
+    info(f"report: {written}", quiet=quiet)
+
+
+def _summary(estimate: Any, report: Path) -> dict[str, Any]:
+    return {**estimate.as_dict(), "report": str(report)}
+
+
+def _print_table(estimate: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="pucli prior", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("class prior", f"{estimate.class_prior:.4f}")
+    table.add_row(f"{estimate.level:.0%} interval", f"{estimate.low:.4f} - {estimate.high:.4f}")
+    table.add_row("bootstrap std", f"{estimate.std:.4f}")
+    table.add_row("labeled positives", f"{estimate.positive:,}")
+    table.add_row("unlabeled pool", f"{estimate.unlabeled:,}")
+    table.add_row("top bin: positives / pool in it", f"{estimate.positive_in_bin:.1%} / {estimate.unlabeled_in_bin:.1%}")
+    console.print(table)

@@ -1,0 +1,356 @@
+"""Sharded pools: WebDataset-style tar shards of images, and the member paths that point into them.
+
+A pool of tens of millions of loose files is slow to list, copy and read (one open and one small
+read per image, metadata pressure on shared file systems). WebDataset
+(https://github.com/webdataset/webdataset) packs a dataset into plain POSIX tar files of a few
+thousand samples each, read front to back. pucli reads such shards as an unlabeled pool:
+
+- ``--unlabeled 'pool-{000000..000099}.tar'``: a brace pattern (``{a..b}`` zero-padded integer
+  ranges, ``{x,y,z}`` alternatives, nested and combined as in bash) naming the shards, in order;
+- ``--unlabeled pool.tar``: one shard;
+- a path list (``--unlabeled shards.txt`` or ``-``) whose lines name shards (patterns allowed), image
+  files, or both.
+
+Every image member of a shard (a regular file with an image extension; WebDataset's ``.cls``,
+``.json``, ... siblings are ignored) is one pool item, in archive order. Its **member path** is
+``<shard path>#<member name>``, e.g. ``/data/pool-000003.tar#part0/u000123.png``: the shard's path
+up to and including the first ``.tar#``, then the member's name inside the tar. Member paths are
+what the selection index and the expanded set's manifest record, and every reader of images
+(:func:`pucli.sources.decode_image_file`, the dataset classes) accepts them in place of a file path.
+
+Shards are read with Python's :mod:`tarfile` (no extra dependency). Listing a shard reads its
+512-byte member headers once per process and keeps each member's byte range, so a member is
+read with one ``pread``; items of a pool are read in order, so each shard is read front to back.
+Shards must be uncompressed (``.tar``): a compressed tar has no byte range per member.
+
+:func:`pack_folder` writes a folder of images into shards, in the folder's sorted order (the order
+``pucli select`` scans a folder in), so a folder and its shards make the same pool.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pucli.errors import DataError, UsageError
+from pucli.paths import temporary_path_beside
+from pucli.progress import ProgressCallback, no_progress
+
+__all__ = [
+    "MEMBER_SEPARATOR",
+    "SHARD_SUFFIX",
+    "expand_braces",
+    "is_shard_name",
+    "member_path",
+    "split_member",
+    "storage_path",
+    "member_exists",
+    "list_members",
+    "read_member",
+    "shard_members",
+    "pack_folder",
+    "PackedShards",
+]
+
+MEMBER_SEPARATOR = "#"
+SHARD_SUFFIX = ".tar"
+_SPLIT = SHARD_SUFFIX + MEMBER_SEPARATOR
+_COMPRESSED = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+
+# Per process: shard path -> {member name: (byte offset of its data, size in bytes)}. DataLoader
+# workers forked after the pool was listed inherit it; others fill it on first use.
+_MEMBERS: dict[str, dict[str, tuple[int, int]]] = {}
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Bash-style brace expansion, in order: ``pool-{000..002}.tar`` -> ``pool-000.tar``,
+    ``pool-001.tar``, ``pool-002.tar``; ``{a,b}{1..2}`` -> ``a1 a2 b1 b2``.
+
+    A range ``{m..n}`` counts up or down; when either end has a leading zero, every number is
+    zero-padded to the wider end's width (as bash does). Text without braces comes back alone.
+
+    Raises:
+        UsageError: unbalanced braces.
+    """
+    start = pattern.find("{")
+    if start < 0:
+        if "}" in pattern:
+            raise UsageError(f"{pattern}: '}}' without '{{' in the shard pattern")
+        return [pattern]
+    depth, end = 0, -1
+    for position in range(start, len(pattern)):
+        if pattern[position] == "{":
+            depth += 1
+        elif pattern[position] == "}":
+            depth -= 1
+            if depth == 0:
+                end = position
+                break
+    if end < 0:
+        raise UsageError(f"{pattern}: '{{' without '}}' in the shard pattern")
+    prefix, body, suffix = pattern[:start], pattern[start + 1:end], pattern[end + 1:]
+    choices = _brace_choices(body)
+    tails = expand_braces(suffix)
+    return [prefix + head + tail for choice in choices for head in expand_braces(choice) for tail in tails]
+
+
+def _brace_choices(body: str) -> list[str]:
+    """The alternatives inside one pair of braces: a numeric range, or top-level comma items."""
+    match = _RANGE.match(body)
+    if match:
+        first, last = match.group(1), match.group(2)
+        low, high = int(first), int(last)
+        padded = any(len(end.lstrip("-")) > 1 and end.lstrip("-").startswith("0") for end in (first, last))
+        width = max(len(first), len(last)) if padded else 0
+        step = 1 if high >= low else -1
+        return [f"{value:0{width}d}" for value in range(low, high + step, step)]
+    items, depth, current = [], 0, []
+    for char in body:
+        if char == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        depth += char == "{"
+        depth -= char == "}"
+        current.append(char)
+    items.append("".join(current))
+    if len(items) == 1:  # "{x}" is not an expansion in bash either: keep the braces
+        return ["{" + items[0] + "}"]
+    return items
+
+
+def is_shard_name(name: str | os.PathLike[str]) -> bool:
+    """True when ``name`` (a file name, path or brace pattern) names tar shards."""
+    text = str(name)
+    return text.lower().endswith(SHARD_SUFFIX) or text.lower().endswith(_COMPRESSED)
+
+
+def member_path(shard: str | os.PathLike[str], member: str) -> Path:
+    """The member path ``<shard>#<member>`` of a member of ``shard``."""
+    return Path(f"{shard}{MEMBER_SEPARATOR}{member}")
+
+
+def split_member(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
+    """``(shard path, member name)`` of a member path, or None for an ordinary file path.
+
+    The split is at the first ``.tar#``: a shard's own name must not contain that text.
+    """
+    text = os.fspath(path)
+    cut = text.find(_SPLIT)
+    if cut < 0:
+        return None
+    return Path(text[: cut + len(SHARD_SUFFIX)]), text[cut + len(_SPLIT):]
+
+
+def storage_path(path: str | os.PathLike[str]) -> Path:
+    """The file that holds ``path``'s bytes: the shard of a member path, else ``path`` itself."""
+    member = split_member(path)
+    return member[0] if member is not None else Path(path)
+
+
+def member_exists(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is an existing file, or a member path whose shard holds that member."""
+    member = split_member(path)
+    if member is None:
+        return Path(path).exists()
+    shard, name = member
+    try:
+        return name in _member_table(shard)
+    except (OSError, DataError):
+        return False
+
+
+def _normalise(name: str) -> str:
+    # `tar -C dir -cf x.tar .` stores "./a.png": the pool item is "a.png" either way.
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def _member_table(shard: Path) -> dict[str, tuple[int, int]]:
+    """The byte range of every regular member of ``shard``, read once per process.
+
+    Raises:
+        OSError: the shard cannot be opened.
+        DataError: not an uncompressed tar file.
+    """
+    key = os.fspath(shard)
+    table = _MEMBERS.get(key)
+    if table is not None:
+        return table
+    if key.lower().endswith(_COMPRESSED):
+        raise DataError(f"{shard}: compressed shards cannot be read member by member; repack them as plain .tar")
+    table = {}
+    try:
+        # "r:" is an uncompressed tar read with seeks: only the headers are read, not the data.
+        with tarfile.open(key, mode="r:") as archive:
+            for info in archive:
+                if info.isreg():
+                    table[_normalise(info.name)] = (info.offset_data, info.size)
+    except tarfile.TarError as exc:
+        raise DataError(f"{shard} is not an uncompressed tar file ({exc}); give WebDataset-style .tar shards") from exc
+    _MEMBERS[key] = table
+    return table
+
+
+def list_members(shard: str | os.PathLike[str], *, images_only: bool = True) -> list[str]:
+    """The member names of ``shard`` in archive order (only image files by default).
+
+    Raises:
+        OSError: the shard cannot be opened.
+        DataError: not an uncompressed tar file.
+    """
+    from pucli.sources import is_image_file
+
+    names = list(_member_table(Path(shard)))
+    return [name for name in names if is_image_file(name)] if images_only else names
+
+
+def shard_members(shards: Iterable[str | os.PathLike[str]], *, option: str = "--unlabeled") -> list[Path]:
+    """The member paths of every image in ``shards``, shard by shard, each in archive order.
+
+    Raises:
+        UsageError: a shard does not exist.
+        DataError: a shard is not an uncompressed tar file.
+    """
+    paths: list[Path] = []
+    for shard in shards:
+        shard = Path(shard)
+        if not shard.is_file():
+            raise UsageError(f"{option}: shard {shard} does not exist; check the pattern or the list")
+        paths.extend(member_path(shard, name) for name in list_members(shard))
+    return paths
+
+
+def read_member(shard: str | os.PathLike[str], member: str) -> bytearray:
+    """The bytes of ``member`` in ``shard`` (one ``pread``).
+
+    Raises:
+        KeyError: the shard has no such member.
+        OSError: the shard cannot be read.
+        DataError: not an uncompressed tar file.
+    """
+    offset, size = _member_table(Path(shard))[member]
+    buffer = bytearray(size)
+    fd = os.open(shard, os.O_RDONLY)
+    try:
+        view, done = memoryview(buffer), 0
+        while done < size:
+            read = os.preadv(fd, [view[done:]], offset + done)
+            if read == 0:  # the shard was truncated since it was listed
+                del buffer[done:]
+                break
+            done += read
+    finally:
+        os.close(fd)
+    return buffer
+
+
+@dataclass
+class PackedShards:
+    """What :func:`pack_folder` wrote: the shard files in order and the number of images in each."""
+
+    shards: list[Path]
+    counts: list[int]
+
+    @property
+    def images(self) -> int:
+        return sum(self.counts)
+
+    def pattern(self) -> str:
+        """A brace pattern naming all the shards, for ``--unlabeled`` (the single path for one shard)."""
+        if len(self.shards) == 1:
+            return str(self.shards[0])
+        first, last = str(self.shards[0]), str(self.shards[-1])
+        # The shards differ only in their number: find it as the span where the two names differ.
+        head = len(os.path.commonprefix([first, last]))
+        tail = len(os.path.commonprefix([first[::-1], last[::-1]]))
+        while head > 0 and first[head - 1].isdigit():
+            head -= 1
+        while tail > 0 and first[len(first) - tail].isdigit():
+            tail -= 1
+        return f"{first[:head]}{{{first[head:len(first) - tail]}..{last[head:len(last) - tail]}}}{first[len(first) - tail:]}"
+
+
+def pack_folder(
+    root: str | os.PathLike[str],
+    pattern: str,
+    *,
+    images_per_shard: int = 10_000,
+    paths: Sequence[Path] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> PackedShards:
+    """Pack the images under ``root`` into tar shards named ``pattern % shard_number``.
+
+    Images are taken in :func:`pucli.sources.scan_images` order (recursive, sorted), or ``paths``
+    when given (files under ``root``); each member is named by its path relative to ``root``
+    (``part0/u000123.png``), so the image's name survives packing and a WebDataset reader sees one
+    sample per image (key: the name up to the first dot, extension: the rest). Owner and group are
+    left out of the headers and mtimes kept to whole seconds, so each member costs one 512-byte
+    header plus its data padded to 512 bytes; each shard is written under a temporary name and renamed into place.
+
+    Args:
+        pattern: printf-style shard name with one integer field, e.g. ``shards/pool-%06d.tar``.
+        images_per_shard: images per shard (the last holds the rest). WebDataset's advice is
+            shards of a few hundred MB: 10,000 images of ~30 KB each.
+
+    Raises:
+        UsageError: ``root`` is not a folder or holds no image; ``pattern`` has no integer field or
+            does not end in .tar; ``images_per_shard`` < 1; the shards' folder does not exist.
+    """
+    from pucli.sources import scan_images
+
+    root = Path(root)
+    if images_per_shard < 1:
+        raise UsageError(f"--size {images_per_shard}: must be >= 1 (images per shard)")
+    try:
+        names = {pattern % 0, pattern % 1}
+    except (TypeError, ValueError):
+        names = set()
+    if len(names) != 2:
+        raise UsageError(f"--out {pattern}: give a shard name with one integer field, e.g. pool-%06d.tar")
+    if not pattern.endswith(SHARD_SUFFIX):
+        raise UsageError(f"--out {pattern}: shards are uncompressed tar files, the name must end in .tar")
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder: give the folder of images to pack")
+    folder = Path(pattern % 0).parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {pattern}: folder {folder} does not exist; create it first")
+    images = list(paths) if paths is not None else scan_images(root)
+    if not images:
+        raise UsageError(f"{root} holds no image file to pack")
+    shards: list[Path] = []
+    counts: list[int] = []
+    for number, start in enumerate(range(0, len(images), images_per_shard)):
+        chunk = images[start:start + images_per_shard]
+        shard = Path(pattern % number)
+        _write_shard(shard, root, chunk)
+        shards.append(shard)
+        counts.append(len(chunk))
+        progress("pack", start + len(chunk), len(images))
+    return PackedShards(shards, counts)
+
+
+def _write_shard(shard: Path, root: Path, images: Sequence[Path]) -> None:
+    tmp = temporary_path_beside(shard)
+    try:
+        with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            for image in images:
+                name = Path(image).relative_to(root).as_posix()
+                if _SPLIT in name or "\t" in name or "\n" in name:
+                    raise DataError(f"{image}: a name with '{_SPLIT}', a tab or a newline cannot be a pool member")
+                with open(image, "rb") as handle:  # followed symlinks: the member is the file's content
+                    info = archive.gettarinfo(arcname=name, fileobj=handle)
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    info.mtime = int(info.mtime)  # a fractional mtime costs a 1 KiB PAX header per image
+                    archive.addfile(info, handle)
+        os.replace(tmp, shard)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _MEMBERS.pop(os.fspath(shard), None)

@@ -1,0 +1,129 @@
+"""Tar shards as an unlabeled pool (pucli.shards): brace patterns, packing, member paths read back."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pucli.cli import app
+from pucli.errors import DataError, UsageError
+from pucli.index import read_index
+from pucli.manifest import read_expanded_set
+from pucli.shards import expand_braces, member_exists, member_path, pack_folder, split_member
+from pucli.sources import UnlabeledPool, decode_image_file
+
+FAST = ["--epochs", "1", "--ensemble", "1", "--batch-size", "8", "--workers", "0", "--threads", "1", "--no-cache"]
+
+
+def test_brace_ranges_keep_zero_padding_and_lists_combine_in_order() -> None:
+    assert expand_braces("pool-{000000..000002}.tar") == ["pool-000000.tar", "pool-000001.tar", "pool-000002.tar"]
+    assert expand_braces("{a,b}-{1..2}") == ["a-1", "a-2", "b-1", "b-2"]
+    assert expand_braces("{3..1}") == ["3", "2", "1"]
+    assert expand_braces("x{a,{b,c}}y") == ["xay", "xby", "xcy"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+
+
+@pytest.mark.parametrize("pattern", ["pool-{000..002.tar", "pool-000}.tar"])
+def test_unbalanced_braces_are_a_usage_error(pattern: str) -> None:
+    with pytest.raises(UsageError):
+        expand_braces(pattern)
+
+
+def test_member_path_splits_at_the_first_tar_hash() -> None:
+    path = member_path(Path("/data/pool-000003.tar"), "part0/img123.png")
+    assert str(path) == "/data/pool-000003.tar#part0/img123.png"
+    assert split_member(path) == (Path("/data/pool-000003.tar"), "part0/img123.png")
+    assert split_member(Path("/data/a#b.png")) is None
+
+
+def test_packed_shards_make_the_same_pool_as_the_folder(make_pool: Callable[..., Path], tmp_path: Path) -> None:
+    folder = make_pool("pool", count=10)
+    (tmp_path / "shards").mkdir()
+    packed = pack_folder(folder, str(tmp_path / "shards" / "pool-%06d.tar"), images_per_shard=4)
+    assert [p.name for p in packed.shards] == ["pool-000000.tar", "pool-000001.tar", "pool-000002.tar"]
+    assert packed.counts == [4, 4, 2]
+    assert packed.pattern() == str(tmp_path / "shards" / "pool-{000000..000002}.tar")
+
+    loose = UnlabeledPool.from_source(str(folder))
+    sharded = UnlabeledPool.from_source(packed.pattern())
+    assert [split_member(p)[1] for p in sharded.paths] == [p.relative_to(folder).as_posix() for p in loose.paths]
+    for member, file in zip(sharded.paths, loose.paths):
+        assert torch.equal(decode_image_file(member, 1), decode_image_file(file, 1))
+
+
+def test_a_list_file_may_name_shards_patterns_and_loose_images(make_pool: Callable[..., Path], tmp_path: Path) -> None:
+    folder = make_pool("pool", count=6)
+    (tmp_path / "shards").mkdir()
+    pack_folder(folder, str(tmp_path / "shards" / "p-%02d.tar"), images_per_shard=3)
+    loose = sorted(folder.rglob("*.png"))[0]
+    listing = tmp_path / "pool.txt"
+    listing.write_text(f"# shards, then one loose file\nshards/p-{{00..01}}.tar\n{loose}\n")
+    pool = UnlabeledPool.from_source(str(listing))
+    assert len(pool) == 7
+    assert split_member(pool.paths[0])[0] == tmp_path / "shards" / "p-00.tar"
+    assert pool.paths[-1] == loose
+
+
+def test_members_named_with_dot_slash_by_tar_are_found(tmp_path: Path, make_pool: Callable[..., Path]) -> None:
+    image = sorted(make_pool("pool", count=1).rglob("*.png"))[0]
+    shard = tmp_path / "dot.tar"
+    with tarfile.open(shard, "w") as archive:
+        archive.add(image, arcname="./a.png")
+        info = tarfile.TarInfo("./a.cls")
+        info.size = 1
+        archive.addfile(info, io.BytesIO(b"3"))  # WebDataset label sibling: not an image, not a pool item
+    pool = UnlabeledPool.from_source(str(shard))
+    assert [str(p) for p in pool.paths] == [f"{shard}#a.png"]
+    assert torch.equal(decode_image_file(pool.paths[0], 1), decode_image_file(image, 1))
+    assert member_exists(pool.paths[0]) and not member_exists(Path(f"{shard}#missing.png"))
+
+
+def test_compressed_shards_are_refused_with_a_fix(tmp_path: Path, make_pool: Callable[..., Path]) -> None:
+    shard = tmp_path / "pool.tar.gz"
+    with tarfile.open(shard, "w:gz") as archive:
+        archive.add(sorted(make_pool("pool", count=1).rglob("*.png"))[0], arcname="a.png")
+    with pytest.raises(DataError, match="plain .tar"):
+        UnlabeledPool.from_source(str(shard))
+
+
+def test_a_missing_shard_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        UnlabeledPool.from_source(str(tmp_path / "pool-{0..1}.tar"))
+
+
+def test_select_on_shards_scores_like_the_folder_and_expand_reads_the_members(
+    tiny_teacher: Path, make_class_folder: Callable[..., Path], make_pool: Callable[..., Path], tmp_path: Path,
+) -> None:
+    positive, folder = make_class_folder("pos", per_class=2), make_pool("pool", count=16)
+    (tmp_path / "shards").mkdir()
+    runner = CliRunner()
+    packed = runner.invoke(app, ["shards", "pack", str(folder), "--out", str(tmp_path / "shards" / "pool-%03d.tar"),
+                                 "--size", "5", "-q"])
+    assert packed.exit_code == 0, packed.output
+    assert len(packed.stdout.split()) == 4
+
+    def select(unlabeled: str, out: Path) -> list:
+        result = runner.invoke(app, ["select", "--positive", str(positive), "--unlabeled", unlabeled, "--teacher",
+                                     str(tiny_teacher), "--prior", "0.4", "--all", "--out", str(out), *FAST, "-q"])
+        assert result.exit_code == 0, result.output
+        return read_index(out)
+
+    loose = select(str(folder), tmp_path / "loose.tsv")
+    sharded = select(str(tmp_path / "shards" / "pool-{000..003}.tar"), tmp_path / "sharded.tsv")
+    assert [e.score for e in sharded] == [e.score for e in loose]
+    assert [split_member(e.path)[1] for e in sharded] == [e.path.relative_to(folder).as_posix() for e in loose]
+
+    expanded = runner.invoke(app, ["expand", "--positive", str(positive), "--index", str(tmp_path / "sharded.tsv"),
+                                   "--teacher", str(tiny_teacher), "--out", str(tmp_path / "set"), "--workers", "0",
+                                   "--threads", "1", "-q"])
+    assert expanded.exit_code == 0, expanded.output
+    items = read_expanded_set(tmp_path / "set")
+    members = [p for p, origin in zip(items.paths, items.origins) if origin == "unlabeled"]
+    assert members and all(split_member(p) is not None for p in members)
+    assert len(members) == sum(e.selected for e in sharded)
