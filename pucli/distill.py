@@ -722,6 +722,8 @@ def _accuracy(student: nn.Module, val: tuple[Tensor, Tensor], preprocess: Prepro
 # Plain tensors, numbers, strings, lists and dicts only, so torch.load(weights_only=True) reads them.
 
 # Settings a resumed run must share with the checkpoint (others, e.g. --keep, may change).
+#: Values of settings added after the first checkpoints, for checkpoints that predate them.
+_RESUME_DEFAULTS = {"weighting": "uniform"}
 _RESUME_KEYS = ("student", "loss", "temperature", "epochs", "batch_size", "optimizer", "lr", "eps", "weighting",
                 "num_weight_vectors", "redraw_weight_set", "augment", "seed", "num_items", "num_classes", "in_chans")
 
@@ -770,7 +772,7 @@ def _load_checkpoint(path: Path, settings: dict[str, Any], student: nn.Module, o
         raise DataError(f"--checkpoint {path} has unsupported version {checkpoint.get('format_version')}; upgrade pucli")
     saved = checkpoint["settings"]
     for key in _RESUME_KEYS:
-        if saved.get(key) != settings[key]:
+        if saved.get(key, _RESUME_DEFAULTS.get(key)) != settings[key]:
             raise UsageError(
                 f"--resume: {path} was written with {key}={saved.get(key)!r}, this run has {settings[key]!r}; "
                 "use the same options, or start again without --resume"

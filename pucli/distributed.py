@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import math
 import os
 from typing import Any, TypeVar
 
@@ -157,7 +158,8 @@ def gather_rows(index: torch.Tensor, rows: torch.Tensor, *, to_all: bool = False
     receive = to_all or is_main()
     results = []
     for tensor in (index, rows):
-        row_bytes = max(1, tensor[:1].numel() * tensor.element_size())
+        # From the shape, not the data: a rank with no rows must cut the same pieces as the others.
+        row_bytes = max(1, math.prod(tensor.shape[1:]) * tensor.element_size())
         step = max(1, GATHER_BYTES // row_bytes)
         pieces: list[list[torch.Tensor]] = [[] for _ in sizes]
         for offset in range(0, max(sizes), step):

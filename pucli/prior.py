@@ -193,7 +193,7 @@ def _fit_classifier(positive: torch.Tensor, unlabeled: torch.Tensor, *, steps: i
     A fixed number of steps, each on ``batch_size`` unlabeled and ``batch_size / 4`` positive
     descriptors drawn with replacement, so the fit does not depend on the pool's size."""
     mean = unlabeled.mean(0)
-    std = unlabeled.std(0).clamp_min(1e-6)
+    std = unlabeled.std(0, correction=0).clamp_min(1e-6)
     head = _LogisticHead(mean, std)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -216,9 +216,10 @@ def logistic_fit(steps: int = 200, batch_size: int = 2048, lr: float = 1e-2, wei
     """The default P-vs-U scorer: class-balanced logistic regression on standardised descriptors."""
 
     def fit(positive: torch.Tensor, unlabeled: torch.Tensor, seed: int) -> nn.Module:
-        torch.manual_seed(seed)
-        return _fit_classifier(positive, unlabeled, steps=steps, batch_size=batch_size, lr=lr,
-                               weight_decay=weight_decay, generator=torch.Generator().manual_seed(seed))
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+            torch.manual_seed(seed)
+            return _fit_classifier(positive, unlabeled, steps=steps, batch_size=batch_size, lr=lr,
+                                   weight_decay=weight_decay, generator=torch.Generator().manual_seed(seed))
 
     return fit
 
@@ -272,6 +273,9 @@ def cross_fitted_scores(positive: torch.Tensor, unlabeled: torch.Tensor, *, fold
                             "image; give --prior instead")
     fit = fit or logistic_fit()
     folds = min(folds, len(positive))
+    if len(unlabeled) < 2 * folds:
+        raise NoImagesError(f"estimating the class prior needs at least {2 * folds} readable unlabeled images "
+                            f"({len(unlabeled)} here); give --prior instead")
     generator = torch.Generator().manual_seed(seed)
     fold_p = _positive_folds(len(positive), folds, positive_labels, generator)
     fold_u = torch.randperm(len(unlabeled), generator=generator) % folds

@@ -1085,14 +1085,15 @@ PRIOR_REFINE_EPOCHS = 10
 
 
 def _nnpu_fit(options: SelectorOptions) -> Callable[[float], Fit]:
-    """The refinement scorer of the prior estimate: one nnPU head trained as the selector is,
-    with the current estimate as its class prior."""
-    import dataclasses
+    """The refinement scorer of the prior estimate: one nnPU head with the selector's default
+    settings, trained with the current estimate as its class prior."""
 
     def with_prior(class_prior: float) -> Fit:
         def fit(positive: torch.Tensor, unlabeled: torch.Tensor, seed: int) -> nn.Module:
-            member_options = dataclasses.replace(options, class_prior=class_prior, ensemble=1,
-                                                 epochs=PRIOR_REFINE_EPOCHS, seed=seed)
+            # The selector's defaults, not the run's training options, so `pucli prior` and
+            # `pucli select --prior auto` give the same estimate whatever else select is told.
+            member_options = SelectorOptions(class_prior=class_prior, ensemble=1, epochs=PRIOR_REFINE_EPOCHS,
+                                             scales=options.scales, seed=seed)
             return train_frozen(positive, unlabeled, member_options)[0]
 
         return fit
@@ -1170,6 +1171,9 @@ def estimate_prior(
             teacher, extractor, list(positive_paths), list(unlabeled_paths), Preprocess(teacher.config),
             scales=scales, device=device, batch_size=batch_size, workers=workers, use_cache=use_cache,
             augmentation=augmentation, progress=progress,
+            # Reuse, never discard, the saved parts of an interrupted select on the same inputs:
+            # they are the same bits this call would extract.
+            resume=use_cache,
         )
     extractor.cpu()
     if descriptors is None:

@@ -34,7 +34,7 @@ import re
 import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pucli.errors import DataError, UsageError
 from pucli.paths import temporary_path_beside
@@ -141,7 +141,7 @@ def split_member(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
     The split is at the first ``.tar#``: a shard's own name must not contain that text.
     """
     text = os.fspath(path)
-    cut = text.find(_SPLIT)
+    cut = text.lower().find(_SPLIT)  # shard names are matched case-insensitively (POOL.TAR)
     if cut < 0:
         return None
     return Path(text[: cut + len(SHARD_SUFFIX)]), text[cut + len(_SPLIT):]
@@ -166,10 +166,10 @@ def member_exists(path: str | os.PathLike[str]) -> bool:
 
 
 def _normalise(name: str) -> str:
-    # `tar -C dir -cf x.tar .` stores "./a.png": the pool item is "a.png" either way.
-    while name.startswith("./"):
-        name = name[2:]
-    return name
+    # `tar -C dir -cf x.tar .` stores "./a.png": the pool item is "a.png" either way. Member
+    # paths go through pathlib (which folds "a//b" and "a/./b"), so the table keys are folded
+    # the same way, or such members could be listed but never found.
+    return PurePosixPath(name).as_posix().removeprefix("./") if name else name
 
 
 def _member_table(shard: Path) -> dict[str, tuple[int, int]]:

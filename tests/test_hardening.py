@@ -349,6 +349,23 @@ def test_in_a_pipeline_a_missing_option_is_an_error_never_a_prompt(inputs) -> No
     done = _pucli("select", "--positive", str(inputs["positive"]), "--prior", "0.3", timeout=60)
     assert done.returncode == 2
     assert b"Missing option '--unlabeled'" in done.stderr and done.stdout == b""
+    # One line, like pucli's own errors, and it says where the help is.
+    assert done.stderr.decode().strip().count("\n") == 0
+    assert b"pucli select --help" in done.stderr
+
+
+def test_an_unknown_option_is_one_line_with_exit_code_2(inputs) -> None:
+    done = _pucli("select", "--positive", str(inputs["positive"]), "--bogus", "1", timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "--bogus" in lines[0] and "Traceback" not in lines[0]
+
+
+def test_under_torchrun_pucli_never_prompts(monkeypatch) -> None:
+    from pucli.cli import _common
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _common.is_interactive() is False
 
 
 def test_no_color_removes_colour(inputs, tmp_path) -> None:
@@ -510,9 +527,15 @@ def test_a_signal_during_training_or_scoring_then_resume_gives_the_same_index(in
     _check_stopped(stopped.exit_code, stopped.stderr, 128 + signum)
     assert not out.exists()
     small_parts.clear()
+    trained: list[int] = []
+    member = selector._train_head_member
+    monkeypatch.setattr(selector, "_train_head_member",
+                        lambda *a, **k: trained.append(1) or member(*a, **k))
     resumed = runner.invoke(app, [*args, "--resume", "--quiet"])
     assert resumed.exit_code == 0, resumed.output
     assert out.read_bytes() == reference_index and small_parts == []  # descriptors from the cache
+    if stage == "train":
+        assert len(trained) == 1  # the first of the 2 members was saved and loaded, not retrained
 
 
 def test_same_inputs_and_seed_give_a_byte_identical_index_in_another_process(inputs, tmp_path, reference_index) -> None:

@@ -139,3 +139,10 @@ def test_folds_with_labels_hold_out_each_class_evenly() -> None:
         assert sorted(labels[folds == k].tolist()) == list(range(10))
     unstratified = _positive_folds(50, 5, None, torch.Generator().manual_seed(0))
     assert sorted(torch.bincount(unstratified).tolist()) == [10] * 5
+
+
+@pytest.mark.parametrize("pool", [1, 5, 9])
+def test_estimate_refuses_a_pool_too_small_to_cross_fit(pool: int) -> None:
+    positive, unlabeled, _ = _mixture(0.3, positives=20, pool=50)
+    with pytest.raises(NoImagesError, match="at least 10 readable unlabeled images.*--prior"):
+        estimate_class_prior(positive, unlabeled[:pool], bootstrap=0)

@@ -84,6 +84,18 @@ def test_members_named_with_dot_slash_by_tar_are_found(tmp_path: Path, make_pool
     assert member_exists(pool.paths[0]) and not member_exists(Path(f"{shard}#missing.png"))
 
 
+def test_upper_case_shards_and_folded_member_names_are_read(tmp_path: Path, make_pool: Callable[..., Path]) -> None:
+    image = sorted(make_pool("pool", count=1).rglob("*.png"))[0]
+    shard = tmp_path / "POOL.TAR"
+    with tarfile.open(shard, "w") as archive:
+        archive.add(image, arcname="sub//b.png")  # pathlib folds "//": the member must still be found
+    pool = UnlabeledPool.from_source(str(shard))
+    assert [str(p) for p in pool.paths] == [f"{shard}#sub/b.png"]
+    assert split_member(pool.paths[0]) == (shard, "sub/b.png")
+    assert member_exists(pool.paths[0])
+    assert torch.equal(decode_image_file(pool.paths[0], 1), decode_image_file(image, 1))
+
+
 def test_compressed_shards_are_refused_with_a_fix(tmp_path: Path, make_pool: Callable[..., Path]) -> None:
     shard = tmp_path / "pool.tar.gz"
     with tarfile.open(shard, "w:gz") as archive:

@@ -54,7 +54,28 @@ def main() -> None:
     (:func:`pucli.cli._common.enable_prompts`); in a pipeline they are an error, never a prompt."""
     from pucli.cli._common import enable_prompts, is_interactive
 
+    import sys
+
+    try:  # Typer >= 0.20 ships its own copy of click; older releases use click itself.
+        from typer._click import ClickException
+    except ImportError:  # pragma: no cover
+        from click import ClickException
+
+    from pucli.cli._common import error
+
     command = typer.main.get_command(app)
     if is_interactive():
         enable_prompts(command)
-    command(prog_name="pucli")
+    try:
+        code = command.main(prog_name="pucli", standalone_mode=False)
+    except ClickException as exc:
+        # A usage error from the option parser (missing or unknown option, bad value): one line,
+        # like pucli's own errors, instead of click's boxed block.
+        context = getattr(exc, "ctx", None)
+        where = context.command_path if context is not None else "pucli"
+        error(f"{exc.format_message()} (see '{where} --help')")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        error("aborted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

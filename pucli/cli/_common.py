@@ -183,8 +183,11 @@ def check_output_path(path: Path, option: str = "--out") -> None:
 
 
 def is_interactive() -> bool:
-    """True when a person can answer a question: stdin and stderr are both terminals. In a
-    pipeline, a cron job or CI pucli never asks; it decides by the options or fails with one line."""
+    """True when a person can answer a question: stdin and stderr are both terminals, and this is
+    the only process (under torchrun every rank would ask). In a pipeline, a cron job or CI pucli
+    never asks; it decides by the options or fails with one line."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return False
     try:
         return sys.stdin.isatty() and sys.stderr.isatty()
     except (AttributeError, ValueError):  # closed or replaced streams
