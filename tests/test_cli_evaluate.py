@@ -30,9 +30,9 @@ def test_version_prints_the_package_version() -> None:
     assert result.exit_code == 0 and result.stdout.strip() == f"pucli {__version__}"
 
 
-@pytest.mark.parametrize("command", ["evaluate", "select", "expand", "distill"])
+@pytest.mark.parametrize("command", ["evaluate", "select", "expand", "distill", "prior", "shards pack"])
 def test_every_command_help_shows_an_example(command: str) -> None:
-    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, [*command.split(), "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "Example" in result.stdout and f"pucli {command}" in result.stdout
 

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
 @handles_errors
 def prior(
     positive: Annotated[Path, typer.Option("--positive", help="Labeled positives: one subfolder of images per teacher class.", show_default=False)],
-    unlabeled: Annotated[str, typer.Option("--unlabeled", help="Unlabeled pool: a folder, a file listing image paths, or - (stdin).", show_default=False)],
+    unlabeled: Annotated[str, typer.Option("--unlabeled", help="Unlabeled pool: a folder, a file listing image paths (or tar shards), - (stdin), or tar shards ('pool-{000000..000099}.tar').", show_default=False)],
     teacher: Annotated[Path, typer.Option("--teacher", help="Teacher weights (.safetensors, timm .pth.tar, or a state dict with --arch).", show_default=False)],
     arch: Annotated[str | None, typer.Option("--arch", help="timm architecture, for bare state dicts.")] = None,
     classes: Annotated[Path | None, typer.Option("--classes", help="Class names in the teacher's output order, one per line.")] = None,

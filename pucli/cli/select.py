@@ -32,7 +32,8 @@ Trains a positive-unlabeled (nnPU) selector on the teacher's multi-scale feature
 
 [bold]Example[/]
 
-  pucli select --positive ./labeled --unlabeled ./pool.txt --teacher teacher.safetensors --prior 0.3 --out selected.tsv
+  pucli select --positive ./labeled --unlabeled ./pool.txt --teacher teacher.safetensors --out selected.tsv
+  pucli select ... --prior 0.3 --budget 30000 --out - | pucli expand ... --index -   (a known prior; PU-s2)
   torchrun --nproc_per_node=8 -m pucli select ...   (one process per GPU; the same index)
 
 --positive has one subfolder per class; --unlabeled is a folder, a file listing image paths, - (a list on stdin), or WebDataset-style tar shards (a brace pattern such as 'pool-{000000..000099}.tar'; `pucli shards pack` makes them). Frozen descriptors are cached, so a second run on the same inputs trains in seconds. Ctrl-C or SIGTERM keeps the finished parts of the extraction and the trained ensemble members: the same command with --resume continues and writes the same index. An existing --out is replaced only with --force (or a yes on a terminal)."""
