@@ -125,3 +125,9 @@ def test_prior_on_mnist_pu_is_within_three_points_of_the_true_prior(mnist_pu: Pa
     assert abs(data["class_prior"] - 0.30) <= 0.03
     assert data["low"] <= 0.30 <= data["high"]
     assert data["warning"] is None
+
+
+def test_prior_refuses_to_run_under_torchrun(inputs: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(app, _prior_args(inputs))
+    assert result.exit_code == 2 and "without torchrun" in result.stderr

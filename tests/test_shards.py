@@ -139,3 +139,16 @@ def test_select_on_shards_scores_like_the_folder_and_expand_reads_the_members(
     members = [p for p, origin in zip(items.paths, items.origins) if origin == "unlabeled"]
     assert members and all(split_member(p) is not None for p in members)
     assert len(members) == sum(e.selected for e in sharded)
+
+
+def test_pack_refuses_to_replace_existing_shards_without_force(make_pool: Callable[..., Path], tmp_path: Path) -> None:
+    folder = make_pool("pool", count=3)
+    out = str(tmp_path / "pool-%06d.tar")
+    first = CliRunner().invoke(app, ["shards", "pack", str(folder), "--out", out, "--quiet"])
+    assert first.exit_code == 0, first.output
+    before = (tmp_path / "pool-000000.tar").read_bytes()
+    again = CliRunner().invoke(app, ["shards", "pack", str(folder), "--out", out, "--quiet"])
+    assert again.exit_code == 2 and "--force" in again.stderr
+    assert (tmp_path / "pool-000000.tar").read_bytes() == before
+    forced = CliRunner().invoke(app, ["shards", "pack", str(folder), "--out", out, "--quiet", "--force"])
+    assert forced.exit_code == 0, forced.output

@@ -283,6 +283,9 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or
 ReportOption = Annotated[
     Path | None, typer.Option("--report", dir_okay=False, help="Where to write the run report (JSON) \\[default: beside the output].", rich_help_panel="Output")
 ]
+StateReportOption = Annotated[
+    Path | None, typer.Option("--report", dir_okay=False, help="Where to write the run report (JSON) \\[default: <user state dir>/pucli/runs/COMMAND-<time>.report.json].", rich_help_panel="Output")
+]
 
 
 def command_help(text: str) -> str:

@@ -13,6 +13,7 @@ from pucli.cli._common import (
     JsonOption,
     QuietOption,
     ReportOption,
+    StateReportOption,
     ThreadsOption,
     WorkersOption,
     console,
@@ -30,7 +31,7 @@ Reports top-1/top-5 accuracy, parameters, FLOPs per image, weight file size, CPU
 
   pucli evaluate teacher.safetensors student.safetensors --data ./mnist-test
 
-TESTDIR has one subfolder per class (as for --positive). Each MODEL is a .safetensors file (config in its metadata or a sidecar config.json), a timm train.py checkpoint, or a bare state dict with --arch.
+--data has one subfolder per class (as for --positive). Each MODEL is a .safetensors file (config in its metadata or a sidecar config.json), a timm train.py checkpoint, or a bare state dict with --arch.
 """
 
 
@@ -50,7 +51,7 @@ def evaluate(
     threads: ThreadsOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
-    report_path: ReportOption = None,
+    report_path: StateReportOption = None,
 ) -> None:
     import datetime as dt
 

@@ -11,7 +11,7 @@ from pucli.cli._common import (
     DeviceOption,
     JsonOption,
     QuietOption,
-    ReportOption,
+    StateReportOption,
     SeedOption,
     ThreadsOption,
     WorkersOption,
@@ -53,9 +53,16 @@ def prior(
     threads: ThreadsOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
-    report_path: ReportOption = None,
+    report_path: StateReportOption = None,
 ) -> None:
     import datetime as dt
+
+    from pucli import distributed
+    from pucli.errors import UsageError
+
+    if distributed.launched():
+        raise UsageError("pucli prior runs in one process: launch it without torchrun (the descriptors are cached, "
+                         "so it is cheap after a select)")
 
     from pucli.checkpoints import load_model
     from pucli.device import configure_threads, default_workers, resolve_device

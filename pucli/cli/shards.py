@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from pucli.cli._common import JsonOption, QuietOption, command_help, emit_json, handles_errors, info, progress_bars
+from pucli.cli._common import (
+    ForceOption,
+    JsonOption,
+    QuietOption,
+    command_help,
+    confirm_overwrite,
+    emit_json,
+    handles_errors,
+    info,
+    progress_bars,
+)
 
 HELP = """Tar shards of images: a pool read as a few large files instead of millions of small ones."""
 
@@ -34,10 +44,18 @@ def pack(
     folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="Folder of images (scanned recursively).", show_default=False)],
     out: Annotated[str, typer.Option("--out", help="Shard name with one integer field, e.g. shards/pool-%06d.tar.", show_default=False)],
     size: Annotated[int, typer.Option("--size", min=1, help="Images per shard (WebDataset suggests shards of a few hundred MB).")] = 10_000,
+    force: ForceOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     from pucli.shards import pack_folder
+
+    try:
+        first = Path(out % 0)
+    except (TypeError, ValueError):
+        first = None  # not a valid pattern: pack_folder says how to write one
+    if first is not None:
+        confirm_overwrite(first, force=force)
 
     with progress_bars(quiet=quiet) as progress:
         packed = pack_folder(folder, out, images_per_shard=size, progress=progress)
