@@ -92,7 +92,10 @@ class DistillConfig:
     radius and M (Eq. 9). ``redraw_weight_set``: draw a new ``W`` every epoch (``False`` keeps the
     first, as Algorithm 2). ``augment``: ``auto`` | ``none`` | ``flip-crop``. ``keep``: ``last`` or
     ``best`` (best validation top-1; needs a validation set). ``memory_budget_bytes``: largest
-    decoded uint8 set trained from memory. ``weighting``: ``uniform`` (every item once per epoch)
+    decoded uint8 set trained from memory. ``checkpoint_interval``: seconds between checkpoints
+    (written at the end of an epoch once that long has passed since the last, and after the last
+    epoch; 0 writes one every epoch): epochs of a few images would otherwise spend their time
+    writing checkpoints. ``weighting``: ``uniform`` (every item once per epoch)
     or ``pu-score`` (each epoch draws as many items with replacement, with probability
     :func:`sampling_weights`: the PU selector's scores as sampling weights, for a set that holds
     a whole pool; Eq. 7 then uses the soft class counts expected under that sampling).
@@ -112,6 +115,7 @@ class DistillConfig:
     seed: int = 0
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
     weighting: str = "uniform"
+    checkpoint_interval: float = 30.0
 
     def validate(self) -> None:
         """Raises UsageError naming the CLI option of the first bad setting."""
@@ -121,6 +125,7 @@ class DistillConfig:
             (self.augment in AUGMENTATIONS, f"--augment {self.augment}: choose one of {', '.join(AUGMENTATIONS)}"),
             (self.keep in KEEP, f"--keep {self.keep}: choose last or best"),
             (self.weighting in WEIGHTINGS, f"--weighting {self.weighting}: choose one of {', '.join(WEIGHTINGS)}"),
+            (self.checkpoint_interval >= 0, f"--checkpoint-interval {self.checkpoint_interval}: must be >= 0 (seconds)"),
             (self.temperature is None or (math.isfinite(self.temperature) and self.temperature > 0),
              f"--temperature {self.temperature}: must be > 0"),
             (self.epochs is None or self.epochs >= 1, f"--epochs {self.epochs}: must be >= 1"),
@@ -335,6 +340,7 @@ def distill(
 
     images_trained, train_seconds = 0, 0.0
     epoch = start_epoch
+    saved_epoch, saved_at = start_epoch - 1, time.monotonic()
     try:
         for epoch in range(start_epoch, epochs + 1):
             if robust is not None and config.redraw_weight_set and epoch > 1:
@@ -352,10 +358,12 @@ def distill(
                     state.best_top1, state.best_epoch = stats.val_top1, epoch
                     state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()}
             state.history.append(stats)
-            _save_checkpoint(checkpoint_path, epoch, settings, student, optimizer, scheduler, scaler, robust, state)
+            if epoch == epochs or time.monotonic() - saved_at >= config.checkpoint_interval:
+                _save_checkpoint(checkpoint_path, epoch, settings, student, optimizer, scheduler, scaler, robust, state)
+                saved_epoch, saved_at = epoch, time.monotonic()
     except KeyboardInterrupt:
         raise TrainingInterrupted(
-            f"interrupted in epoch {epoch}; {checkpoint_path} holds epoch {epoch - 1}: "
+            f"interrupted in epoch {epoch}; {checkpoint_path} holds epoch {saved_epoch}: "
             "run the same command with --resume to continue"
         ) from None
 

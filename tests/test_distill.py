@@ -77,7 +77,7 @@ def test_robust_kd_records_which_weight_vector_attained_the_max(tmp_path, teache
 
 def test_resume_after_interrupt_continues_from_checkpoint_and_matches_uninterrupted_run(tmp_path, teacher):
     expanded = _expanded(tmp_path, teacher)
-    config = dataclasses.replace(FAST, epochs=4)
+    config = dataclasses.replace(FAST, epochs=4, checkpoint_interval=0.0)
     reference = _run(tmp_path, teacher, expanded, config, name="ref.pt")
 
     def interrupt_in_epoch_3(stage, completed, total, **metrics):
@@ -90,6 +90,25 @@ def test_resume_after_interrupt_continues_from_checkpoint_and_matches_uninterrup
     assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
     resumed = _run(tmp_path, teacher, expanded, config, name="run.pt", resume=True)
     assert resumed.resumed_from == 2 and [h.epoch for h in resumed.history] == [1, 2, 3, 4]
+    for (key, a), b in zip(reference.student.state_dict().items(), resumed.student.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
+
+
+def test_short_epochs_checkpoint_once_per_interval_and_resume_from_the_last_one(tmp_path, teacher):
+    expanded = _expanded(tmp_path, teacher)
+    config = dataclasses.replace(FAST, epochs=4, checkpoint_interval=3600.0)  # only epoch 0 and the last
+    reference = _run(tmp_path, teacher, expanded, config, name="ref.pt")
+    assert torch.load(tmp_path / "ref.pt", weights_only=True)["epoch"] == 4
+
+    def interrupt_in_epoch_3(stage, completed, total, **metrics):
+        if stage == "distill" and metrics.get("epoch") == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match="holds epoch 0"):
+        _run(tmp_path, teacher, expanded, config, name="run.pt", progress=interrupt_in_epoch_3)
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["epoch"] == 0
+    resumed = _run(tmp_path, teacher, expanded, config, name="run.pt", resume=True)
+    assert resumed.resumed_from == 0
     for (key, a), b in zip(reference.student.state_dict().items(), resumed.student.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
 

@@ -265,7 +265,8 @@ def expanded(inputs, tmp_path) -> Path:
 
 def _distill(inputs, data: Path, out: Path, *extra: str) -> list[str]:
     return ["distill", str(inputs["teacher"]), "--data", str(data), "--student", "lenet5_half", "--out", str(out),
-            "--epochs", "3", "--batch-size", "4", "--workers", "0", "--threads", "1", *extra]
+            "--epochs", "3", "--batch-size", "4", "--workers", "0", "--threads", "1", "--checkpoint-interval", "0",
+            *extra]
 
 
 def test_distill_refuses_a_manifest_naming_missing_files(inputs, expanded, tmp_path) -> None:

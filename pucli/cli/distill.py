@@ -66,6 +66,7 @@ def distill(
     weighting: Annotated[str, typer.Option("--weighting", help="uniform (each item once per epoch) or pu-score (draw items with probability sigmoid(selector score), positives 1: for a set expanded from a whole pool).", rich_help_panel=_RUN)] = "uniform",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.", rich_help_panel=_RUN)] = False,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", dir_okay=False, help="Checkpoint file \\[default: OUT with .ckpt.pt].", rich_help_panel=_RUN)] = None,
+    checkpoint_interval: Annotated[float, typer.Option("--checkpoint-interval", help="Seconds between checkpoints (at the end of an epoch; 0: every epoch).", rich_help_panel=_RUN)] = 30.0,
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
@@ -93,7 +94,7 @@ def distill(
     config = DistillConfig(loss=loss, temperature=temperature, epochs=epochs, batch_size=batch_size, lr=lr,
                            optimizer=optimizer, eps=eps, num_weight_vectors=num_weight_vectors,
                            redraw_weight_set=not fixed_weight_set, augment=augment, keep=keep, seed=seed,
-                           weighting=weighting)
+                           weighting=weighting, checkpoint_interval=checkpoint_interval)
     config.validate()
     check_architecture(student)
     # Under torchrun every rank trains (DistributedDataParallel); only rank 0 reports and writes.
