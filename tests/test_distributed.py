@@ -105,7 +105,8 @@ def test_torchrun_distill_resumes_a_one_process_checkpoint_and_follows_its_losse
         paths=paths, origins=["unlabeled"] * 24, labels=[-1] * 24, scores=[1.0] * 24, soft_targets=targets,
         temperature=1.0, teacher_digest=teacher.digest, class_names=["0", "1", "2"],
     ), tmp_path / "set")
-    config = DistillConfig(epochs=6, batch_size=8, lr=0.05)  # the CLI's defaults otherwise (robust KD)
+    # The CLI's defaults otherwise (robust KD); a checkpoint every epoch, so epoch 2 is on disk.
+    config = DistillConfig(epochs=6, batch_size=8, lr=0.05, checkpoint_interval=0.0)
     torch.set_num_threads(1)
     reference = distill(teacher, read_expanded_set(data), "lenet5_half", config=config,
                         checkpoint_path=tmp_path / "reference.ckpt.pt")
@@ -121,7 +122,7 @@ def test_torchrun_distill_resumes_a_one_process_checkpoint_and_follows_its_losse
 
     done = torchrun("distill", str(tiny_teacher), "--data", str(data), "--student", "lenet5_half",
                     "--out", str(tmp_path / "student.safetensors"), "--epochs", "6", "--batch-size", "8",
-                    "--lr", "0.05", "--resume", "--json", *RUN)
+                    "--lr", "0.05", "--checkpoint-interval", "0", "--resume", "--json", *RUN)
     summary = json.loads(done.stdout)
     assert summary["resumed_from"] == 2 and summary["epochs"] == 6
     losses = [epoch["loss"] for epoch in summary["history"]]
