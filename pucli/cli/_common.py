@@ -283,9 +283,37 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or
 ReportOption = Annotated[
     Path | None, typer.Option("--report", dir_okay=False, help="Where to write the run report (JSON) \\[default: beside the output].", rich_help_panel="Output")
 ]
+# The inputs of the commands that train on P and U (select, prior), declared once so their help agrees.
+PositiveOption = Annotated[
+    Path, typer.Option("--positive", help="Labeled positives: one subfolder of images per teacher class.", show_default=False)
+]
+UnlabeledOption = Annotated[
+    str, typer.Option("--unlabeled", help="Unlabeled pool: a folder, a file listing image paths (or tar shards), - (stdin), or tar shards ('pool-{000000..000099}.tar').", show_default=False)
+]
+TeacherOption = Annotated[
+    Path, typer.Option("--teacher", help="Teacher weights (.safetensors, timm .pth.tar, or a state dict with --arch).", show_default=False)
+]
+ArchOption = Annotated[str | None, typer.Option("--arch", help="timm architecture, for bare state dicts.")]
+ClassesOption = Annotated[Path | None, typer.Option("--classes", help="Class names in the teacher's output order, one per line.")]
 StateReportOption = Annotated[
     Path | None, typer.Option("--report", dir_okay=False, help="Where to write the run report (JSON) \\[default: <user state dir>/pucli/runs/COMMAND-<time>.report.json].", rich_help_panel="Output")
 ]
+
+
+def load_pu_inputs(teacher: Path, arch: str | None, positive: Path, classes: Path | None, unlabeled: str) -> Any:
+    """The teacher, the positive set (labels in the teacher's output order) and the unlabeled pool,
+    as ``(LoadedModel, LabeledFolder, UnlabeledPool)``.
+
+    Raises:
+        PucliError: an unreadable teacher, a positive folder that does not match it, an unusable pool.
+    """
+    from pucli.checkpoints import load_model
+    from pucli.sources import LabeledFolder, UnlabeledPool
+
+    loaded = load_model(teacher, arch, option="--teacher")
+    positive_set = LabeledFolder.from_folder(positive, num_classes=loaded.config.num_classes,
+                                             label_names=loaded.config.label_names, classes_file=classes)
+    return loaded, positive_set, UnlabeledPool.from_source(unlabeled)
 
 
 def command_help(text: str) -> str:

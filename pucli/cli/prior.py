@@ -8,18 +8,24 @@ from typing import Annotated, Any
 import typer
 
 from pucli.cli._common import (
+    ArchOption,
+    ClassesOption,
     DeviceOption,
     JsonOption,
+    PositiveOption,
     QuietOption,
     StateReportOption,
     SeedOption,
+    TeacherOption,
     ThreadsOption,
+    UnlabeledOption,
     WorkersOption,
     command_help,
     console,
     emit_json,
     handles_errors,
     info,
+    load_pu_inputs,
     progress_bars,
 )
 
@@ -40,11 +46,11 @@ def register(app: typer.Typer) -> None:
 
 @handles_errors
 def prior(
-    positive: Annotated[Path, typer.Option("--positive", help="Labeled positives: one subfolder of images per teacher class.", show_default=False)],
-    unlabeled: Annotated[str, typer.Option("--unlabeled", help="Unlabeled pool: a folder, a file listing image paths (or tar shards), - (stdin), or tar shards ('pool-{000000..000099}.tar').", show_default=False)],
-    teacher: Annotated[Path, typer.Option("--teacher", help="Teacher weights (.safetensors, timm .pth.tar, or a state dict with --arch).", show_default=False)],
-    arch: Annotated[str | None, typer.Option("--arch", help="timm architecture, for bare state dicts.")] = None,
-    classes: Annotated[Path | None, typer.Option("--classes", help="Class names in the teacher's output order, one per line.")] = None,
+    positive: PositiveOption,
+    unlabeled: UnlabeledOption,
+    teacher: TeacherOption,
+    arch: ArchOption = None,
+    classes: ClassesOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch for descriptor extraction.")] = 256,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the descriptor cache.")] = False,
     seed: SeedOption = 0,
@@ -64,12 +70,10 @@ def prior(
         raise UsageError("pucli prior runs in one process: launch it without torchrun (the descriptors are cached, "
                          "so it is cheap after a select)")
 
-    from pucli.checkpoints import load_model
     from pucli.device import configure_threads, default_workers, resolve_device
     from pucli.paths import state_dir
     from pucli.report import RunReport
     from pucli.selector import estimate_prior
-    from pucli.sources import LabeledFolder, UnlabeledPool
 
     run_device = resolve_device(device)
     report = RunReport("prior", dict(positive=positive, unlabeled=unlabeled, teacher=teacher, arch=arch, classes=classes,
@@ -77,10 +81,7 @@ def prior(
                                      threads=threads), seed=seed)
     report.device, report.threads = str(run_device), configure_threads(threads)
     with report.stage("load"):
-        loaded = load_model(teacher, arch, option="--teacher")
-        positive_set = LabeledFolder.from_folder(positive, num_classes=loaded.config.num_classes,
-                                                 label_names=loaded.config.label_names, classes_file=classes)
-        pool = UnlabeledPool.from_source(unlabeled)
+        loaded, positive_set, pool = load_pu_inputs(teacher, arch, positive, classes, unlabeled)
     with progress_bars(quiet=quiet) as progress:
         result = estimate_prior(
             loaded, positive_set.paths, pool.paths, seed=seed, device=run_device, batch_size=batch_size,

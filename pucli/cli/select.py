@@ -8,6 +8,11 @@ from typing import Annotated, Any
 import typer
 
 from pucli.cli._common import (
+    ArchOption,
+    ClassesOption,
+    PositiveOption,
+    TeacherOption,
+    UnlabeledOption,
     command_help,
     DeviceOption,
     JsonOption,
@@ -23,6 +28,7 @@ from pucli.cli._common import (
     emit_json,
     handles_errors,
     info,
+    load_pu_inputs,
     progress_bars,
 )
 
@@ -47,14 +53,14 @@ def register(app: typer.Typer) -> None:
 
 @handles_errors
 def select(
-    positive: Annotated[Path, typer.Option("--positive", help="Labeled positives: one subfolder of images per teacher class.", show_default=False)],
-    unlabeled: Annotated[str, typer.Option("--unlabeled", help="Unlabeled pool: a folder, a file listing image paths (or tar shards), - (stdin), or tar shards ('pool-{000000..000099}.tar').", show_default=False)],
-    teacher: Annotated[Path, typer.Option("--teacher", help="Teacher weights (.safetensors, timm .pth.tar, or a state dict with --arch).", show_default=False)],
+    positive: PositiveOption,
+    unlabeled: UnlabeledOption,
+    teacher: TeacherOption,
     out: Annotated[str, typer.Option("--out", help="Index file to write (TSV), or - for stdout.", show_default=False)],
     prior: Annotated[str, typer.Option("--prior", help="Class prior: the fraction of the pool that belongs to the teacher's task, in (0, 1), or auto to estimate it (best-bin estimation; see `pucli prior`).")] = "auto",
     budget: Annotated[int | None, typer.Option("--budget", help="PU-s2: keep the N best-scored images \\[default: PU-s1, keep score > 0].", show_default=False)] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="timm architecture, for bare state dicts.")] = None,
-    classes: Annotated[Path | None, typer.Option("--classes", help="Class names in the teacher's output order, one per line.")] = None,
+    arch: ArchOption = None,
+    classes: ClassesOption = None,
     all_items: Annotated[bool, typer.Option("--all", help="Write every pool item with a selected column (1/0), not only the kept ones.", rich_help_panel="Output")] = False,
     finetune: Annotated[bool, typer.Option("--finetune", help="Train the backbone end to end (slower) instead of caching frozen descriptors.", rich_help_panel=_PU)] = False,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the pool.", rich_help_panel=_PU)] = 20,
@@ -111,13 +117,11 @@ def select(
     import torch
 
     from pucli import distributed
-    from pucli.checkpoints import load_model
     from pucli.device import configure_threads, default_workers, resolve_device
     from pucli.index import IndexEntry, write_index
     from pucli.paths import output_stem, state_dir
     from pucli.report import RunReport, report_path_for
     from pucli.selector import SelectorOptions, run_selection, save_selector
-    from pucli.sources import LabeledFolder, UnlabeledPool
 
     options = SelectorOptions(
         class_prior=class_prior, budget=budget, finetune=finetune, epochs=epochs, batch_size=batch_size,
@@ -136,10 +140,7 @@ def select(
                                       threads=threads), seed=seed)
     report.device, report.threads = str(run_device), configure_threads(threads)
     with report.stage("load"):
-        loaded = load_model(teacher, arch, option="--teacher")
-        positive_set = LabeledFolder.from_folder(positive, num_classes=loaded.config.num_classes,
-                                                 label_names=loaded.config.label_names, classes_file=classes)
-        pool = UnlabeledPool.from_source(unlabeled)
+        loaded, positive_set, pool = load_pu_inputs(teacher, arch, positive, classes, unlabeled)
     if budget is not None and budget > len(pool):
         raise UsageError(f"--budget {budget} is larger than the pool ({len(pool)} images): it would keep every image; "
                          "give a smaller number, or leave --budget out for PU-s1")
