@@ -17,7 +17,8 @@ from typing import Any
 
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
 ROW_ORDER = ("KD-all", "KD-oracle", "KD-random", "KD-tiny", "KD-pool", "confidence", "PU-s1", "PU-s2", "PU-weighted",
-             "PU-s1-auto")
+             "PU-s1-auto", "PU-s1-graph", "PU-s2-graph")
+PU_ROWS = ("PU-s1", "PU-s2", "PU-weighted", "PU-s1-auto", "PU-s1-graph", "PU-s2-graph")
 # Xu et al. 2019, Table 3 (MNIST, LeNet-5 -> half, EMNIST as U, pi_p 0.47), n_l = 1, 2, 5, 10, 20.
 PAPER_MNIST = {
     "PU-s1": (98.5, 98.7, 98.7, 98.8, 98.9),
@@ -82,7 +83,7 @@ def verdicts(results: dict[str, Any]) -> list[str]:
         def m(row: str) -> float:
             return mean_std(table.get(row, {}).get(n_l, []))[0]
 
-        pu_rows = {row: m(row) for row in ("PU-s1", "PU-s2", "PU-weighted") if not math.isnan(m(row))}
+        pu_rows = {row: m(row) for row in PU_ROWS if not math.isnan(m(row))}
         if not pu_rows:
             continue
         best_row = max(pu_rows, key=pu_rows.get)  # type: ignore[arg-type]
@@ -92,16 +93,19 @@ def verdicts(results: dict[str, Any]) -> list[str]:
         if not math.isnan(pool):
             parts.append(f"{'beats' if best > pool else 'does not beat' if best < pool else 'ties'} KD-pool "
                          f"({pool:.2f}, {best - pool:+.2f})")
-        s1 = m("PU-s1")
-        for other in ("KD-random", "confidence"):
-            value = m(other)
-            if not math.isnan(value) and not math.isnan(s1):
-                parts.append(f"PU-s1 {'above' if s1 > value else 'not above'} {other} ({s1 - value:+.2f})")
-        if n_l in PAPER_NL and not math.isnan(s1):
-            paper = PAPER_MNIST["PU-s1"][PAPER_NL.index(n_l)]
-            target = min(paper, kd_all - 0.3) if not math.isnan(kd_all) else paper
-            parts.append(f"PU-s1 target {target:.2f} (min of paper {paper} and KD-all - 0.3) "
-                         f"{'met' if s1 >= target else f'missed by {target - s1:.2f}'}")
+        for s1_row in ("PU-s1", "PU-s1-graph"):
+            s1 = m(s1_row)
+            if math.isnan(s1):
+                continue
+            for other in ("KD-random", "confidence"):
+                value = m(other)
+                if not math.isnan(value):
+                    parts.append(f"{s1_row} {'above' if s1 > value else 'not above'} {other} ({s1 - value:+.2f})")
+            if n_l in PAPER_NL:
+                paper = PAPER_MNIST["PU-s1"][PAPER_NL.index(n_l)]
+                target = min(paper, kd_all - 0.3) if not math.isnan(kd_all) else paper
+                parts.append(f"{s1_row} target {target:.2f} (min of paper {paper} and KD-all - 0.3) "
+                             f"{'met' if s1 >= target else f'missed by {target - s1:.2f}'}")
         lines.append("; ".join(parts))
     return lines
 
@@ -265,7 +269,7 @@ def plot_accuracy_vs_nl(results: dict[str, Any], path: Path) -> None:
     table = main_table(results)
     nls = results["nl"]
     fig, ax = plt.subplots(figsize=(10, 5.2), dpi=110)
-    markers = dict(zip(ROW_ORDER, "os^vDPX*hp"))
+    markers = dict(zip(ROW_ORDER, "os^vDPX*hp<>"))
     for row in ROW_ORDER:
         if row not in table:
             continue
@@ -410,7 +414,11 @@ def section(results: dict[str, Any], results_path: Path, repo: Path) -> str:
     for name, values in PAPER_MNIST.items():
         cells = [f"{values[PAPER_NL.index(n)]:.1f}" if n in PAPER_NL else "" for n in nls]
         out.append(f"| *paper {name}* | " + " | ".join(f"*{c}*" if c else "" for c in cells) + " |")
-    out += ["", "KD-all does not depend on n_l (one student per seed, repeated across the columns). The paper's rows "
+    out += ["", "PU-s1, PU-s2, PU-weighted and PU-s1-auto select by the nnPU head's own scores (graph smoothing off, "
+            "the selector these rows were first run with); PU-s1-graph and PU-s2-graph by pucli's default, the head's "
+            "scores smoothed over the pool's 10-nearest-neighbour graph (`pucli.graph`; PU-s1-graph keeps as many "
+            "images as PU-s1, chosen by their neighbourhood).",
+            "", "KD-all does not depend on n_l (one student per seed, repeated across the columns). The paper's rows "
             "(Xu et al. 2019, Table 3) are on a different pool (EMNIST, pi_p 0.47) with a 200-epoch recipe; "
             "the paper gives no KD-on-all-data figure for MNIST.", ""]
     out += ["### When selection beats the whole pool", ""]
@@ -419,7 +427,7 @@ def section(results: dict[str, Any], results_path: Path, repo: Path) -> str:
     out += ["### Selections against the ground truth (mean ± std over seeds)", "",
             "| selection | n_l | kept | precision | recall | F1 | Fashion kept | KMNIST kept |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     sel = selection_table(results)
-    for row in ("PU-s1", "PU-s1-auto", "PU-s2", "confidence", "KD-random", "KD-oracle", "KD-pool"):
+    for row in ("PU-s1", "PU-s1-graph", "PU-s1-auto", "PU-s2", "PU-s2-graph", "confidence", "KD-random", "KD-oracle", "KD-pool"):
         for n in nls:
             entries = sel.get(row, {}).get(n, [])
             if entries:
@@ -456,12 +464,13 @@ def section(results: dict[str, Any], results_path: Path, repo: Path) -> str:
     if abl:
         out += ["### Ablation at n_l = 10", "",
                 "| selector | what changes | kept | F1 | select s | student top-1 % |", "|---|---|---:|---:|---:|---:|"]
-        what = {"frozen": "default: frozen teacher, SE gate over conv1 + conv2 + pre-logits (106 ch), nnPU",
+        what = {"frozen": "frozen teacher, SE gate over conv1 + conv2 + pre-logits (106 ch), nnPU; the head's own scores",
+                "graph": "the same head, scores smoothed over the pool's 10-NN graph (pucli's default)",
                 "finetune": f"backbone fine-tuned end to end ({results['finetune_epochs']} epochs)",
                 "no-attention": "plain concatenation, no SE gate (`attention=False`)",
                 "last-stage": "last-stage features only (84-d pre-logits)", "upu": "unbiased PU risk (`--risk upu`)"}
         selections = results["selections"]
-        for variant in ("frozen", "finetune", "no-attention", "last-stage", "upu"):
+        for variant in ("frozen", "graph", "finetune", "no-attention", "last-stage", "upu"):
             entries = [s for s in abl if s["variant"] == variant]
             if not entries:
                 continue

@@ -67,7 +67,10 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 ROWS = ("KD-all", "KD-oracle", "KD-random", "KD-tiny", "KD-pool", "confidence", "PU-s1", "PU-s2", "PU-weighted",
-        "PU-s1-auto")
+        "PU-s1-auto", "PU-s1-graph", "PU-s2-graph")
+# PU-s1 / PU-s2 / PU-weighted / PU-s1-auto and every Fig. 2 / ablation selector use the nnPU head's
+# own scores (graph smoothing off: the selector these rows were first run with); the -graph rows
+# use pucli's default, the head's scores smoothed over the pool's k-NN graph (pucli.graph).
 PARTS = ("main", "fig2", "ablation")
 NLS = (1, 2, 5, 10, 20)
 SEEDS = (0, 1, 2)
@@ -81,7 +84,7 @@ BUDGET_EPOCHS, BUDGET_ITEMS = 20, 30_000  # BENCHMARKS.md: 20 epochs over 30,000
 QUICK_STEPS = 2 * 234  # the protocol's budget scaled by 1/10: 2 epochs over 30,000 at batch 128
 QUICK_SELECTOR_EPOCHS = 5  # quick: fig2 / ablation selectors (the main selector keeps the default)
 ABLATION_NL = 10
-SELECTOR_VARIANTS = ("frozen", "finetune", "no-attention", "last-stage", "upu")
+SELECTOR_VARIANTS = ("frozen", "finetune", "no-attention", "last-stage", "upu", "graph")
 CACHE_VERSION = 1
 
 
@@ -284,8 +287,11 @@ def selection_unit(settings: Settings, spec: SelectionSpec, *, perf: bool = Fals
     options: dict[str, Any] = {"class_prior": spec.prior, "seed": spec.seed}
     if spec.epochs:
         options["epochs"] = spec.epochs
+    # Every variant but "graph" is the nnPU head alone (graph_neighbors=0), as the study first ran it.
+    options["graph_neighbors"] = 0
     options.update({"frozen": {}, "finetune": {"finetune": True}, "no-attention": {"attention": False},
-                    "last-stage": {"scales": Scales(stages=(), pre_logits=True)}, "upu": {"risk": "upu"}}[spec.variant])
+                    "last-stage": {"scales": Scales(stages=(), pre_logits=True)}, "upu": {"risk": "upu"},
+                    "graph": {"graph_neighbors": SelectorOptions.graph_neighbors}}[spec.variant])
     selector_options = SelectorOptions(**options)
     reset_peak_rss()
     start = time.perf_counter()
@@ -583,7 +589,8 @@ class Plan:
 
 
 ROW_SET = {"KD-all": "all", "KD-oracle": "oracle", "KD-random": "random", "KD-tiny": "tiny", "KD-pool": "pool",
-           "confidence": "confidence", "PU-s1": "pu-s1", "PU-s2": "pu-s2", "PU-weighted": "pool", "PU-s1-auto": "pu-s1"}
+           "confidence": "confidence", "PU-s1": "pu-s1", "PU-s2": "pu-s2", "PU-weighted": "pool", "PU-s1-auto": "pu-s1",
+           "PU-s1-graph": "pu-s1", "PU-s2-graph": "pu-s2"}
 
 
 def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
@@ -607,8 +614,9 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
                 for row in args.rows:
                     if row == "KD-all" and n_l != args.nl[0]:
                         continue  # KD-all does not depend on n_l
-                    auto = SelectionSpec(n_l, seed, None) if row == "PU-s1-auto" else None
-                    spec = row_set(row, n_l, seed, auto)
+                    selection = (SelectionSpec(n_l, seed, None) if row == "PU-s1-auto"
+                                 else SelectionSpec(n_l, seed, TRUE_PRIOR, "graph") if row.endswith("-graph") else None)
+                    spec = row_set(row, n_l, seed, selection)
                     plan.add_set(spec)
                     perf = n_l == ABLATION_NL and seed == min(args.seeds) and row in ("PU-s1", "KD-pool")
                     label = {"part": "main", "row": row, "n_l": None if row == "KD-all" else n_l, "seed": seed}
@@ -631,6 +639,8 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
             for variant in SELECTOR_VARIANTS:
                 if variant == "frozen":
                     selection = main_spec(ABLATION_NL, seed)
+                elif variant == "graph":  # the same unit as the main PU-s1-graph row at n_l = 10
+                    selection = SelectionSpec(ABLATION_NL, seed, TRUE_PRIOR, "graph")
                 elif variant == "finetune":
                     selection = SelectionSpec(ABLATION_NL, seed, TRUE_PRIOR, variant, settings.finetune_epochs)
                 else:

@@ -44,7 +44,11 @@ measured on mnist-pu at n_l = 10: F1 0.92 at 1e-3, 0.94 at 1e-2, 0.97 at 3e-2), 
 schedule; several heads trained from different seeds are averaged (an ensemble lowers the
 variance that a 10-image P brings).
 
-Selection: PU-s1 keeps every unlabeled image with ``F(x) > 0``; PU-s2 keeps the top ``budget``.
+Selection: by default the head's scores are first smoothed over the pool's k-nearest-neighbour
+graph (label spreading, :mod:`pucli.graph`) and shifted so that as many images score above zero
+as ``F(x) > 0`` keeps: the head decides how many images belong to the task, their neighbourhoods
+decide which (on mnist-pu, F1 0.967 -> 0.988 at 10 positives per class, 0.871 -> 0.970 at 1).
+PU-s1 then keeps every unlabeled image with a score > 0; PU-s2 keeps the top ``budget``.
 Everything random draws from ``torch.Generator`` objects seeded by :attr:`SelectorOptions.seed`,
 so the same inputs and seed give the same scores. No ground truth is ever read here.
 """
@@ -70,6 +74,7 @@ from torch import nn
 from pucli import distributed
 from pucli.checkpoints import LoadedModel, ModelConfig
 from pucli.errors import DataError, NoImagesError, UsageError
+from pucli.graph import graph_features, knn_graph, smooth_scores
 from pucli.nnpu import nnpu_risk
 from pucli.paths import cache_dir, temporary_path_beside
 from pucli.prior import Fit, PriorEstimate, estimate_class_prior
@@ -322,6 +327,10 @@ class SelectorOptions:
             mode); None picks :data:`AUTO_AUGMENT_COPIES` when P has at most
             :data:`AUTO_AUGMENT_MAX_PER_CLASS` images per teacher class, else 0.
         scales: which backbone outputs make the descriptor.
+        graph_neighbors: k of the pool's k-nearest-neighbour graph over which the head's scores
+            are smoothed (:mod:`pucli.graph`); 0 turns graph smoothing off (scores are the head's
+            ``F(x)``).
+        graph_alpha, graph_steps: label spreading's ``alpha`` and number of iterations.
         seed: seeds every random draw.
     """
 
@@ -345,6 +354,9 @@ class SelectorOptions:
     ensemble: int = 3
     augment_positives: int | None = None
     scales: Scales = Scales()
+    graph_neighbors: int = 10
+    graph_alpha: float = 0.99
+    graph_steps: int = 200
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -364,6 +376,9 @@ class SelectorOptions:
             (self.reduction >= 1, f"--reduction {self.reduction}: must be >= 1"),
             (self.augment_positives is None or self.augment_positives >= 0,
              f"--augment-positives {self.augment_positives}: must be >= 0"),
+            (self.graph_neighbors >= 0, f"--graph-neighbors {self.graph_neighbors}: must be >= 0 (0 turns it off)"),
+            (0.0 <= self.graph_alpha <= 1.0, f"--graph-alpha {self.graph_alpha}: must be in [0, 1]"),
+            (self.graph_steps >= 0, f"--graph-steps {self.graph_steps}: must be >= 0"),
             (not (self.finetune and self.augment_positives), "--augment-positives applies to frozen descriptors: "
              "drop it or --finetune"),
         )
@@ -485,7 +500,11 @@ class SelectionResult:
 
     Attributes:
         paths: the readable unlabeled images, in pool order.
-        scores: (len(paths),) float32 ``F(x)``.
+        scores: (len(paths),) float32, the scores selection keeps by: the head's ``F(x)`` smoothed
+            over the pool's k-NN graph (:mod:`pucli.graph`), or ``F(x)`` itself with graph
+            smoothing off. Either way PU-s1 keeps ``scores > 0``.
+        head_scores: (len(paths),) float32, the head's own ``F(x)`` (the same tensor as ``scores``
+            with graph smoothing off).
         selected: (len(paths),) bool, the images kept (PU-s1 or PU-s2).
         network: the trained selector (head alone in frozen mode, extractor + head fine-tuned).
         history: one dict per epoch (``epoch``, ``risk``, ``positive_risk``, ``negative_risk``,
@@ -511,6 +530,11 @@ class SelectionResult:
     metadata: dict[str, Any] = field(default_factory=dict)
     class_prior: float | None = None
     prior_estimate: PriorEstimate | None = None
+    head_scores: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.head_scores is None:
+            self.head_scores = self.scores
 
 
 # --- descriptor cache -----------------------------------------------------------------------------
@@ -1276,11 +1300,13 @@ def score_images(
     workers: int = 0,
     skipped: list[SkippedFile] | None = None,
     progress: ProgressCallback = no_progress,
+    descriptors: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stream ``paths`` through the selector with the deterministic evaluation transform.
 
     Returns ``(index (N',) int64, scores (N',) float32)`` for the readable images; memory holds
-    one batch of pixels at a time.
+    one batch of pixels at a time. With ``descriptors`` (a list), the extractor's (B, C) float32
+    output of every batch is appended to it as well (what graph smoothing needs after fine-tuning).
     """
     net.eval()
     indices: list[torch.Tensor] = []
@@ -1288,7 +1314,10 @@ def score_images(
     started = time.perf_counter()
     for batch in iterate_batches(ImageDataset(paths, preprocess), batch_size=batch_size, workers=workers,
                                  pin_memory=device.type == "cuda", skipped=skipped):
-        scores.append(net(preprocess.normalize(batch.images.to(device, non_blocking=True))).float().cpu())
+        features = net.extractor(preprocess.normalize(batch.images.to(device, non_blocking=True)))
+        scores.append(net.head(features).float().cpu())
+        if descriptors is not None:
+            descriptors.append(features.float().cpu())
         indices.append(batch.indices)
         done = int(batch.indices[-1]) + 1
         elapsed = time.perf_counter() - started
@@ -1392,9 +1421,12 @@ def run_selection(
         with _timed(timings, "train"):
             history = train_finetune(net, positive_paths, unlabeled_paths, preprocess, options, device=device,
                                      workers=workers, skipped=skipped, progress=progress)
+        streamed: list[torch.Tensor] | None = [] if options.graph_neighbors > 0 else None
         with _timed(timings, "score"):
             index, scores = score_images(net, unlabeled_paths, preprocess, device=device,
-                                         batch_size=options.batch_size, workers=workers, progress=progress)
+                                         batch_size=options.batch_size, workers=workers, progress=progress,
+                                         descriptors=streamed)
+        pool_descriptors = torch.cat(streamed) if streamed else None
         positive_names = {str(p) for p in positive_paths}
         positive_count = len(positive_paths) - sum(1 for s in skipped if s.path in positive_names)
         network: nn.Module = net.cpu()
@@ -1440,6 +1472,7 @@ def run_selection(
                     if len(descriptors.unlabeled) else torch.empty(0)
             progress("score", len(unlabeled_paths), len(unlabeled_paths))
         index = descriptors.unlabeled_index
+        pool_descriptors = descriptors.unlabeled
         skipped = descriptors.skipped
         positive_count = len(descriptors.positive)
         network = head
@@ -1447,6 +1480,14 @@ def run_selection(
         augmented_count = len(descriptors.positive_augmented)
     if len(index) == 0:
         raise NoImagesError("no image of the unlabeled pool could be read; check --unlabeled")
+    graph_metadata: dict[str, Any] = {"neighbors": 0}
+    head_scores = scores
+    if options.graph_neighbors > 0 and pool_descriptors is not None and len(scores) > 1:
+        with _timed(timings, "graph"):
+            scores, graph_metadata = _smooth_over_graph(head_scores, pool_descriptors, options, device=device,
+                                                        use_cache=use_cache, progress=progress)
+        graph_metadata["changed"] = int((select_indices(scores, options.budget)
+                                         != select_indices(head_scores, options.budget)).sum())
     selected = select_indices(scores, options.budget)
     paths = [unlabeled_paths[int(i)] for i in index]
     counts = {
@@ -1461,10 +1502,66 @@ def run_selection(
         metadata={"mode": "finetune" if options.finetune else "frozen", "channels": extractor.channels,
                   "scale_channels": extractor.scale_channels, "scales": options.scales.describe(),
                   "positive_augmentation": augmentation.describe() if augmentation is not None else "none",
-                  "positive_augmented": augmented_count},
-        class_prior=options.class_prior, prior_estimate=prior_estimate,
+                  "positive_augmented": augmented_count, "graph": graph_metadata},
+        class_prior=options.class_prior, prior_estimate=prior_estimate, head_scores=head_scores,
     )
     return _share_selection(result, index, unlabeled_paths)
+
+
+# --- graph smoothing (transductive) ---------------------------------------------------------------
+
+GRAPH_CACHE_VERSION = 1
+
+
+def _graph_cache_file(features: torch.Tensor, neighbors: int) -> Path:
+    digest = hashlib.sha256()
+    digest.update(f"v{GRAPH_CACHE_VERSION}-k{neighbors}-{tuple(features.shape)}".encode())
+    digest.update(features.contiguous().numpy().tobytes())
+    return cache_dir() / "graphs" / f"{digest.hexdigest()[:32]}.safetensors"
+
+
+def _load_or_build_graph(features: torch.Tensor, neighbors: int, *, device: torch.device, use_cache: bool,
+                         progress: ProgressCallback) -> tuple[torch.Tensor, bool]:
+    """The pool's k-NN graph ((N, k) int64), from the cache when these exact features were seen."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    path = _graph_cache_file(features, neighbors) if use_cache else None
+    if path is not None and path.is_file():
+        try:
+            graph = load_file(str(path))["neighbors"]
+            if graph.shape[0] == len(features) and graph.dtype == torch.int64:
+                progress("graph", len(features), len(features), cached=1)
+                return graph, True
+        except (SafetensorError, OSError, KeyError):
+            pass  # a damaged entry is only a lost shortcut
+    graph = knn_graph(features, neighbors, device=device, progress=progress)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temporary_path_beside(path)
+        except OSError:
+            return graph, False  # a read-only cache only costs the next run a rebuild
+        try:
+            save_file({"neighbors": graph.contiguous()}, str(tmp), metadata={"format_version": str(GRAPH_CACHE_VERSION)})
+            os.replace(tmp, path)
+        except OSError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return graph, False
+
+
+def _smooth_over_graph(scores: torch.Tensor, pool_descriptors: torch.Tensor, options: SelectorOptions, *,
+                       device: torch.device, use_cache: bool,
+                       progress: ProgressCallback) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Head scores (N,) -> graph-smoothed scores (N,) with the same count above zero (:mod:`pucli.graph`)."""
+    features = graph_features(pool_descriptors, seed=options.seed)
+    graph, from_cache = _load_or_build_graph(features, options.graph_neighbors, device=device, use_cache=use_cache,
+                                             progress=progress)
+    smoothed = smooth_scores(scores, graph, alpha=options.graph_alpha, steps=options.graph_steps)
+    return smoothed, {"neighbors": int(graph.shape[1]), "alpha": options.graph_alpha, "steps": options.graph_steps,
+                      "channels": int(features.shape[1]), "cache_hit": from_cache}
 
 
 def _share_selection(result: SelectionResult | None, index: torch.Tensor | None,

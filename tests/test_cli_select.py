@@ -81,6 +81,12 @@ def test_json_summary_and_cache_hit_on_second_run(inputs: dict[str, str], tmp_pa
     one, two = json.loads(first.stdout), json.loads(second.stdout)
     assert not one["cache_hit"] and two["cache_hit"]
     assert one["selected"] == two["selected"] and one["unlabeled"] == 20
+    assert one["graph"]["neighbors"] == 10 and not one["graph"]["cache_hit"] and two["graph"]["cache_hit"]
+    assert "graph" in one["timings_s"]
+    off = CliRunner().invoke(app, _args(inputs, "--prior", "0.3", "--out", str(tmp_path / "c.tsv"), "--json",
+                                        "--graph-neighbors", "0"))
+    assert off.exit_code == 0, off.output
+    assert json.loads(off.stdout)["graph"] == {"neighbors": 0} and json.loads(off.stdout)["selected"] == one["selected"]
 
 
 @pytest.mark.parametrize(
@@ -93,6 +99,9 @@ def test_json_summary_and_cache_hit_on_second_run(inputs: dict[str, str], tmp_pa
         (["--prior", "0.3", "--risk", "pn", "--out", "x.tsv"], "--risk"),
         (["--prior", "0.3", "--augment-positives", "-1", "--out", "x.tsv"], "--augment-positives"),
         (["--prior", "0.3", "--augment-positives", "2", "--finetune", "--out", "x.tsv"], "--augment-positives"),
+        (["--prior", "0.3", "--graph-neighbors", "-1", "--out", "x.tsv"], "--graph-neighbors"),
+        (["--prior", "0.3", "--graph-steps", "-1", "--out", "x.tsv"], "--graph-steps"),
+        (["--prior", "0.3", "--graph-alpha", "1.5", "--out", "x.tsv"], "--graph-alpha"),
     ],
 )
 def test_bad_options_exit_2_with_one_line_and_no_traceback(inputs: dict[str, str], extra: list[str], message: str) -> None:

@@ -74,6 +74,9 @@ def select(
     gamma: Annotated[float, typer.Option("--gamma", help="nnPU ascent step scale, in [0, 1].", rich_help_panel=_PU)] = 1.0,
     ensemble: Annotated[int, typer.Option("--ensemble", help="Heads trained from different seeds and averaged (frozen mode).", rich_help_panel=_PU)] = 3,
     augment_positives: Annotated[int | None, typer.Option("--augment-positives", help="Randomly augmented copies (small affine) of each labeled positive added to P, cached with the descriptors \\[default: 32 with at most 5 positives per class, else 0].", show_default=False, rich_help_panel=_PU)] = None,
+    graph_neighbors: Annotated[int, typer.Option("--graph-neighbors", help="Smooth the scores over the pool's k-nearest-neighbour graph with this k (label spreading; keeps as many images as the head's score > 0, but picks them by their neighbourhood); 0 turns it off.", rich_help_panel=_PU)] = 10,
+    graph_alpha: Annotated[float, typer.Option("--graph-alpha", help="Label spreading's alpha in [0, 1]: the share of each step taken from the neighbours (higher reaches further along the graph).", rich_help_panel=_PU)] = 0.99,
+    graph_steps: Annotated[int, typer.Option("--graph-steps", help="Label-spreading iterations over the graph.", rich_help_panel=_PU)] = 200,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the descriptor cache.", rich_help_panel=_PU)] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (same command): reuse the descriptors and ensemble members it finished; same index as an uninterrupted run.", rich_help_panel=_PU)] = False,
     force: ForceOption = False,
@@ -95,7 +98,7 @@ def select(
         raise UsageError(f"--budget {budget}: must be >= 1 (the number of images to keep)")
     if json_output and out == "-":
         raise UsageError("--json and --out - both write to stdout: write the index to a file, or drop --json")
-    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--train-batch-size", train_batch_size, 1), ("--reduction", reduction, 1), ("--ensemble", ensemble, 1), ("--augment-positives", 0 if augment_positives is None else augment_positives, 0)):
+    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--train-batch-size", train_batch_size, 1), ("--reduction", reduction, 1), ("--ensemble", ensemble, 1), ("--augment-positives", 0 if augment_positives is None else augment_positives, 0), ("--graph-neighbors", graph_neighbors, 0), ("--graph-steps", graph_steps, 0)):
         if value < low:
             raise UsageError(f"{name} {value}: must be >= {low}")
     if risk not in ("nnpu", "upu"):
@@ -106,6 +109,8 @@ def select(
         raise UsageError(f"--beta {beta}: must be >= 0")
     if not 0.0 <= gamma <= 1.0:
         raise UsageError(f"--gamma {gamma}: must be in [0, 1]")
+    if not 0.0 <= graph_alpha <= 1.0:
+        raise UsageError(f"--graph-alpha {graph_alpha}: must be in [0, 1]")
     if finetune and augment_positives:
         raise UsageError("--augment-positives applies to frozen descriptors: drop it or --finetune")
     if resume and (finetune or no_cache):
@@ -126,7 +131,8 @@ def select(
     options = SelectorOptions(
         class_prior=class_prior, budget=budget, finetune=finetune, epochs=epochs, batch_size=batch_size,
         train_batch_size=train_batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma, ensemble=ensemble,
-        augment_positives=augment_positives, attention=attention, seed=seed,
+        augment_positives=augment_positives, attention=attention, graph_neighbors=graph_neighbors,
+        graph_alpha=graph_alpha, graph_steps=graph_steps, seed=seed,
     )
     # Under torchrun every rank runs this command; only rank 0 reports and writes the outputs.
     run_device = distributed.setup(resolve_device(device))
@@ -136,7 +142,7 @@ def select(
     report = RunReport("select", dict(positive=positive, unlabeled=unlabeled, teacher=teacher, arch=arch, classes=classes,
                                       prior=prior, budget=budget, out=out, all=all_items, finetune=finetune, epochs=epochs,
                                       batch_size=batch_size, train_batch_size=train_batch_size, reduction=reduction, attention=attention, risk=risk, loss=loss, beta=beta,
-                                      gamma=gamma, ensemble=ensemble, augment_positives=augment_positives, no_cache=no_cache, resume=resume, device=device, workers=workers,
+                                      gamma=gamma, ensemble=ensemble, augment_positives=augment_positives, graph_neighbors=graph_neighbors, graph_alpha=graph_alpha, graph_steps=graph_steps, no_cache=no_cache, resume=resume, device=device, workers=workers,
                                       threads=threads), seed=seed)
     report.device, report.threads = str(run_device), configure_threads(threads)
     with report.stage("load"):
@@ -170,6 +176,7 @@ def select(
         "positive_augmentation": result.metadata["positive_augmentation"],
         "positive_augmented": result.metadata["positive_augmented"],
         "descriptor_cache": str(result.cache_path) if result.cache_path else None, "cache_hit": result.from_cache,
+        "graph": result.metadata["graph"],
         "risks_per_epoch": result.history,
     }
 
@@ -245,6 +252,7 @@ def _summary(result: Any, rule: str, out: str, selector: Path, report: Path) -> 
         "selected_fraction": result.counts["selected"] / max(1, result.counts["unlabeled"]),
         "skipped": result.counts["skipped"],
         "cache_hit": result.from_cache,
+        "graph": result.metadata["graph"],
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "final_risk": result.history[-1]["risk"] if result.history else None,
         "index": out,
@@ -269,7 +277,12 @@ def _print_table(summary: dict[str, Any]) -> None:
                       f"({estimate['level']:.0%} interval {estimate['low']:.3f}-{estimate['high']:.3f})")
     table.add_row("selected", f"{summary['selected']:,} ({summary['selected_fraction']:.1%})")
     table.add_row("skipped files", f"{summary['skipped']:,}")
+    graph = summary["graph"]
+    if graph.get("neighbors"):
+        table.add_row("graph smoothing", f"k = {graph['neighbors']}, {graph['steps']} steps: "
+                      f"{graph['changed']:,} images changed sides")
     for stage, seconds in summary["timings_s"].items():
-        note = " (cached)" if stage == "extract" and summary["cache_hit"] else ""
+        note = " (cached)" if (stage == "extract" and summary["cache_hit"]) or (
+            stage == "graph" and graph.get("cache_hit")) else ""
         table.add_row(f"{stage} time", f"{seconds:.2f} s{note}")
     console.print(table)

@@ -1,0 +1,106 @@
+"""Graph smoothing of PU scores (pucli.graph): k-NN search, label spreading, count matching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pucli.errors import UsageError
+from pucli.graph import MAX_GRAPH_CHANNELS, graph_features, knn_graph, match_count, smooth_scores, spread_scores
+
+
+def test_knn_graph_on_a_line_by_hand() -> None:
+    # Points 0, 1, 3, 7 on a line: nearest first, never the point itself.
+    points = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    graph = knn_graph(points, 2)
+    assert graph.dtype == torch.int64
+    assert graph.tolist() == [[1, 2], [0, 2], [1, 0], [2, 1]]
+
+
+@pytest.mark.parametrize("block_elements", [1, 7, 1 << 26])
+def test_knn_graph_matches_brute_force_in_any_block_size(block_elements: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    points = torch.randn(57, 5, generator=generator)
+    graph = knn_graph(points, 4, block_elements=block_elements)
+    distances = torch.cdist(points.double(), points.double())
+    distances.fill_diagonal_(float("inf"))
+    expected = distances.topk(4, dim=1, largest=False).indices
+    assert torch.equal(graph, expected)
+
+
+def test_knn_graph_clips_k_and_reports_progress() -> None:
+    calls = []
+    graph = knn_graph(torch.tensor([[0.0], [2.0], [5.0]]), 10,
+                      progress=lambda stage, done, total, **_: calls.append((stage, done, total)))
+    assert graph.tolist() == [[1, 2], [0, 2], [1, 0]]
+    assert calls[-1] == ("graph", 3, 3)
+    assert knn_graph(torch.zeros(1, 3), 5).shape == (1, 0)
+
+
+def test_knn_graph_rejects_k_below_one() -> None:
+    with pytest.raises(UsageError, match="--graph-neighbors 0"):
+        knn_graph(torch.zeros(3, 2), 0)
+
+
+def test_spread_scores_two_steps_by_hand() -> None:
+    # k = 1: 0 <-> 1, 2 -> 1. y0 = [2, -1, 4], alpha 0.5:
+    # y1 = 0.5 * y0[nb] + 0.5 * y0 = [0.5, 0.5, 1.5]
+    # y2 = 0.5 * y1[nb] + 0.5 * y0 = [1.25, -0.25, 2.25]
+    neighbors = torch.tensor([[1], [0], [1]])
+    scores = torch.tensor([2.0, -1.0, 4.0])
+    torch.testing.assert_close(spread_scores(scores, neighbors, alpha=0.5, steps=1), torch.tensor([0.5, 0.5, 1.5]))
+    torch.testing.assert_close(spread_scores(scores, neighbors, alpha=0.5, steps=2), torch.tensor([1.25, -0.25, 2.25]))
+
+
+def test_spread_scores_averages_over_k_neighbours() -> None:
+    # k = 2, alpha 1, one step: each score becomes the plain mean of its two neighbours' scores.
+    neighbors = torch.tensor([[1, 2], [0, 2], [0, 1]])
+    scores = torch.tensor([3.0, 0.0, -6.0])
+    torch.testing.assert_close(spread_scores(scores, neighbors, alpha=1.0, steps=1), torch.tensor([-3.0, -1.5, 1.5]))
+
+
+def test_spread_scores_identity_cases_and_errors() -> None:
+    scores = torch.tensor([1.0, -2.0, 3.0])
+    neighbors = torch.tensor([[1], [2], [0]])
+    assert torch.equal(spread_scores(scores, neighbors, alpha=0.0, steps=50), scores)
+    assert torch.equal(spread_scores(scores, neighbors, alpha=0.9, steps=0), scores)
+    assert torch.equal(spread_scores(scores, torch.empty(3, 0, dtype=torch.int64), alpha=0.9, steps=5), scores)
+    with pytest.raises(UsageError, match="alpha"):
+        spread_scores(scores, neighbors, alpha=1.5, steps=1)
+    with pytest.raises(UsageError, match="--graph-steps -1"):
+        spread_scores(scores, neighbors, alpha=0.5, steps=-1)
+
+
+def test_match_count_by_hand_and_at_the_edges() -> None:
+    spread = torch.tensor([3.0, -1.0, 2.0, 0.5])
+    # Count 2: threshold halfway between 2 and 0.5 = 1.25.
+    torch.testing.assert_close(match_count(spread, 2), torch.tensor([1.75, -2.25, 0.75, -0.75]))
+    assert int((match_count(spread, 0) > 0).sum()) == 0
+    assert int((match_count(spread, 4) > 0).sum()) == 4
+    assert len(match_count(torch.empty(0), 3)) == 0
+
+
+def test_smooth_scores_fixes_isolated_mistakes_and_keeps_the_count() -> None:
+    # Two tight clusters of 20 (positives around 0, negatives around 10); the head gets two
+    # items of each cluster wrong. Spreading over the graph puts every item on its cluster's side.
+    generator = torch.Generator().manual_seed(0)
+    points = torch.cat([torch.randn(20, 3, generator=generator), 10 + torch.randn(20, 3, generator=generator)])
+    truth = torch.arange(40) < 20
+    scores = torch.where(truth, 2.0, -2.0)
+    scores[[3, 11]] = -1.0  # positives the head missed
+    scores[[25, 33]] = 1.0  # negatives the head kept
+    smoothed = smooth_scores(scores, knn_graph(points, 5), alpha=0.9, steps=50)
+    assert int((smoothed > 0).sum()) == int((scores > 0).sum()) == 20
+    assert torch.equal(smoothed > 0, truth)
+
+
+def test_graph_features_standardise_and_project_wide_descriptors() -> None:
+    generator = torch.Generator().manual_seed(0)
+    narrow = torch.randn(300, 6, generator=generator) * torch.tensor([1.0, 10.0, 100.0, 0.1, 5.0, 2.0]) + 7
+    features = graph_features(narrow)
+    torch.testing.assert_close(features.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(features.std(0), torch.ones(6), atol=1e-5, rtol=0)
+    wide = torch.randn(400, MAX_GRAPH_CHANNELS + 72, generator=generator)
+    projected = graph_features(wide, seed=3)
+    assert projected.shape == (400, MAX_GRAPH_CHANNELS)
+    assert torch.equal(projected, graph_features(wide, seed=3))  # seeded: reproducible
