@@ -260,7 +260,14 @@ class SelectionSpec:
     epochs: int | None = None  # None: the selector's default
 
     def params(self) -> dict[str, Any]:
-        return asdict(self)
+        params = asdict(self)
+        if self.variant == "graph":
+            # Only this variant depends on the graph options: record them, so a change of pucli's
+            # defaults is a new unit. (Other variants' keys stay as they were first cached.)
+            from pucli.selector import SelectorOptions
+
+            params["graph"] = {k: getattr(SelectorOptions, k) for k in ("graph_neighbors", "graph_alpha", "graph_steps")}
+        return params
 
     def name(self) -> str:
         prior = "auto" if self.prior is None else f"{self.prior:g}"

@@ -196,8 +196,11 @@ def default_epochs(num_items: int, batch_size: int) -> int:
 def sampling_weights(expanded: ExpandedSet) -> Tensor:
     """Per-item sampling weights of ``weighting="pu-score"``: (N,) float64.
 
-    ``sigmoid(F(x))`` of the selector score of each unlabeled item (the score nnPU's sigmoid loss
-    trains towards +1 on positives, -1 on negatives), and 1 for the labeled positives, whose class
+    ``sigmoid(s)`` of the selector score ``s`` of each unlabeled item (the index's score: the
+    head's ``F(x)``, which nnPU's sigmoid loss trains towards +1 on positives and -1 on
+    negatives, smoothed over the pool's k-NN graph by default, :mod:`pucli.graph`; a weighted
+    average of ``F`` values, shifted so that ``s > 0`` keeps the same images count as ``F(x) > 0``),
+    and 1 for the labeled positives, whose class
     is known. For an expanded set holding a whole pool (issue 5: PU scores as sampling weights
     instead of a hard PU-s1 cut), items the selector rejects are still drawn, rarely.
 

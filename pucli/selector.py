@@ -377,7 +377,7 @@ class SelectorOptions:
             (self.augment_positives is None or self.augment_positives >= 0,
              f"--augment-positives {self.augment_positives}: must be >= 0"),
             (self.graph_neighbors >= 0, f"--graph-neighbors {self.graph_neighbors}: must be >= 0 (0 turns it off)"),
-            (0.0 <= self.graph_alpha <= 1.0, f"--graph-alpha {self.graph_alpha}: must be in [0, 1]"),
+            (0.0 <= self.graph_alpha < 1.0, f"--graph-alpha {self.graph_alpha}: must be in [0, 1)"),
             (self.graph_steps >= 0, f"--graph-steps {self.graph_steps}: must be >= 0"),
             (not (self.finetune and self.augment_positives), "--augment-positives applies to frozen descriptors: "
              "drop it or --finetune"),
@@ -1058,9 +1058,10 @@ TRAINING_STATE_VERSION = 1
 
 def training_state_path(descriptor_cache: Path, options: SelectorOptions) -> Path:
     """Where :func:`train_frozen` keeps finished members for these descriptors and options:
-    ``cache_dir()/selector-runs/<key>.pt``; the key changes with any option but the budget
-    (which only picks from the scores)."""
-    settings = {k: v for k, v in asdict(options).items() if k != "budget"}
+    ``cache_dir()/selector-runs/<key>.pt``; the key changes with any option but the budget and
+    the graph smoothing (which only act on the trained heads' scores)."""
+    after_training = {"budget", "graph_neighbors", "graph_alpha", "graph_steps"}
+    settings = {k: v for k, v in asdict(options).items() if k not in after_training}
     text = json.dumps({"descriptors": descriptor_cache.stem, "options": settings}, sort_keys=True, default=str)
     return cache_dir() / "selector-runs" / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.pt"
 
@@ -1306,19 +1307,27 @@ def score_images(
 
     Returns ``(index (N',) int64, scores (N',) float32)`` for the readable images; memory holds
     one batch of pixels at a time. With ``descriptors`` (a list), the extractor's (B, C) float32
-    output of every batch is appended to it as well (what graph smoothing needs after fine-tuning).
+    output of the readable images is appended to it as one (N', C) tensor (what graph smoothing
+    needs after fine-tuning), filled in place rather than concatenated, so it is held once.
     """
     net.eval()
     indices: list[torch.Tensor] = []
     scores: list[torch.Tensor] = []
+    buffer: torch.Tensor | None = None
+    filled = 0
     started = time.perf_counter()
     for batch in iterate_batches(ImageDataset(paths, preprocess), batch_size=batch_size, workers=workers,
                                  pin_memory=device.type == "cuda", skipped=skipped):
         features = net.extractor(preprocess.normalize(batch.images.to(device, non_blocking=True)))
         scores.append(net.head(features).float().cpu())
         if descriptors is not None:
-            descriptors.append(features.float().cpu())
+            if buffer is None:
+                buffer = torch.empty(len(paths), features.shape[1])
+            buffer[filled:filled + len(features)] = features.float().cpu()
+            filled += len(features)
         indices.append(batch.indices)
+    if descriptors is not None and buffer is not None:
+        descriptors.append(buffer[:filled])
         done = int(batch.indices[-1]) + 1
         elapsed = time.perf_counter() - started
         progress("score", done, len(paths), img_s=done / elapsed if elapsed > 0 else 0.0)
@@ -1426,7 +1435,8 @@ def run_selection(
             index, scores = score_images(net, unlabeled_paths, preprocess, device=device,
                                          batch_size=options.batch_size, workers=workers, progress=progress,
                                          descriptors=streamed)
-        pool_descriptors = torch.cat(streamed) if streamed else None
+        pool_descriptors = streamed[0] if streamed else None
+        del streamed
         positive_names = {str(p) for p in positive_paths}
         positive_count = len(positive_paths) - sum(1 for s in skipped if s.path in positive_names)
         network: nn.Module = net.cpu()
@@ -1516,7 +1526,7 @@ GRAPH_CACHE_VERSION = 1
 def _graph_cache_file(features: torch.Tensor, neighbors: int) -> Path:
     digest = hashlib.sha256()
     digest.update(f"v{GRAPH_CACHE_VERSION}-k{neighbors}-{tuple(features.shape)}".encode())
-    digest.update(features.contiguous().numpy().tobytes())
+    digest.update(memoryview(features.detach().cpu().contiguous().numpy()))  # no copy of the bytes
     return cache_dir() / "graphs" / f"{digest.hexdigest()[:32]}.safetensors"
 
 
@@ -1530,11 +1540,13 @@ def _load_or_build_graph(features: torch.Tensor, neighbors: int, *, device: torc
     if path is not None and path.is_file():
         try:
             graph = load_file(str(path))["neighbors"]
-            if graph.shape[0] == len(features) and graph.dtype == torch.int64:
+            expected = (len(features), min(neighbors, len(features) - 1))
+            if (tuple(graph.shape) == expected and graph.dtype == torch.int64
+                    and (graph.numel() == 0 or (int(graph.min()) >= 0 and int(graph.max()) < len(features)))):
                 progress("graph", len(features), len(features), cached=1)
                 return graph, True
-        except (SafetensorError, OSError, KeyError):
-            pass  # a damaged entry is only a lost shortcut
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError):
+            pass  # a damaged entry is only a lost shortcut: rebuild and overwrite it
     graph = knn_graph(features, neighbors, device=device, progress=progress)
     if path is not None:
         try:

@@ -53,10 +53,12 @@ def test_spread_scores_two_steps_by_hand() -> None:
 
 
 def test_spread_scores_averages_over_k_neighbours() -> None:
-    # k = 2, alpha 1, one step: each score becomes the plain mean of its two neighbours' scores.
+    # k = 2, alpha 0.75, one step: 0.75 * (mean of the two neighbours' scores) + 0.25 * own score.
+    # Node 0: 0.75 * (0 - 6) / 2 + 0.25 * 3 = -1.5; node 1: 0.75 * (3 - 6) / 2 + 0 = -1.125;
+    # node 2: 0.75 * (3 + 0) / 2 + 0.25 * -6 = -0.375.
     neighbors = torch.tensor([[1, 2], [0, 2], [0, 1]])
     scores = torch.tensor([3.0, 0.0, -6.0])
-    torch.testing.assert_close(spread_scores(scores, neighbors, alpha=1.0, steps=1), torch.tensor([-3.0, -1.5, 1.5]))
+    torch.testing.assert_close(spread_scores(scores, neighbors, alpha=0.75, steps=1), torch.tensor([-1.5, -1.125, -0.375]))
 
 
 def test_spread_scores_identity_cases_and_errors() -> None:
@@ -65,19 +67,36 @@ def test_spread_scores_identity_cases_and_errors() -> None:
     assert torch.equal(spread_scores(scores, neighbors, alpha=0.0, steps=50), scores)
     assert torch.equal(spread_scores(scores, neighbors, alpha=0.9, steps=0), scores)
     assert torch.equal(spread_scores(scores, torch.empty(3, 0, dtype=torch.int64), alpha=0.9, steps=5), scores)
-    with pytest.raises(UsageError, match="alpha"):
+    with pytest.raises(UsageError, match="--graph-alpha 1.5"):
         spread_scores(scores, neighbors, alpha=1.5, steps=1)
+    with pytest.raises(UsageError, match=r"\[0, 1\)"):
+        spread_scores(scores, neighbors, alpha=1.0, steps=1)
     with pytest.raises(UsageError, match="--graph-steps -1"):
         spread_scores(scores, neighbors, alpha=0.5, steps=-1)
 
 
 def test_match_count_by_hand_and_at_the_edges() -> None:
     spread = torch.tensor([3.0, -1.0, 2.0, 0.5])
-    # Count 2: threshold halfway between 2 and 0.5 = 1.25.
-    torch.testing.assert_close(match_count(spread, 2), torch.tensor([1.75, -2.25, 0.75, -0.75]))
+    # Count 2: the threshold is the third highest value, 0.5.
+    torch.testing.assert_close(match_count(spread, 2), torch.tensor([2.5, -1.5, 1.5, 0.0]))
     assert int((match_count(spread, 0) > 0).sum()) == 0
     assert int((match_count(spread, 4) > 0).sum()) == 4
     assert len(match_count(torch.empty(0), 3)) == 0
+
+
+def test_match_count_is_exact_for_neighbouring_floats_and_huge_values() -> None:
+    # A midpoint of two adjacent float32 values rounds onto one of them; the count must not drop.
+    close = torch.tensor([1.0000002, 1.0000001, 0.0])
+    assert int((match_count(close, 1) > 0).sum()) == 1
+    assert int((match_count(close, 2) > 0).sum()) == 2
+    huge = torch.tensor([3e8, 2e8, 1e8])
+    assert int((match_count(huge, 3) > 0).sum()) == 3
+    assert int((match_count(huge, 2) > 0).sum()) == 2
+
+
+def test_match_count_with_ties_at_the_threshold_keeps_fewer_never_more() -> None:
+    tied = torch.tensor([5.0, 1.0, 1.0, 1.0, -2.0])
+    assert int((match_count(tied, 2) > 0).sum()) == 1
 
 
 def test_smooth_scores_fixes_isolated_mistakes_and_keeps_the_count() -> None:

@@ -32,6 +32,7 @@ from pucli.selector import (
     score_images,
     select_indices,
     train_frozen,
+    training_state_path,
 )
 from pucli.sources import Preprocess, UnlabeledPool
 
@@ -457,7 +458,20 @@ def test_graph_smoothing_keeps_the_heads_count_and_caches_the_graph(scenario: di
     assert torch.equal(off.head_scores, first.head_scores)
 
 
-def test_graph_smoothing_after_fine_tuning_uses_the_fine_tuned_descriptors(scenario: dict) -> None:
+def test_graph_cache_misses_when_the_pool_changes_and_resume_state_ignores_graph_options(scenario: dict) -> None:
+    teacher, positive, pool = scenario["teacher"], scenario["positive"], scenario["pool"]
+    options = SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=1, graph_neighbors=3, graph_steps=5)
+    assert not run_selection(teacher, positive, pool, options).metadata["graph"]["cache_hit"]
+    assert not run_selection(teacher, positive, pool[:-4], options).metadata["graph"]["cache_hit"]
+    assert len(_graph_files()) == 2
+    other_graph = SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=1, graph_neighbors=7,
+                                  graph_alpha=0.5, graph_steps=9)
+    assert training_state_path(Path("d.safetensors"), options) == training_state_path(Path("d.safetensors"), other_graph)
+    assert training_state_path(Path("d.safetensors"), options) != training_state_path(
+        Path("d.safetensors"), SelectorOptions(class_prior=0.3, epochs=2, batch_size=8, ensemble=1))
+
+
+def test_graph_smoothing_runs_after_fine_tuning(scenario: dict) -> None:
     options = SelectorOptions(class_prior=0.3, finetune=True, epochs=1, batch_size=8, graph_neighbors=3, graph_steps=10)
     result = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"], options, use_cache=False)
     assert result.metadata["graph"]["neighbors"] == 3 and not result.metadata["graph"]["cache_hit"]
@@ -472,3 +486,5 @@ def test_graph_options_are_validated() -> None:
         SelectorOptions(class_prior=0.3, graph_steps=-2)
     with pytest.raises(UsageError, match="--graph-alpha 1.1"):
         SelectorOptions(class_prior=0.3, graph_alpha=1.1)
+    with pytest.raises(UsageError, match=r"--graph-alpha 1.0: must be in \[0, 1\)"):
+        SelectorOptions(class_prior=0.3, graph_alpha=1.0)

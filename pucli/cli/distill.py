@@ -63,7 +63,7 @@ def distill(
     augment: Annotated[str, typer.Option("--augment", help="auto (none for small grey digits, else flip-crop), none or flip-crop; with augmentation the teacher runs on the fly.", rich_help_panel=_RUN)] = "auto",
     val: Annotated[Path | None, typer.Option("--val", help="Labeled validation folder evaluated each epoch (never the test set).", rich_help_panel=_RUN)] = None,
     keep: Annotated[str, typer.Option("--keep", help="Student to write: last epoch, or best on --val.", rich_help_panel=_RUN)] = "last",
-    weighting: Annotated[str, typer.Option("--weighting", help="uniform (each item once per epoch) or pu-score (draw items with probability sigmoid(selector score), positives 1: for a set expanded from a whole pool).", rich_help_panel=_RUN)] = "uniform",
+    weighting: Annotated[str, typer.Option("--weighting", help="uniform (each item once per epoch) or pu-score (draw items with probability sigmoid(the index's selector score), positives 1: for a set expanded from a whole pool).", rich_help_panel=_RUN)] = "uniform",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.", rich_help_panel=_RUN)] = False,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", dir_okay=False, help="Checkpoint file \\[default: OUT with .ckpt.pt].", rich_help_panel=_RUN)] = None,
     checkpoint_interval: Annotated[float, typer.Option("--checkpoint-interval", help="Seconds between checkpoints (at the end of an epoch; 0: every epoch).", rich_help_panel=_RUN)] = 30.0,

@@ -75,9 +75,9 @@ def select(
     ensemble: Annotated[int, typer.Option("--ensemble", help="Heads trained from different seeds and averaged (frozen mode).", rich_help_panel=_PU)] = 3,
     augment_positives: Annotated[int | None, typer.Option("--augment-positives", help="Randomly augmented copies (small affine) of each labeled positive added to P, cached with the descriptors \\[default: 32 with at most 5 positives per class, else 0].", show_default=False, rich_help_panel=_PU)] = None,
     graph_neighbors: Annotated[int, typer.Option("--graph-neighbors", help="Smooth the scores over the pool's k-nearest-neighbour graph with this k (label spreading; keeps as many images as the head's score > 0, but picks them by their neighbourhood); 0 turns it off.", rich_help_panel=_PU)] = 10,
-    graph_alpha: Annotated[float, typer.Option("--graph-alpha", help="Label spreading's alpha in [0, 1]: the share of each step taken from the neighbours (higher reaches further along the graph).", rich_help_panel=_PU)] = 0.99,
+    graph_alpha: Annotated[float, typer.Option("--graph-alpha", help="Label spreading's alpha in [0, 1): the share of each step taken from the neighbours (higher reaches further along the graph).", rich_help_panel=_PU)] = 0.99,
     graph_steps: Annotated[int, typer.Option("--graph-steps", help="Label-spreading iterations over the graph.", rich_help_panel=_PU)] = 200,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the descriptor cache.", rich_help_panel=_PU)] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the descriptor and graph caches.", rich_help_panel=_PU)] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (same command): reuse the descriptors and ensemble members it finished; same index as an uninterrupted run.", rich_help_panel=_PU)] = False,
     force: ForceOption = False,
     seed: SeedOption = 0,
@@ -109,8 +109,8 @@ def select(
         raise UsageError(f"--beta {beta}: must be >= 0")
     if not 0.0 <= gamma <= 1.0:
         raise UsageError(f"--gamma {gamma}: must be in [0, 1]")
-    if not 0.0 <= graph_alpha <= 1.0:
-        raise UsageError(f"--graph-alpha {graph_alpha}: must be in [0, 1]")
+    if not 0.0 <= graph_alpha < 1.0:
+        raise UsageError(f"--graph-alpha {graph_alpha}: must be in [0, 1)")
     if finetune and augment_positives:
         raise UsageError("--augment-positives applies to frozen descriptors: drop it or --finetune")
     if resume and (finetune or no_cache):
