@@ -66,25 +66,43 @@ def graph_features(descriptors: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
     return features.contiguous()
 
 
+BLOCK_ELEMENTS = 1 << 26
+"""Distances one search block holds by default (float32: 256 MiB)."""
+
+
+def block_rows(count: int, block_elements: int | None = None) -> int:
+    """Rows per search block of :func:`knn_graph` for a pool of ``count``: ``block_elements / count``
+    (default :data:`BLOCK_ELEMENTS`), at least 1. Row ranges that start on a multiple of it compute
+    exactly the blocks (and bits) of a whole-pool search, which is how ranks under torchrun split
+    the work."""
+    return max(1, min(count, (block_elements or BLOCK_ELEMENTS) // max(1, count)))
+
+
 def knn_graph(
     features: torch.Tensor,
     neighbors: int,
     *,
     device: torch.device | None = None,
-    block_elements: int = 1 << 26,
+    block_elements: int | None = None,
+    rows: tuple[int, int] | None = None,
     progress: ProgressCallback = no_progress,
 ) -> torch.Tensor:
-    """Exact k nearest neighbours of every row of ``features`` among the others (Euclidean).
+    """Exact k nearest neighbours of rows of ``features`` among all the others (Euclidean).
 
     Args:
         features: (N, C) float32.
         neighbors: k >= 1; fewer than k other rows gives every other row.
         device: where the distance blocks are computed (CPU by default; a GPU is much faster).
-        block_elements: about how many distances one block holds (float32), which bounds memory.
-        progress: called as ``progress("graph", rows_done, N)``.
+        block_elements: about how many distances one block holds (float32), which bounds memory;
+            default :data:`BLOCK_ELEMENTS`.
+        rows: ``(start, stop)``: only these rows' neighbours (all N candidates are searched);
+            None for every row. Start on a multiple of :func:`block_rows` to get the bits of the
+            whole search.
+        progress: called as ``progress("graph", rows_done, rows_total)``.
 
     Returns:
-        (N, min(k, N - 1)) int64 row indices, nearest first. A row is never its own neighbour.
+        (stop - start, min(k, N - 1)) int64 row indices into ``features``, nearest first. A row is
+        never its own neighbour.
 
     Raises:
         UsageError: ``neighbors`` < 1.
@@ -92,22 +110,23 @@ def knn_graph(
     if neighbors < 1:
         raise UsageError(f"--graph-neighbors {neighbors}: must be >= 1 (or 0 to turn graph smoothing off)")
     n = len(features)
+    first, last = rows if rows is not None else (0, n)
     k = min(neighbors, n - 1)
-    if k <= 0:
-        return torch.empty(n, 0, dtype=torch.int64)
+    if k <= 0 or last <= first:
+        return torch.empty(max(0, last - first), max(0, k), dtype=torch.int64)
     device = device or torch.device("cpu")
     points = features.to(device, torch.float32)
     norms = (points * points).sum(1)
-    rows = max(1, min(n, block_elements // max(1, n)))
-    out = torch.empty(n, k, dtype=torch.int64)
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
+    step = block_rows(n, block_elements)
+    out = torch.empty(last - first, k, dtype=torch.int64)
+    for start in range(first, last, step):
+        stop = min(last, start + step)
         # ||a - b||^2 = ||a||^2 - 2 a.b + ||b||^2, one block of rows against every row.
         distances = torch.addmm(norms[None, :], points[start:stop], points.T, alpha=-2.0)
         distances += norms[start:stop, None]
         distances[torch.arange(stop - start, device=device), torch.arange(start, stop, device=device)] = math.inf
-        out[start:stop] = distances.topk(k, dim=1, largest=False, sorted=True).indices.cpu()
-        progress("graph", stop, n)
+        out[start - first:stop - first] = distances.topk(k, dim=1, largest=False, sorted=True).indices.cpu()
+        progress("graph", stop - first, last - first)
     return out
 
 

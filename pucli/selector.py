@@ -74,7 +74,7 @@ from torch import nn
 from pucli import distributed
 from pucli.checkpoints import LoadedModel, ModelConfig
 from pucli.errors import DataError, NoImagesError, UsageError
-from pucli.graph import graph_features, knn_graph, smooth_scores
+from pucli.graph import block_rows, graph_features, knn_graph, smooth_scores
 from pucli.nnpu import nnpu_risk
 from pucli.paths import cache_dir, temporary_path_beside
 from pucli.prior import Fit, PriorEstimate, estimate_class_prior
@@ -1437,6 +1437,7 @@ def run_selection(
                                          descriptors=streamed)
         pool_descriptors = streamed[0] if streamed else None
         del streamed
+        pool_graph = None
         positive_names = {str(p) for p in positive_paths}
         positive_count = len(positive_paths) - sum(1 for s in skipped if s.path in positive_names)
         network: nn.Module = net.cpu()
@@ -1452,6 +1453,13 @@ def run_selection(
                 device=device, batch_size=options.batch_size, workers=workers, use_cache=use_cache,
                 augmentation=augmentation, progress=progress, resume=resume,
             )
+        pool_graph = None
+        if options.graph_neighbors > 0 and distributed.is_distributed():
+            # The graph needs only the descriptors: every rank searches its share of it now, before
+            # rank 0 trains the head alone.
+            with _timed(timings, "graph"):
+                pool_graph = _pool_graph(descriptors.unlabeled if descriptors is not None else None, options,
+                                         device=device, use_cache=use_cache, progress=progress)
         if descriptors is None:  # a rank other than 0 under torchrun: rank 0 trains and scores alone
             return _share_selection(None, None, unlabeled_paths)
         extractor.cpu()
@@ -1494,8 +1502,11 @@ def run_selection(
     head_scores = scores
     if options.graph_neighbors > 0 and pool_descriptors is not None and len(scores) > 1:
         with _timed(timings, "graph"):
-            scores, graph_metadata = _smooth_over_graph(head_scores, pool_descriptors, options, device=device,
-                                                        use_cache=use_cache, progress=progress)
+            if pool_graph is None:
+                pool_graph = _pool_graph(pool_descriptors, options, device=device, use_cache=use_cache,
+                                         progress=progress)
+            assert pool_graph is not None
+            scores, graph_metadata = _smooth_over_graph(head_scores, pool_graph, options)
         graph_metadata["changed"] = int((select_indices(scores, options.budget)
                                          != select_indices(head_scores, options.budget)).sum())
     selected = select_indices(scores, options.budget)
@@ -1530,50 +1541,98 @@ def _graph_cache_file(features: torch.Tensor, neighbors: int) -> Path:
     return cache_dir() / "graphs" / f"{digest.hexdigest()[:32]}.safetensors"
 
 
-def _load_or_build_graph(features: torch.Tensor, neighbors: int, *, device: torch.device, use_cache: bool,
-                         progress: ProgressCallback) -> tuple[torch.Tensor, bool]:
-    """The pool's k-NN graph ((N, k) int64), from the cache when these exact features were seen."""
+def _read_graph_cache(path: Path, count: int, neighbors: int) -> torch.Tensor | None:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    path = _graph_cache_file(features, neighbors) if use_cache else None
-    if path is not None and path.is_file():
-        try:
-            graph = load_file(str(path))["neighbors"]
-            expected = (len(features), min(neighbors, len(features) - 1))
-            if (tuple(graph.shape) == expected and graph.dtype == torch.int64
-                    and (graph.numel() == 0 or (int(graph.min()) >= 0 and int(graph.max()) < len(features)))):
-                progress("graph", len(features), len(features), cached=1)
-                return graph, True
-        except (SafetensorError, OSError, KeyError, ValueError, TypeError):
-            pass  # a damaged entry is only a lost shortcut: rebuild and overwrite it
-    graph = knn_graph(features, neighbors, device=device, progress=progress)
+    if not path.is_file():
+        return None
+    try:
+        graph = load_file(str(path))["neighbors"]
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError):
+        return None  # a damaged entry is only a lost shortcut: rebuild and overwrite it
+    if (tuple(graph.shape) != (count, min(neighbors, count - 1)) or graph.dtype != torch.int64
+            or (graph.numel() and (int(graph.min()) < 0 or int(graph.max()) >= count))):
+        return None
+    return graph
+
+
+def _write_graph_cache(path: Path, graph: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_path_beside(path)
+    except OSError:
+        return  # a read-only cache only costs the next run a rebuild
+    try:
+        save_file({"neighbors": graph.contiguous()}, str(tmp), metadata={"format_version": str(GRAPH_CACHE_VERSION)})
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class _PoolGraph:
+    """The pool's k-NN graph ((N, k) int64), the width of the space it was searched in, and
+    whether it came from the cache."""
+
+    neighbors: torch.Tensor
+    channels: int
+    from_cache: bool
+
+
+def _pool_graph(pool_descriptors: torch.Tensor | None, options: SelectorOptions, *, device: torch.device,
+                use_cache: bool, progress: ProgressCallback) -> _PoolGraph | None:
+    """The pool's k-NN graph (:mod:`pucli.graph`), from the cache when these exact features were seen.
+
+    Under torchrun every rank must call this (rank 0 with the gathered descriptors, the others
+    with None): rank 0 shares the search features, each rank searches a contiguous run of whole
+    blocks of rows (the blocks of a one-process search, so the same bits), and the rows are
+    gathered on rank 0, which gets the graph; the other ranks get None. One process: the search
+    runs here. None also when the pool has fewer than 2 images (nothing to smooth).
+    """
+    main = distributed.is_main()
+    features = graph_features(pool_descriptors, seed=options.seed) if pool_descriptors is not None else None
+    path = cached = None
+    if features is not None and len(features) > 1:
+        path = _graph_cache_file(features, options.graph_neighbors) if use_cache else None
+        cached = _read_graph_cache(path, len(features), options.graph_neighbors) if path is not None else None
+    # Rank 0 decides: (count, channels) to search, or None when there is nothing to build.
+    plan = (tuple(features.shape) if features is not None and len(features) > 1 and cached is None else None)
+    plan = distributed.broadcast_object(plan) if distributed.is_distributed() else plan
+    if cached is not None:
+        progress("graph", len(cached), len(cached), cached=1)
+        return _PoolGraph(cached, int(features.shape[1]), True)  # type: ignore[union-attr]
+    if plan is None:
+        return None
+    count, channels = plan
+    if distributed.is_distributed():
+        mine = features if main else torch.empty(0, channels)
+        _, shared = distributed.gather_rows(torch.arange(len(mine), dtype=torch.int64), mine, to_all=True)
+        first, last = distributed.batch_block(count, block_rows(count))
+        part = knn_graph(shared, options.graph_neighbors, device=device, rows=(first, last),
+                         progress=progress if main else no_progress)
+        gathered = distributed.gather_rows(torch.arange(first, last, dtype=torch.int64), part)
+        del shared
+        if not main:
+            return None
+        assert gathered is not None
+        graph = gathered[1]
+    else:
+        graph = knn_graph(features, options.graph_neighbors, device=device, progress=progress)  # type: ignore[arg-type]
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temporary_path_beside(path)
-        except OSError:
-            return graph, False  # a read-only cache only costs the next run a rebuild
-        try:
-            save_file({"neighbors": graph.contiguous()}, str(tmp), metadata={"format_version": str(GRAPH_CACHE_VERSION)})
-            os.replace(tmp, path)
-        except OSError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-    return graph, False
+        _write_graph_cache(path, graph)
+    return _PoolGraph(graph, channels, False)
 
 
-def _smooth_over_graph(scores: torch.Tensor, pool_descriptors: torch.Tensor, options: SelectorOptions, *,
-                       device: torch.device, use_cache: bool,
-                       progress: ProgressCallback) -> tuple[torch.Tensor, dict[str, Any]]:
+def _smooth_over_graph(scores: torch.Tensor, graph: _PoolGraph, options: SelectorOptions) -> tuple[torch.Tensor, dict[str, Any]]:
     """Head scores (N,) -> graph-smoothed scores (N,) with the same count above zero (:mod:`pucli.graph`)."""
-    features = graph_features(pool_descriptors, seed=options.seed)
-    graph, from_cache = _load_or_build_graph(features, options.graph_neighbors, device=device, use_cache=use_cache,
-                                             progress=progress)
-    smoothed = smooth_scores(scores, graph, alpha=options.graph_alpha, steps=options.graph_steps)
-    return smoothed, {"neighbors": int(graph.shape[1]), "alpha": options.graph_alpha, "steps": options.graph_steps,
-                      "channels": int(features.shape[1]), "cache_hit": from_cache}
+    smoothed = smooth_scores(scores, graph.neighbors, alpha=options.graph_alpha, steps=options.graph_steps)
+    return smoothed, {"neighbors": int(graph.neighbors.shape[1]), "alpha": options.graph_alpha,
+                      "steps": options.graph_steps, "channels": graph.channels, "cache_hit": graph.from_cache}
 
 
 def _share_selection(result: SelectionResult | None, index: torch.Tensor | None,

@@ -132,3 +132,34 @@ def test_torchrun_distill_resumes_a_one_process_checkpoint_and_follows_its_losse
     assert (tmp_path / "student.safetensors").is_file()
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 6
     assert dataclasses.asdict(reference.history[0])["images"] == summary["history"][0]["images"]
+
+
+_GRAPH_SCRIPT = '''
+import sys, torch
+import pucli.graph
+from pucli import distributed
+from pucli.selector import SelectorOptions, _pool_graph
+
+distributed.setup(torch.device("cpu"))
+pucli.graph.BLOCK_ELEMENTS = 9 * 61  # 9 rows per block: 7 blocks, split 4 / 3 between the ranks
+descriptors = torch.randn(61, 5, generator=torch.Generator().manual_seed(0))
+options = SelectorOptions(class_prior=0.3, graph_neighbors=4)
+graph = _pool_graph(descriptors if distributed.is_main() else None, options, device=torch.device("cpu"),
+                    use_cache=False, progress=lambda *a, **k: None)
+if distributed.is_main():
+    expected = pucli.graph.knn_graph(pucli.graph.graph_features(descriptors), 4)
+    assert graph is not None and torch.equal(graph.neighbors, expected), "graph differs from one process"
+    open(sys.argv[1], "w").write("ok")
+else:
+    assert graph is None
+'''
+
+
+def test_torchrun_ranks_share_the_graph_search_and_rank_0_gets_the_one_process_graph(tmp_path: Path) -> None:
+    script = tmp_path / "graph_ranks.py"
+    script.write_text(_GRAPH_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path / "result")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "result").read_text() == "ok"

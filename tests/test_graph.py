@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from pucli.errors import UsageError
-from pucli.graph import MAX_GRAPH_CHANNELS, graph_features, knn_graph, match_count, smooth_scores, spread_scores
+from pucli.graph import (
+    MAX_GRAPH_CHANNELS,
+    block_rows,
+    graph_features,
+    knn_graph,
+    match_count,
+    smooth_scores,
+    spread_scores,
+)
 
 
 def test_knn_graph_on_a_line_by_hand() -> None:
@@ -123,3 +131,14 @@ def test_graph_features_standardise_and_project_wide_descriptors() -> None:
     projected = graph_features(wide, seed=3)
     assert projected.shape == (400, MAX_GRAPH_CHANNELS)
     assert torch.equal(projected, graph_features(wide, seed=3))  # seeded: reproducible
+
+
+def test_row_ranges_on_block_boundaries_give_the_bits_of_the_whole_search() -> None:
+    generator = torch.Generator().manual_seed(1)
+    points = torch.randn(50, 4, generator=generator)
+    step = block_rows(50, block_elements=7 * 50)
+    assert step == 7
+    whole = knn_graph(points, 3, block_elements=7 * 50)
+    parts = [knn_graph(points, 3, block_elements=7 * 50, rows=(start, min(50, start + 14))) for start in range(0, 50, 14)]
+    assert torch.equal(torch.cat(parts), whole)
+    assert knn_graph(points, 3, rows=(10, 10)).shape == (0, 3)
