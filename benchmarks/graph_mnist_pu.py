@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher = load_model(root / "teacher" / "lenet5.safetensors", None, option="--teacher")
     pool = UnlabeledPool.from_source(str(root / "unlabeled.txt"))
     with open(root / "ground_truth.tsv", newline="") as handle:
-        truth_by_path = {row["path"]: int(row["positive"]) for row in csv.DictReader(handle, delimiter="\t")}
+        rows_by_path = {row["path"]: row for row in csv.DictReader(handle, delimiter="\t")}
+    truth_by_path = {path: int(row["positive"]) for path, row in rows_by_path.items()}
     workers = default_workers(len(pool))
     kept, soft = teacher_soft_targets(teacher, pool.paths, workers=workers)
     confidence_by_path = {str(pool.paths[int(i)]): float(c) for i, c in zip(kept, soft.max(1).values.tolist())}
@@ -62,8 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         tp = int((keep & truth).sum())
         precision = tp / max(1, int(keep.sum()))
         recall = tp / max(1, int(truth.sum()))
+        kept_by_source: dict[str, int] = {}
+        for path, k in zip(paths, keep.tolist()):
+            if k:
+                source = rows_by_path[str(path)]["source"]
+                kept_by_source[source] = kept_by_source.get(source, 0) + 1
         return {"selected": int(keep.sum()), "precision": round(precision, 4), "recall": round(recall, 4),
-                "f1": round(2 * precision * recall / max(1e-12, precision + recall), 4)}
+                "f1": round(2 * precision * recall / max(1e-12, precision + recall), 4),
+                "missed": int((truth & ~keep).sum()), "kept_by_source": kept_by_source}
 
     rows = []
     for n_l in args.nl:
