@@ -19,13 +19,12 @@ Prints a markdown table; writes ``benchmarks/results/graph_mnist_pu.json``.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 TRUE_PRIOR = 0.30
 
 
@@ -40,51 +39,39 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pucli.checkpoints import load_model
+    from mnist_pu import Scenario, _by_source, prf, write_json_atomic  # the study's scenario and metrics
     from pucli.device import configure_threads, default_workers
     from pucli.expand import teacher_soft_targets
     from pucli.paths import cache_dir
     from pucli.selector import SelectorOptions, run_selection, select_indices
-    from pucli.sources import LabeledFolder, UnlabeledPool
+    from pucli.sources import LabeledFolder
 
     root = args.root or cache_dir() / "benchmarks" / "mnist-pu"
+    scenario = Scenario(root, root / "teacher" / "lenet5.safetensors")
     threads = configure_threads(args.threads)
-    teacher = load_model(root / "teacher" / "lenet5.safetensors", None, option="--teacher")
-    pool = UnlabeledPool.from_source(str(root / "unlabeled.txt"))
-    with open(root / "ground_truth.tsv", newline="") as handle:
-        rows_by_path = {row["path"]: row for row in csv.DictReader(handle, delimiter="\t")}
-    truth_by_path = {path: int(row["positive"]) for path, row in rows_by_path.items()}
-    workers = default_workers(len(pool))
-    kept, soft = teacher_soft_targets(teacher, pool.paths, workers=workers)
-    confidence_by_path = {str(pool.paths[int(i)]): float(c) for i, c in zip(kept, soft.max(1).values.tolist())}
+    teacher = scenario.teacher()
+    truth, sources = scenario.ground_truth()
+    workers = default_workers(len(scenario.pool))
+    kept, soft = teacher_soft_targets(teacher, scenario.pool, workers=workers)
+    if len(kept) != len(scenario.pool):
+        raise SystemExit("unreadable pool images: rebuild the scenario (benchmarks/mnist_pu_data.py)")
+    confidence = soft.max(1).values
 
-    def prf(paths: list[Path], keep: torch.Tensor) -> dict[str, float]:
-        truth = torch.tensor([truth_by_path[str(p)] for p in paths], dtype=torch.bool)
-        tp = int((keep & truth).sum())
-        precision = tp / max(1, int(keep.sum()))
-        recall = tp / max(1, int(truth.sum()))
-        kept_by_source: dict[str, int] = {}
-        for path, k in zip(paths, keep.tolist()):
-            if k:
-                source = rows_by_path[str(path)]["source"]
-                kept_by_source[source] = kept_by_source.get(source, 0) + 1
-        return {"selected": int(keep.sum()), "precision": round(precision, 4), "recall": round(recall, 4),
-                "f1": round(2 * precision * recall / max(1e-12, precision + recall), 4),
-                "missed": int((truth & ~keep).sum()), "kept_by_source": kept_by_source}
+    def metrics(keep: torch.Tensor) -> dict[str, object]:
+        return {**prf(keep, truth), "missed": int((truth & ~keep).sum()), "kept_by_source": _by_source(keep, sources)}
 
     rows = []
     for n_l in args.nl:
         for seed in args.seeds:
-            positive = LabeledFolder.from_folder(root / "positive" / f"nl{n_l}-seed{seed}", num_classes=10,
+            positive = LabeledFolder.from_folder(scenario.positive_dir(n_l, seed), num_classes=10,
                                                  label_names=teacher.config.label_names)
             start = time.perf_counter()
-            result = run_selection(teacher, positive.paths, pool.paths, SelectorOptions(class_prior=TRUE_PRIOR, seed=seed),
+            result = run_selection(teacher, positive.paths, scenario.pool, SelectorOptions(class_prior=TRUE_PRIOR, seed=seed),
                                    workers=workers)
             wall = time.perf_counter() - start
-            confidence = torch.tensor([confidence_by_path[str(p)] for p in result.paths])
-            head = prf(result.paths, select_indices(result.head_scores))
-            row = {"n_l": n_l, "seed": seed, "head": head, "graph": prf(result.paths, result.selected),
-                   "confidence": prf(result.paths, select_indices(confidence, head["selected"])),
+            head = metrics(select_indices(result.head_scores))  # every pool image is readable: pool order
+            row = {"n_l": n_l, "seed": seed, "head": head, "graph": metrics(result.selected),
+                   "confidence": metrics(select_indices(confidence, head["selected"])),
                    "graph_meta": result.metadata["graph"], "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
                    "wall_s": round(wall, 2)}
             rows.append(row)
@@ -99,10 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[str(n_l)] = {key: round(sum(r[key]["f1"] for r in mine) / len(mine), 4)
                              for key in ("head", "graph", "confidence")}
         summary[str(n_l)]["graph_min"] = min(r["graph"]["f1"] for r in mine)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"true_prior": TRUE_PRIOR, "threads": threads, "rows": rows, "summary": summary}, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json_atomic(args.out, {"true_prior": TRUE_PRIOR, "threads": threads, "rows": rows, "summary": summary})
     print("| n_l | head alone, F1 per seed | mean | with graph smoothing (default), F1 per seed | mean | teacher confidence, mean |")
     print("|---:|---|---:|---|---:|---:|")
     for n_l in args.nl:
