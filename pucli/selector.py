@@ -1326,11 +1326,11 @@ def score_images(
             buffer[filled:filled + len(features)] = features.float().cpu()
             filled += len(features)
         indices.append(batch.indices)
-    if descriptors is not None and buffer is not None:
-        descriptors.append(buffer[:filled])
         done = int(batch.indices[-1]) + 1
         elapsed = time.perf_counter() - started
         progress("score", done, len(paths), img_s=done / elapsed if elapsed > 0 else 0.0)
+    if descriptors is not None and buffer is not None:
+        descriptors.append(buffer[:filled])
     if not scores:
         return torch.empty(0, dtype=torch.int64), torch.empty(0)
     return torch.cat(indices), torch.cat(scores)

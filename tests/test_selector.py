@@ -278,8 +278,16 @@ def test_frozen_scores_match_streaming_the_images_through_extractor_and_head(sce
     result = run_selection(teacher, scenario["positive"], scenario["pool"],
                            SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=2))
     net = PUSelectorNet(MultiScaleExtractor(teacher.model), result.network)
-    index, streamed = score_images(net, scenario["pool"], Preprocess(teacher.config), device=torch.device("cpu"), batch_size=5)
+    calls: list[tuple[str, int, int]] = []
+    kept: list[torch.Tensor] = []
+    index, streamed = score_images(net, scenario["pool"], Preprocess(teacher.config), device=torch.device("cpu"), batch_size=5,
+                                   progress=lambda stage, done, total, **_: calls.append((stage, done, total)),
+                                   descriptors=kept)
     assert index.tolist() == list(range(24))
+    # Progress after every batch of 5, and the extractor's output of every image, in order.
+    assert calls == [("score", done, 24) for done in (5, 10, 15, 20, 24)]
+    assert len(kept) == 1 and kept[0].shape == (24, net.extractor.channels)
+    torch.testing.assert_close(net.head(kept[0]), streamed)
     torch.testing.assert_close(streamed, result.head_scores)
 
 
