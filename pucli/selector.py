@@ -47,7 +47,7 @@ variance that a 10-image P brings).
 Selection: by default the head's scores are first smoothed over the pool's k-nearest-neighbour
 graph (label spreading, :mod:`pucli.graph`) and shifted so that as many images score above zero
 as ``F(x) > 0`` keeps: the head decides how many images belong to the task, their neighbourhoods
-decide which (on mnist-pu, F1 0.967 -> 0.988 at 10 positives per class, 0.871 -> 0.970 at 1).
+decide which (on mnist-pu, F1 0.967 -> 0.988 at 10 positives per class, 0.871 -> 0.959 at 1; means of 3 seeds).
 PU-s1 then keeps every unlabeled image with a score > 0; PU-s2 keeps the top ``budget``.
 Everything random draws from ``torch.Generator`` objects seeded by :attr:`SelectorOptions.seed`,
 so the same inputs and seed give the same scores. No ground truth is ever read here.
