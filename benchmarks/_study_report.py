@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import statistics
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -306,9 +305,16 @@ def plot_accuracy_vs_nl(results: dict[str, Any], path: Path) -> None:
         title += f"\nQUICK RUN: {results['steps_per_student']} steps per student (reduced), seeds {results['seeds']}"
     else:
         title += f"\nmean ± std over seeds {results['seeds']}; {results['steps_per_student']} steps per student"
+    _finish_plot(fig, ax, title, path, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+def _finish_plot(fig: Any, ax: Any, title: str, path: Path, **legend: Any) -> None:
+    """Title, grid and legend (``legend``: its options), then write the figure to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.legend(**legend)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -348,12 +354,7 @@ def plot_prior_robustness(results: dict[str, Any], path: Path) -> None:
         title += f"\nQUICK RUN: {results['steps_per_student']} steps per student (reduced)"
     else:
         title += f"\nseeds {results['fig_seeds']}; {results['steps_per_student']} steps per student"
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish_plot(fig, ax, title, path, fontsize=9)
 
 
 # --- the docs section -------------------------------------------------------------------------------------
@@ -393,7 +394,7 @@ def section(results: dict[str, Any], results_path: Path, repo: Path) -> str:
         f"{results['batch_size']} = {results['full_step_budget']:,}), so epochs = steps / (steps per epoch of the set). "
         f"Selection with the true class prior {results['class_prior']}; PU-s2 keeps the top {results['pu_s2_budget']:,}. "
         "Soft targets come from one teacher pass over the pool and the original training set, shared by every "
-        "row (`pucli.expand.teacher_soft_targets` + `pucli.manifest.build_expanded_set`); the per-set `pucli expand` "
+        "row (`pucli.kd.expand.teacher_soft_targets` + `pucli.data.manifest.build_expanded_set`); the per-set `pucli expand` "
         "path is timed beside it below. Teacher top-1: "
         f"{results['teacher_top1']:.2f} %. Machine: {results['machine']['available_cpus']} CPUs, "
         f"{results['threads']} torch thread(s) per job, {results['jobs']} job(s) at a time, load average at the end "
@@ -417,7 +418,7 @@ def section(results: dict[str, Any], results_path: Path, repo: Path) -> str:
         out.append(f"| *paper {name}* | " + " | ".join(f"*{c}*" if c else "" for c in cells) + " |")
     out += ["", "PU-s1, PU-s2, PU-weighted and PU-s1-auto select by the nnPU head's own scores (graph smoothing off, "
             "the selector these rows were first run with); PU-s1-graph and PU-s2-graph by pucli's default, the head's "
-            "scores smoothed over the pool's 10-nearest-neighbour graph (`pucli.graph`; PU-s1-graph keeps as many "
+            "scores smoothed over the pool's 10-nearest-neighbour graph (`pucli.pu.graph`; PU-s1-graph keeps as many "
             "images as PU-s1, chosen by their neighbourhood).",
             "", "KD-all does not depend on n_l (one student per seed, repeated across the columns). The paper's rows "
             "(Xu et al. 2019, Table 3) are on a different pool (EMNIST, pi_p 0.47) with a 200-epoch recipe; "
@@ -441,7 +442,7 @@ def section(results: dict[str, Any], results_path: Path, repo: Path) -> str:
             "runs `pucli select --prior auto` (the estimate of `pucli prior`). "
             + ("Estimates (best-bin estimation on cross-fitted scores, refined once with nnPU heads): "
                + "; ".join(f"n_l = {n}: {fmt(v, 3)}" for n, v in sorted(estimates.items())) + "."
-               if estimates else "`pucli.prior` gave no estimate in this run."), ""]
+               if estimates else "`pucli.pu.prior` gave no estimate in this run."), ""]
 
     fig2 = fig2_lines(results)
     if fig2:
@@ -492,7 +493,7 @@ def section(results: dict[str, Any], results_path: Path, repo: Path) -> str:
                f"({soft.get('timings_s')}), peak RSS {soft.get('peak_rss_mib', 0):.0f} MiB.")
     check = results.get("expand_comparison")
     if check:
-        out.append(f"`pucli.expand.expand` on the n_l = 10 PU-s1 set ({check['items']:,} items): {check['expand_s']:.1f} s "
+        out.append(f"`pucli.kd.expand.expand` on the n_l = 10 PU-s1 set ({check['items']:,} items): {check['expand_s']:.1f} s "
                    f"(peak RSS {check['expand_peak_rss_mib']:.0f} MiB) against {check['shared_build_s']:.1f} s to build it from "
                    f"the shared soft targets; largest soft-target difference {check['max_abs_soft_target_difference']:.1e}, "
                    f"class weights {check['class_weights_max_difference']:.1e}.")

@@ -22,13 +22,12 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from _common import Scenario, Stopwatch, write_json_atomic
 
 import pucli  # noqa: F401  (registers lenet5 / lenet5_half in timm)
-from pucli.paths import cache_dir
 
 LOSSES = ("kd", "weighted-kd", "robust-kd")
 
@@ -36,19 +35,17 @@ LOSSES = ("kd", "weighted-kd", "robust-kd")
 def run(argv: list[str], stdin_path: Path | None = None) -> tuple[str, float, float]:
     """Run a command; return (stdout, wall-clock s, peak RSS MiB of that process)."""
     print("$ " + shlex.join(argv) + (f" < {stdin_path}" if stdin_path else ""), file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    with open(stdin_path or os.devnull, "rb") as stdin:
+    with Stopwatch() as watch, open(stdin_path or os.devnull, "rb") as stdin:
         process = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE)
         stdout = process.stdout.read().decode()  # type: ignore[union-attr]
         _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"command failed: {shlex.join(argv)}")
-    return stdout, wall, usage.ru_maxrss / 1024
+    return stdout, watch.seconds, usage.ru_maxrss / 1024
 
 
 def main() -> None:
-    root = cache_dir() / "benchmarks" / "mnist-pu"
+    root = Scenario().root
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, required=True, help="PU-s1 index written by `pucli select`")
     parser.add_argument("--work", type=Path, default=Path("/tmp/distill-bench"))
@@ -59,16 +56,16 @@ def main() -> None:
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     args = parser.parse_args()
 
-    teacher = args.teacher or args.data / "teacher" / "lenet5.safetensors"
-    if not teacher.is_file():
-        raise SystemExit(f"{teacher} missing: run benchmarks/mnist_pu_data.py and benchmarks/train_teacher.py first")
+    scenario = Scenario(args.data, args.teacher)
+    scenario.require()
+    teacher = scenario.teacher_path
     args.work.mkdir(parents=True, exist_ok=True)
     pucli_bin = [sys.executable, "-m", "pucli"]
     threads = ["--threads", str(args.threads)] if args.threads else []
     expanded = args.work / "expanded"
     results: dict = {"index": str(args.index), "threads": args.threads or torch.get_num_threads(), "runs": {}}
 
-    stdout, wall, rss = run([*pucli_bin, "expand", "--positive", str(args.data / "positive" / "nl10-seed0"), "--index", "-",
+    stdout, wall, rss = run([*pucli_bin, "expand", "--positive", str(scenario.positive_dir(10, 0)), "--index", "-",
                              "--teacher", str(teacher), "--out", str(expanded), "--force", "--json", "--quiet", *threads],
                             stdin_path=args.index)
     expand_out = json.loads(stdout)
@@ -76,8 +73,8 @@ def main() -> None:
                          "classes": expand_out["classes"]}
 
     from pucli.checkpoints import load_model
-    from pucli.distill import training_bound_throughput
     from pucli.evaluate import evaluate_model
+    from pucli.kd.distill import training_bound_throughput
 
     teacher_model = load_model(teacher)
     torch.set_num_threads(results["threads"])
@@ -103,7 +100,7 @@ def main() -> None:
             "ratio_to_student_only_bound": summary["images_per_s"] / bound_student_only,
         }
         print(json.dumps({loss: results["runs"][loss]}), file=sys.stderr, flush=True)
-    (args.work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(args.work / "results.json", results, indent=2)
 
     print(f"teacher top-1 {results['teacher_top1']:.2f} %; extended set {results['expand']['items']} images; "
           f"expand {results['expand']['wall_s']:.0f} s, peak RSS {results['expand']['peak_rss_mib']:.0f} MiB\n")

@@ -20,11 +20,11 @@ distill PU-s1 with kd, weighted-kd and robust-kd. Ablation (n_l = 10): frozen vs
 SE attention vs plain concatenation (``attention=False``) vs last-stage-only features (the 84-d
 pre-logits alone), nnPU vs uPU; kd vs weighted-kd vs robust-kd comes from Fig. 2 at f = 1.
 
-Everything goes through pucli's engine: selection ``pucli.selector.run_selection``; soft targets
-``pucli.expand.teacher_soft_targets`` (one pass over the pool and the original training set, shared
-by every row) and sets ``pucli.manifest.build_expanded_set`` / ``write_expanded_set`` (what
-``pucli.expand.expand`` does, without a teacher pass per row; one real ``expand`` is timed beside it);
-training ``pucli.distill.distill``; accuracy ``pucli.evaluate.evaluate_model``. The ground truth of the
+Everything goes through pucli's engine: selection ``pucli.pu.selection.run_selection``; soft targets
+``pucli.kd.expand.teacher_soft_targets`` (one pass over the pool and the original training set, shared
+by every row) and sets ``pucli.data.manifest.build_expanded_set`` / ``write_expanded_set`` (what
+``pucli.kd.expand.expand`` does, without a teacher pass per row; one real ``expand`` is timed beside it);
+training ``pucli.kd.distill.distill``; accuracy ``pucli.evaluate.evaluate_model``. The ground truth of the
 pool (``ground_truth.tsv``) is read only here, for precision / recall / F1 and the oracle row.
 
 Every finished unit (soft targets, selection, expanded set, student + accuracy) is cached under
@@ -52,29 +52,27 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import TRUE_PRIOR, Scenario, Stopwatch, add_root_argument, kept_by_source, machine, prf, write_json_atomic
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
 
 ROWS = ("KD-all", "KD-oracle", "KD-random", "KD-tiny", "KD-pool", "confidence", "PU-s1", "PU-s2", "PU-weighted",
         "PU-s1-auto", "PU-s1-graph", "PU-s2-graph")
 # PU-s1 / PU-s2 / PU-weighted / PU-s1-auto and every Fig. 2 / ablation selector use the nnPU head's
 # own scores (graph smoothing off: the selector these rows were first run with); the -graph rows
-# use pucli's default, the head's scores smoothed over the pool's k-NN graph (pucli.graph).
+# use pucli's default, the head's scores smoothed over the pool's k-NN graph (pucli.pu.graph).
 PARTS = ("main", "fig2", "ablation")
 NLS = (1, 2, 5, 10, 20)
 SEEDS = (0, 1, 2)
-TRUE_PRIOR = 0.30
 PRIOR_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 LOSSES = ("kd", "weighted-kd", "robust-kd")
 MAIN_LOSS = "robust-kd"
@@ -123,73 +121,6 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def steps_per_epoch(items: int, batch_size: int) -> int:
-    from pucli.distill import _steps_per_epoch  # the rule distill trains by (drops a small last batch)
-
-    return _steps_per_epoch(items, batch_size)
-
-
-def prf(mask: Any, truth: Any) -> dict[str, float]:
-    """Precision, recall, F1 of a (N,) bool selection against the (N,) bool ground truth."""
-    kept = int(mask.sum())
-    true_positive = int((mask & truth).sum())
-    precision = true_positive / kept if kept else 0.0
-    recall = true_positive / max(1, int(truth.sum()))
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"selected": kept, "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
-
-
-# --- the scenario ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Scenario:
-    """The mnist-pu folders and the pool's ground truth (benchmark-only knowledge)."""
-
-    root: Path
-    teacher_path: Path
-
-    def __post_init__(self) -> None:
-        self._pool: list[Path] | None = None
-        self._truth: Any = None
-        self._sources: list[str] | None = None
-
-    @property
-    def pool(self) -> list[Path]:
-        if self._pool is None:
-            from pucli.sources import UnlabeledPool
-
-            self._pool = UnlabeledPool.from_source(str(self.root / "unlabeled.txt")).paths
-        return self._pool
-
-    def ground_truth(self) -> tuple[Any, list[str]]:
-        """(N,) bool tensor "is a positive" and the source of each pool item, in pool order."""
-        if self._truth is None:
-            import torch
-
-            rows = [line.split("\t") for line in (self.root / "ground_truth.tsv").read_text().splitlines()[1:] if line]
-            by_path = {r[0]: (r[1] == "1", r[2]) for r in rows}
-            flags = [by_path[str(p)] for p in self.pool]
-            self._truth = torch.tensor([f[0] for f in flags])
-            self._sources = [f[1] for f in flags]
-        return self._truth, self._sources  # type: ignore[return-value]
-
-    def positive_dir(self, n_l: int, seed: int) -> Path:
-        return self.root / "positive" / f"nl{n_l}-seed{seed}"
-
-    def teacher(self) -> Any:
-        from pucli.checkpoints import load_model
-
-        return load_model(self.teacher_path)
-
-
 # --- units -----------------------------------------------------------------------------------------
 
 
@@ -209,12 +140,12 @@ class Settings:
 
 
 def soft_targets_unit(settings: Settings) -> dict[str, Any]:
-    """One teacher pass (``pucli.expand.teacher_soft_targets``) over the pool and the original training set."""
+    """One teacher pass (``pucli.kd.expand.teacher_soft_targets``) over the pool and the original training set."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    from pucli.expand import teacher_soft_targets
-    from pucli.sources import LabeledFolder
+    from pucli.data.sources import LabeledFolder
+    from pucli.kd.expand import teacher_soft_targets
 
     scenario = settings.scenario
     folder = settings.work / "soft-targets" / key_of("teacher", {"teacher": str(scenario.teacher_path),
@@ -230,9 +161,9 @@ def soft_targets_unit(settings: Settings) -> dict[str, Any]:
     timings = {}
     tensors = {}
     for name, paths in (("pool", scenario.pool), ("train", train.paths)):
-        start = time.perf_counter()
-        kept, targets = teacher_soft_targets(teacher, paths, workers=_workers(settings, len(paths)))
-        timings[name] = round(time.perf_counter() - start, 2)
+        with Stopwatch() as watch:
+            kept, targets = teacher_soft_targets(teacher, paths, workers=_workers(settings, len(paths)))
+        timings[name] = round(watch.seconds, 2)
         if len(kept) != len(paths):
             raise SystemExit(f"{len(paths) - len(kept)} unreadable images in {name}: rebuild the scenario")
         tensors[name] = targets
@@ -264,7 +195,7 @@ class SelectionSpec:
         if self.variant == "graph":
             # Only this variant depends on the graph options: record them, so a change of pucli's
             # defaults is a new unit. (Other variants' keys stay as they were first cached.)
-            from pucli.selector import SelectorOptions
+            from pucli.pu.options import SelectorOptions
 
             params["graph"] = {k: getattr(SelectorOptions, k) for k in ("graph_neighbors", "graph_alpha", "graph_steps")}
         return params
@@ -275,7 +206,7 @@ class SelectionSpec:
 
 
 def selection_unit(settings: Settings, spec: SelectionSpec, *, perf: bool = False) -> dict[str, Any]:
-    """``pucli.selector.run_selection`` for one (n_l, seed, prior, variant); scores in pool order."""
+    """``pucli.pu.selection.run_selection`` for one (n_l, seed, prior, variant); scores in pool order."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -283,14 +214,13 @@ def selection_unit(settings: Settings, spec: SelectionSpec, *, perf: bool = Fals
     if (folder / "summary.json").is_file():
         summary = json.loads((folder / "summary.json").read_text())
         return {**summary, "scores": load_file(str(folder / "scores.safetensors"))["scores"]}
-    from pucli.selector import Scales, SelectorOptions, run_selection, select_indices
-    from pucli.sources import LabeledFolder
+    from pucli.pu.options import Scales, SelectorOptions
+    from pucli.pu.selection import run_selection, select_indices
 
     scenario = settings.scenario
     log(f"select {spec.name()}")
     teacher = scenario.teacher()
-    positives = LabeledFolder.from_folder(scenario.positive_dir(spec.n_l, spec.seed),
-                                          num_classes=teacher.config.num_classes, label_names=teacher.config.label_names)
+    positives = scenario.positives(spec.n_l, spec.seed, teacher)
     options: dict[str, Any] = {"class_prior": spec.prior, "seed": spec.seed}
     if spec.epochs:
         options["epochs"] = spec.epochs
@@ -301,10 +231,9 @@ def selection_unit(settings: Settings, spec: SelectionSpec, *, perf: bool = Fals
                     "graph": {"graph_neighbors": SelectorOptions.graph_neighbors}}[spec.variant])
     selector_options = SelectorOptions(**options)
     reset_peak_rss()
-    start = time.perf_counter()
-    result = run_selection(teacher, positives.paths, scenario.pool, selector_options,
-                           workers=_workers(settings, len(scenario.pool)), positive_labels=positives.labels)
-    wall = time.perf_counter() - start
+    with Stopwatch() as watch:
+        result = run_selection(teacher, positives.paths, scenario.pool, selector_options,
+                               workers=_workers(settings, len(scenario.pool)), positive_labels=positives.labels)
     if len(result.paths) != len(scenario.pool):
         raise SystemExit(f"{len(scenario.pool) - len(result.paths)} unreadable pool images: rebuild the scenario")
     scores = result.scores.float()
@@ -312,11 +241,11 @@ def selection_unit(settings: Settings, spec: SelectionSpec, *, perf: bool = Fals
     s1 = select_indices(scores)
     s2 = select_indices(scores, PU_S2_BUDGET)
     summary: dict[str, Any] = {
-        "spec": spec.params(), "wall_s": round(wall, 2), "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
+        "spec": spec.params(), "wall_s": round(watch.seconds, 2), "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
         "peak_rss_mib": round(peak_rss_mib(), 1), "cache_hit": result.from_cache, "metadata": result.metadata,
         "final_risk": result.history[-1] if result.history else None,
-        "pu_s1": {**prf(s1, truth), "kept_by_source": _by_source(s1, sources)},
-        "pu_s2": {**prf(s2, truth), "kept_by_source": _by_source(s2, sources), "budget": PU_S2_BUDGET},
+        "pu_s1": {**prf(s1, truth), "kept_by_source": kept_by_source(s1, sources)},
+        "pu_s2": {**prf(s2, truth), "kept_by_source": kept_by_source(s2, sources), "budget": PU_S2_BUDGET},
         "score_quantiles": [round(float(q), 3) for q in torch.quantile(scores, torch.tensor([0.01, 0.1, 0.5, 0.9, 0.99]))],
     }
     summary["class_prior"] = result.class_prior
@@ -331,21 +260,13 @@ def selection_unit(settings: Settings, spec: SelectionSpec, *, perf: bool = Fals
     return {**summary, "scores": scores}
 
 
-def _by_source(mask: Any, sources: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for keep, source in zip(mask.tolist(), sources):
-        if keep:
-            counts[source] = counts.get(source, 0) + 1
-    return counts
-
-
 def _extract_bound(teacher: Any, options: Any, pool_size: int, extract: float | None) -> dict[str, Any]:
     """select's pool pass (extraction, img/s; None when the descriptors came from the cache) against the
     same extractor on uint8 batches in memory."""
     import torch
 
-    from pucli.selector import MultiScaleExtractor
-    from pucli.sources import Preprocess
+    from pucli.data.loading import Preprocess
+    from pucli.pu.network import MultiScaleExtractor
 
     extractor = MultiScaleExtractor(teacher.model, options.scales).eval()
     preprocess = Preprocess(teacher.config)
@@ -387,16 +308,15 @@ class SetSpec:
 
 
 def set_unit(settings: Settings, spec: SetSpec, soft: dict[str, Any]) -> dict[str, Any]:
-    """Write one expanded set (``pucli.manifest``) from the shared soft targets; returns its summary."""
+    """Write one expanded set (``pucli.data.manifest``) from the shared soft targets; returns its summary."""
     folder = settings.work / "sets" / key_of(spec.name(), spec.params())
     if (folder / "set.json").is_file():
         return {**json.loads((folder / "set.json").read_text()), "folder": str(folder)}
     import torch
 
-    from pucli.expand import teacher_soft_targets
-    from pucli.manifest import build_expanded_set, write_expanded_set
-    from pucli.selector import select_indices
-    from pucli.sources import LabeledFolder
+    from pucli.data.manifest import build_expanded_set, write_expanded_set
+    from pucli.kd.expand import teacher_soft_targets
+    from pucli.pu.selection import select_indices
 
     scenario = settings.scenario
     reset_peak_rss()
@@ -413,8 +333,7 @@ def set_unit(settings: Settings, spec: SetSpec, soft: dict[str, Any]) -> dict[st
         targets = tensors["train"]
         mask = None
     else:
-        positives = LabeledFolder.from_folder(scenario.positive_dir(spec.n_l, spec.seed),
-                                              num_classes=teacher.config.num_classes, label_names=teacher.config.label_names)
+        positives = scenario.positives(spec.n_l, spec.seed, teacher)
         # L^t: tiny, so its soft targets come from a pass of its own.
         kept, positive_targets = teacher_soft_targets(teacher, positives.paths)
         if len(kept) != len(positives.paths):
@@ -464,7 +383,7 @@ def set_unit(settings: Settings, spec: SetSpec, soft: dict[str, Any]) -> dict[st
         "class_weights": [round(float(w), 4) for w in expanded.class_weights],
     }
     if mask is not None:
-        summary["selection"] = {**prf(mask, truth), "kept_by_source": _by_source(mask, sources)}
+        summary["selection"] = {**prf(mask, truth), "kept_by_source": kept_by_source(mask, sources)}
     write_json_atomic(staging / "set.json", summary)
     if folder.exists():
         shutil.rmtree(folder)
@@ -501,17 +420,17 @@ def student_folder(settings_work: Path, spec: StudentSpec) -> Path:
 
 def student_unit(work: str, teacher_path: str, test_root: str, spec: StudentSpec, threads: int,
                  workers: int | None) -> dict[str, Any]:
-    """Train (``pucli.distill.distill``) and evaluate (``pucli.evaluate.evaluate_model``) one student.
+    """Train (``pucli.kd.distill.distill``) and evaluate (``pucli.evaluate.evaluate_model``) one student.
 
     Runs in the main process or in a worker process (``--jobs``); only plain arguments cross over."""
     import torch
 
     from pucli.checkpoints import load_model, save_model
+    from pucli.data.manifest import read_expanded_set
     from pucli.device import configure_threads, default_workers
-    from pucli.distill import DistillConfig, distill, training_bound_throughput
     from pucli.errors import PucliError
     from pucli.evaluate import evaluate_model
-    from pucli.manifest import read_expanded_set
+    from pucli.kd.distill import DistillConfig, distill, steps_per_epoch, training_bound_throughput
 
     folder = student_folder(Path(work), spec)
     if (folder / "result.json").is_file():
@@ -727,7 +646,7 @@ def run_plan(args: argparse.Namespace, settings: Settings, plan: Plan) -> dict[s
 
 
 def _expand_comparison(settings: Settings, plan: Plan, sets: dict[str, Any]) -> dict[str, Any] | None:
-    """Time ``pucli.expand.expand`` (a teacher pass per set) on one PU-s1 set against building it from the
+    """Time ``pucli.kd.expand.expand`` (a teacher pass per set) on one PU-s1 set against building it from the
     shared soft targets; checks the two agree. Cached like a unit."""
     target = next((s for s in plan.sets if s.kind == "pu-s1" and s.n_l == ABLATION_NL and s.selection is not None
                    and s.selection.variant == "frozen" and abs(s.selection.prior - TRUE_PRIOR) < 1e-9), None)
@@ -738,22 +657,20 @@ def _expand_comparison(settings: Settings, plan: Plan, sets: dict[str, Any]) -> 
         return json.loads((folder / "check.json").read_text())
     import torch
 
-    from pucli.expand import expand
-    from pucli.index import IndexEntry
-    from pucli.manifest import read_expanded_set
-    from pucli.sources import LabeledFolder
+    from pucli.data.index import IndexEntry
+    from pucli.data.manifest import read_expanded_set
+    from pucli.kd.expand import expand
 
     scenario = settings.scenario
     teacher = scenario.teacher()
     shared = read_expanded_set(sets[target.name()]["folder"], check_files=False)
-    positives = LabeledFolder.from_folder(scenario.positive_dir(target.n_l, target.seed),
-                                          num_classes=teacher.config.num_classes, label_names=teacher.config.label_names)
+    positives = scenario.positives(target.n_l, target.seed, teacher)
     entries = [IndexEntry(p, float(s)) for p, s, o in zip(shared.paths, shared.scores, shared.origins) if o == "unlabeled"]
     folder.mkdir(parents=True, exist_ok=True)
     reset_peak_rss()
-    start = time.perf_counter()
-    direct = expand(positives, entries, teacher, folder / "expanded", workers=_workers(settings, len(entries)))
-    expand_s = time.perf_counter() - start
+    with Stopwatch() as watch:
+        direct = expand(positives, entries, teacher, folder / "expanded", workers=_workers(settings, len(entries)))
+    expand_s = watch.seconds
     order = {p: i for i, p in enumerate(direct.paths)}
     rows = torch.tensor([order[p] for p in shared.paths])
     check = {"set": target.name(), "items": len(direct), "expand_s": round(expand_s, 2),
@@ -809,6 +726,8 @@ def full_plan_counts(settings: Settings) -> dict[str, Any]:
 
 
 def budget_steps(batch_size: int) -> int:
+    from pucli.kd.distill import steps_per_epoch  # the rule distill trains by (drops a small last batch)
+
     return BUDGET_EPOCHS * steps_per_epoch(BUDGET_ITEMS, batch_size)
 
 
@@ -833,7 +752,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="students trained at a time (worker processes)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per job [default: CPUs / jobs]")
     parser.add_argument("--workers", type=int, default=None, help="data-loading processes [default: pucli's]")
-    parser.add_argument("--root", type=Path, default=None, help="mnist-pu folder [default: <pucli cache>/benchmarks/mnist-pu]")
+    add_root_argument(parser)
     parser.add_argument("--work", type=Path, default=None, help="unit cache [default: <pucli cache>/benchmarks/mnist-pu/study]")
     parser.add_argument("--results", type=Path, default=None,
                         help="results JSON [default: benchmarks/results/mnist_pu_study.json, _quick with --quick]")
@@ -861,15 +780,13 @@ def main(argv: list[str] | None = None) -> int:
         write_report(json.loads(args.results.read_text()), args.results, REPO)
         return 0
     from pucli.device import available_cpus
-    from pucli.paths import cache_dir
 
-    root = args.root or cache_dir() / "benchmarks" / "mnist-pu"
-    teacher = root / "teacher" / "lenet5.safetensors"
-    if not (root / "manifest.json").is_file() or not teacher.is_file():
-        sys.exit(f"mnist-pu data or teacher missing under {root}: run benchmarks/mnist_pu_data.py and benchmarks/train_teacher.py")
+    scenario = Scenario(args.root)
+    scenario.require()
+    root, teacher = scenario.root, scenario.teacher_path
     threads = args.threads or max(1, available_cpus() // max(1, args.jobs))
     settings = Settings(
-        work=args.work or root / "study", scenario=Scenario(root, teacher),
+        work=args.work or root / "study", scenario=scenario,
         steps=args.steps or (QUICK_STEPS if args.quick else budget_steps(128)), quick=args.quick, threads=threads,
         workers=args.workers, finetune_epochs=args.finetune_epochs or (1 if args.quick else 5),
         selector_epochs_extra=QUICK_SELECTOR_EPOCHS if args.quick else None,
@@ -895,13 +812,12 @@ def main(argv: list[str] | None = None) -> int:
         "fig_seeds": args.fig_seeds, "finetune_epochs": settings.finetune_epochs,
         "selector_epochs_extra": settings.selector_epochs_extra, "threads": threads, "jobs": args.jobs,
         "teacher_top1": _teacher_top1(settings),
-        "machine": {"cpus": os.cpu_count(), "available_cpus": available_cpus(), "platform": platform.platform(),
-                    "load_avg_at_end": [round(v, 2) for v in os.getloadavg()], "torch": torch.__version__},
+        "machine": machine(available_cpus=available_cpus(), torch=torch.__version__),
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)), **outcome,
     }
     results["estimate"] = estimate(results, args, settings)
     write_json_atomic(args.results, results)
-    from _study_report import print_summary, print_estimate
+    from _study_report import print_estimate, print_summary
 
     print_summary(results)
     print_estimate(results["estimate"])

@@ -10,7 +10,7 @@ all in one run of this script, so the ratios share the machine's load:
   under torchrun up to the gathered descriptors on rank 0), its images/s = pool / seconds; the
   wall-clock of the whole command (start-up, listing, head training on rank 0, writing) is given too.
   Loose files: the PNG paths of ``unlabeled.txt``; shards: the same images in the same order packed
-  by :func:`pucli.shards.pack_folder` into ``--shard-size``-image tar files, read with a brace
+  by :func:`pucli.data.shards.pack_folder` into ``--shard-size``-image tar files, read with a brace
   pattern. The script checks that loose and sharded runs give the same scores.
 - **distill**: ``--epochs`` epochs of the default robust-KD LeNet-5-half student on the set that
   ``pucli expand`` builds from the 1-process loose index; images/s is the report's training
@@ -35,8 +35,9 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _common import Scenario, Stopwatch, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 PUCLI = [sys.executable, "-m", "pucli"]
@@ -48,12 +49,11 @@ def run(command: list[str], *, threads: int, log: list[str]) -> tuple[float, str
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log.append(shlex.join(command))
     print("$", log[-1], file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
+    with Stopwatch() as watch:
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"failed ({done.returncode}): {log[-1]}\n{done.stderr[-3000:]}")
-    return wall, done.stdout
+    return watch.seconds, done.stdout
 
 
 def scores(index: Path) -> list[str]:
@@ -68,30 +68,27 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "scaling")
     args = parser.parse_args()
 
-    from pucli.paths import cache_dir
-    from pucli.shards import pack_folder
+    from pucli.data.shards import pack_folder
 
-    root = cache_dir() / "benchmarks" / "mnist-pu"
-    teacher = root / "teacher" / "lenet5.safetensors"
-    positive = root / "positive" / "nl10-seed0"
-    if not teacher.is_file() or not (root / "unlabeled.txt").is_file():
-        sys.exit("mnist-pu is not built: run benchmarks/mnist_pu_data.py and benchmarks/train_teacher.py first")
+    scenario = Scenario()  # before PUCLI_CACHE_DIR moves below
+    scenario.require()
+    root, teacher, positive = scenario.root, scenario.teacher_path, scenario.positive_dir(10, 0)
     work = args.work
     (work / "shards").mkdir(parents=True, exist_ok=True)
     os.environ["PUCLI_CACHE_DIR"] = str(work / "cache")  # --no-cache anyway: keep the user's cache clean
     os.environ["PUCLI_STATE_DIR"] = str(work / "state")
     log: list[str] = []
 
-    lines = (root / "unlabeled.txt").read_text().splitlines()[: args.pool]
+    lines = scenario.pool_list.read_text().splitlines()[: args.pool]
     pool_list = work / "pool.txt"
     pool_list.write_text("\n".join(lines) + "\n")
     for old in (work / "shards").glob("pool-*.tar"):
         old.unlink()
-    started = time.perf_counter()
-    packed = pack_folder(root / "unlabeled", str(work / "shards" / "pool-%06d.tar"),
-                         images_per_shard=args.shard_size, paths=[Path(line) for line in lines])
-    pack_s = time.perf_counter() - started
-    log.append(f"python -c 'pucli.shards.pack_folder(...)'  # {packed.images} images -> {len(packed.shards)} shards")
+    with Stopwatch() as watch:
+        packed = pack_folder(root / "unlabeled", str(work / "shards" / "pool-%06d.tar"),
+                             images_per_shard=args.shard_size, paths=[Path(line) for line in lines])
+    pack_s = watch.seconds
+    log.append(f"python -c 'pucli.data.shards.pack_folder(...)'  # {packed.images} images -> {len(packed.shards)} shards")
     shard_bytes = sum(p.stat().st_size for p in packed.shards)
     loose_bytes = sum(os.stat(line).st_size for line in lines)
 
@@ -162,12 +159,10 @@ def main() -> None:
     print()
     for name, ok in checks.items():
         print(f"- {name}: {'yes' if ok else 'NO'}")
-    results_dir = REPO / "benchmarks" / "results"
-    results_dir.mkdir(exist_ok=True)
-    (results_dir / "scaling.json").write_text(json.dumps(
-        {"pool": args.pool, "shard_size": args.shard_size, "shards": len(packed.shards), "pack_s": pack_s,
-         "shard_bytes": shard_bytes, "loose_bytes": loose_bytes, "epochs": args.epochs, "commands": log,
-         "results": results, "checks": checks}, indent=2) + "\n")
+    write_json_atomic(REPO / "benchmarks" / "results" / "scaling.json",
+                      {"pool": args.pool, "shard_size": args.shard_size, "shards": len(packed.shards), "pack_s": pack_s,
+                       "shard_bytes": shard_bytes, "loose_bytes": loose_bytes, "epochs": args.epochs, "commands": log,
+                       "results": results, "checks": checks}, indent=2)
 
 
 if __name__ == "__main__":

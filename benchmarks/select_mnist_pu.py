@@ -26,14 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from _common import Scenario, Stopwatch, add_root_argument, machine, precision_recall_f1, write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,14 +60,13 @@ def child_select(args: argparse.Namespace) -> None:
     argv = ["select", "--positive", args.positive, "--unlabeled", args.unlabeled, "--teacher", args.teacher,
             "--prior", str(args.prior), "--out", args.index, "--force", "--all", "--seed", str(args.seed), "--quiet",
             "--threads", str(args.threads), *(["--workers", str(args.workers)] if args.workers is not None else [])]
-    started = time.perf_counter()
-    try:
-        app(argv, standalone_mode=False)
-    except SystemExit as exc:  # typer.Exit on errors
-        if exc.code:
-            raise
-    wall = time.perf_counter() - started
-    result: dict[str, Any] = {"wall_s": round(wall, 2), "peak_rss": _peak_rss_mib()}
+    with Stopwatch() as watch:
+        try:
+            app(argv, standalone_mode=False)
+        except SystemExit as exc:  # typer.Exit on errors
+            if exc.code:
+                raise
+    result: dict[str, Any] = {"wall_s": round(watch.seconds, 2), "peak_rss": _peak_rss_mib()}
     if args.measure_scoring:
         result["scoring"] = _measure_scoring(args)
     Path(args.result).write_text(json.dumps(result))
@@ -78,9 +77,11 @@ def _measure_scoring(args: argparse.Namespace) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     from pucli.checkpoints import load_model
+    from pucli.data.loading import Preprocess
+    from pucli.data.sources import UnlabeledPool
     from pucli.device import configure_threads, default_workers
-    from pucli.selector import AttentionScoreHead, MultiScaleExtractor, PUSelectorNet, ScoreEnsemble, score_images
-    from pucli.sources import Preprocess, UnlabeledPool
+    from pucli.pu.network import AttentionScoreHead, MultiScaleExtractor, PUSelectorNet, ScoreEnsemble
+    from pucli.pu.selection import score_images
 
     configure_threads(args.threads)
     teacher = load_model(args.teacher)
@@ -94,20 +95,20 @@ def _measure_scoring(args: argparse.Namespace) -> dict[str, Any]:
     pool = UnlabeledPool.from_source(args.unlabeled).paths
     batch = 256
     workers = args.workers if args.workers is not None else default_workers(len(pool))
-    started = time.perf_counter()
-    _, scores = score_images(net, pool, preprocess, device=torch.device("cpu"), batch_size=batch, workers=workers)
-    streamed = len(scores) / (time.perf_counter() - started)
+    with Stopwatch() as watch:
+        _, scores = score_images(net, pool, preprocess, device=torch.device("cpu"), batch_size=batch, workers=workers)
+    streamed = len(scores) / watch.seconds
     # Forward-only bound: the same network and batch size on uint8 images already in memory.
     images = torch.randint(0, 256, (batch, *teacher.config.input_size), dtype=torch.uint8)
     with torch.inference_mode():
         for _ in range(5):
             net(preprocess.normalize(images))
         steps = 0
-        started = time.perf_counter()
-        while time.perf_counter() - started < 10.0:
-            net(preprocess.normalize(images))
-            steps += 1
-        bound = steps * batch / (time.perf_counter() - started)
+        with Stopwatch() as watch:
+            while watch.seconds < 10.0:
+                net(preprocess.normalize(images))
+                steps += 1
+        bound = steps * batch / watch.seconds
     return {"streamed_img_s": round(streamed, 1), "bound_img_s": round(bound, 1), "ratio": round(streamed / bound, 3),
             "batch_size": batch, "workers": workers, "threads": args.threads}
 
@@ -117,8 +118,9 @@ def child_confidence(args: argparse.Namespace) -> None:
     import torch
 
     from pucli.checkpoints import load_model
+    from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
+    from pucli.data.sources import UnlabeledPool
     from pucli.device import configure_threads, default_workers
-    from pucli.sources import ImageDataset, Preprocess, UnlabeledPool, iterate_batches
 
     configure_threads(args.threads)
     teacher = load_model(args.teacher)
@@ -151,23 +153,15 @@ def _run_child(mode: str, env: dict[str, str], **options: Any) -> dict[str, Any]
         os.unlink(result_path)
 
 
-def _ground_truth(root: Path) -> dict[str, bool]:
-    lines = (root / "ground_truth.tsv").read_text().splitlines()[1:]
-    return {fields[0]: fields[1] == "1" for fields in (line.split("\t") for line in lines)}
-
-
-def _prf(selected: set[str], truth: dict[str, bool], universe: list[str]) -> dict[str, float]:
-    positives = {p for p in universe if truth[p]}
-    true_positive = len(selected & positives)
-    precision = true_positive / max(1, len(selected))
-    recall = true_positive / max(1, len(positives))
-    f1 = 2 * precision * recall / max(1e-12, precision + recall)
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "selected": len(selected)}
+def _prf(selected: set[str], truth: dict[str, tuple[bool, str]], universe: list[str]) -> dict[str, float]:
+    """Precision / recall / F1 of the paths ``selected`` from the pool ``universe``."""
+    positives = {p for p in universe if truth[p][0]}
+    return precision_recall_f1(len(selected), len(selected & positives), len(positives))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=None, help="mnist-pu folder [default: <pucli cache>/benchmarks/mnist-pu]")
+    add_root_argument(parser)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "select_mnist_pu.json")
     parser.add_argument("--nl", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--seed", type=int, default=0)
@@ -187,18 +181,16 @@ def main() -> None:
     if args.child == "confidence":
         return child_confidence(args)
 
-    from pucli.index import read_index
-    from pucli.paths import cache_dir
+    from pucli.data.index import read_index
 
-    root = args.root or cache_dir() / "benchmarks" / "mnist-pu"
-    teacher = root / "teacher" / "lenet5.safetensors"
-    if not (root / "manifest.json").is_file() or not teacher.is_file():
-        sys.exit(f"mnist-pu data or teacher missing under {root}: run benchmarks/mnist_pu_data.py and benchmarks/train_teacher.py")
-    truth = _ground_truth(root)
+    scenario = Scenario(args.root)
+    scenario.require()
+    root, teacher = scenario.root, scenario.teacher_path
+    truth = scenario.truth_by_path()
     work = Path(tempfile.mkdtemp(prefix="pucli-select-bench-"))
     env = {**os.environ, "PUCLI_STATE_DIR": str(work / "state")}
-    pool_list = str(root / "unlabeled.txt")
-    all_paths = [line for line in (root / "unlabeled.txt").read_text().splitlines() if line.strip()]
+    pool_list = str(scenario.pool_list)
+    all_paths = [line for line in scenario.pool_list.read_text().splitlines() if line.strip()]
     small_list = work / "unlabeled-small.txt"
     small_list.write_text("\n".join(all_paths[: args.small_pool]) + "\n")
     common = dict(teacher=teacher, prior=args.prior, seed=args.seed, threads=args.threads, workers=args.workers)
@@ -208,8 +200,9 @@ def main() -> None:
     def measure(label: str, nl: int, pool: str, pool_paths: list[str], cache: str, scoring: bool = False) -> dict[str, Any]:
         index = work / f"{label}.tsv"
         print(f"[bench] {label} ...", file=sys.stderr, flush=True)
-        child = _run_child("select", {**env, "PUCLI_CACHE_DIR": str(work / cache)}, positive=root / "positive" / f"nl{nl}-seed{args.seed}",
-                           unlabeled=pool, index=index, measure_scoring=scoring, **common)
+        child = _run_child("select", {**env, "PUCLI_CACHE_DIR": str(work / cache)},
+                           positive=scenario.positive_dir(nl, args.seed), unlabeled=pool, index=index,
+                           measure_scoring=scoring, **common)
         report = json.loads((work / f"{label}.report.json").read_text())
         kept = {str(e.path) for e in read_index(index) if e.selected}
         run = {"label": label, "n_l": nl, "pool": len(pool_paths), **_prf(kept, truth, pool_paths),
@@ -223,20 +216,19 @@ def main() -> None:
     small = measure(f"nl10-pool{args.small_pool}", 10, str(small_list), all_paths[: args.small_pool], cache="cache-small")
 
     print("[bench] teacher confidence ...", file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    confidence = _run_child("confidence", env, teacher=teacher, unlabeled=pool_list, threads=args.threads, workers=args.workers)
-    confidence_s = time.perf_counter() - started
+    with Stopwatch() as watch:
+        confidence = _run_child("confidence", env, teacher=teacher, unlabeled=pool_list, threads=args.threads,
+                                workers=args.workers)
+    confidence_s = watch.seconds
     ranked = sorted(all_paths, key=lambda p: -confidence[p])
     baselines = {nl: {**_prf(set(ranked[: run["selected"]]), truth, all_paths), "k": run["selected"]} for nl, run in main_runs.items()}
 
     results = {
         "scenario": "mnist-pu", "root": str(root), "prior": args.prior, "seed": args.seed, "threads": args.threads,
-        "machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-                    "load_avg_at_end": os.getloadavg()},
+        "machine": machine(affinity=len(os.sched_getaffinity(0))),
         "runs": runs, "confidence_baseline": baselines, "confidence_wall_s": round(confidence_s, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(args.out, results, indent=2)
 
     print("| run | pool | selected | precision | recall | F1 | extract s | train s | score s | total s | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -20,6 +20,10 @@ Usage::
     python benchmarks/train_teacher.py [--epochs 15] [--seed 0] [--out PATH.safetensors]
 
 Per-epoch loss and test accuracy go to stderr; the weights' path is printed on stdout.
+
+Another teacher trained on the same data with the same recipe reuses the pieces:
+:func:`load_training_data`, :func:`fit` (the training loop, any ``nn.Module``) and
+:func:`write_report`.
 """
 
 from __future__ import annotations
@@ -32,14 +36,16 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import pucli  # noqa: F401  (registers lenet5 in timm's registry on import of timm)
-import timm
 from pucli.checkpoints import save_model
 from pucli.errors import PucliError
 from pucli.paths import atomic_write
@@ -48,7 +54,12 @@ try:  # run as `python benchmarks/train_teacher.py` (script folder on sys.path) 
     from mnist_pu_data import INPUT_FILES, TRAIN_RANGE, default_data_dir, default_out_dir, load_split, verify_inputs
 except ImportError:
     from benchmarks.mnist_pu_data import (
-        INPUT_FILES, TRAIN_RANGE, default_data_dir, default_out_dir, load_split, verify_inputs,
+        INPUT_FILES,
+        TRAIN_RANGE,
+        default_data_dir,
+        default_out_dir,
+        load_split,
+        verify_inputs,
     )
 
 ARCHITECTURE = "lenet5"
@@ -130,6 +141,76 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
     return correct / len(labels)
 
 
+@dataclass
+class TrainingData:
+    """The scenario's original training set (MNIST train 0..29,999) and MNIST t10k, in memory.
+
+    ``x_*``: (N, 28, 28) uint8; ``y_*``: (N,) int64; ``inputs_sha256``: the IDX files read."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    inputs_sha256: dict[str, str]
+
+
+def load_training_data(data_dir: Path) -> TrainingData:
+    """Read and check the MNIST IDX files of ``data_dir``.
+
+    Raises:
+        PucliError: a file is missing, damaged or not the one ``SHA256SUMS`` names.
+    """
+    inputs = verify_inputs(data_dir, [*INPUT_FILES[("mnist", "train")], *INPUT_FILES[("mnist", "t10k")]])
+    train_images, train_labels = load_split(data_dir, "mnist", "train")
+    test_images, test_labels = load_split(data_dir, "mnist", "t10k")
+    lo, hi = TRAIN_RANGE
+    return TrainingData(x_train=torch.from_numpy(train_images[lo:hi].copy()),
+                        y_train=torch.from_numpy(train_labels[lo:hi].astype("int64")),
+                        x_test=torch.from_numpy(test_images.copy()), y_test=torch.from_numpy(test_labels.astype("int64")),
+                        inputs_sha256=inputs)
+
+
+def fit(model: nn.Module, data: TrainingData, *, epochs: int, seed: int, name: str, threads: int) -> dict[str, Any]:
+    """Train ``model`` with the recipe of this module's docstring, evaluating on t10k after every epoch.
+
+    Per-epoch loss and accuracy go to stderr (``name`` names the model there). Returns
+    ``{"history": [...], "train_seconds": s, "test_accuracy": 0-1}``.
+    """
+    optimizer = torch.optim.SGD(model.parameters(), lr=PEAK_LR, momentum=MOMENTUM, nesterov=True,
+                                weight_decay=WEIGHT_DECAY)
+    steps_per_epoch = math.ceil(len(data.y_train) / BATCH_SIZE)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=PEAK_LR, epochs=epochs,
+                                                    steps_per_epoch=steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+
+    lo, hi = TRAIN_RANGE
+    print(f"training {name} on {len(data.y_train):,} MNIST train images (positions {lo}..{hi - 1}), "
+          f"{epochs} epochs, seed {seed}, {threads} thread(s)", file=sys.stderr, flush=True)
+    history = []
+    started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        epoch_started = time.perf_counter()
+        loss = train_one_epoch(model, data.x_train, data.y_train, optimizer, scheduler, generator)
+        accuracy = evaluate(model, data.x_test, data.y_test)
+        seconds = time.perf_counter() - epoch_started
+        history.append({"epoch": epoch, "train_loss": round(loss, 5), "test_accuracy": accuracy,
+                        "seconds": round(seconds, 2)})
+        print(f"epoch {epoch:>2}/{epochs}  loss {loss:.4f}  test acc {accuracy:.4f}  ({seconds:.1f} s)",
+              file=sys.stderr, flush=True)
+    train_seconds = time.perf_counter() - started
+    accuracy = history[-1]["test_accuracy"] if history else evaluate(model, data.x_test, data.y_test)
+    return {"history": history, "train_seconds": train_seconds, "test_accuracy": accuracy}
+
+
+def write_report(out: Path, report: dict[str, Any]) -> Path:
+    """Write ``report`` as ``<out stem>.report.json`` beside the weights ``out``; returns its path."""
+    report_path = out.with_name(out.name.removesuffix(".safetensors") + ".report.json")
+    with atomic_write(report_path) as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")
+    return report_path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the mnist-pu LeNet-5 teacher on MNIST train 0..29,999.")
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -150,41 +231,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.use_deterministic_algorithms(True)
 
     try:
-        inputs = verify_inputs(data_dir, [*INPUT_FILES[("mnist", "train")], *INPUT_FILES[("mnist", "t10k")]])
-        train_images, train_labels = load_split(data_dir, "mnist", "train")
-        test_images, test_labels = load_split(data_dir, "mnist", "t10k")
+        data = load_training_data(data_dir)
     except PucliError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    lo, hi = TRAIN_RANGE
-    x_train = torch.from_numpy(train_images[lo:hi].copy())
-    y_train = torch.from_numpy(train_labels[lo:hi].astype("int64"))
-    x_test = torch.from_numpy(test_images.copy())
-    y_test = torch.from_numpy(test_labels.astype("int64"))
 
     model = timm.create_model(ARCHITECTURE, num_classes=10, in_chans=1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=PEAK_LR, momentum=MOMENTUM, nesterov=True,
-                                weight_decay=WEIGHT_DECAY)
-    steps_per_epoch = math.ceil(len(y_train) / BATCH_SIZE)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=PEAK_LR, epochs=args.epochs,
-                                                    steps_per_epoch=steps_per_epoch)
-    generator = torch.Generator().manual_seed(args.seed)
-
-    print(f"training {ARCHITECTURE} on {len(y_train):,} MNIST train images (positions {lo}..{hi - 1}), "
-          f"{args.epochs} epochs, seed {args.seed}, {threads} thread(s)", file=sys.stderr, flush=True)
-    history = []
-    started = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        epoch_started = time.perf_counter()
-        loss = train_one_epoch(model, x_train, y_train, optimizer, scheduler, generator)
-        accuracy = evaluate(model, x_test, y_test)
-        seconds = time.perf_counter() - epoch_started
-        history.append({"epoch": epoch, "train_loss": round(loss, 5), "test_accuracy": accuracy,
-                        "seconds": round(seconds, 2)})
-        print(f"epoch {epoch:>2}/{args.epochs}  loss {loss:.4f}  test acc {accuracy:.4f}  ({seconds:.1f} s)",
-              file=sys.stderr, flush=True)
-    train_seconds = time.perf_counter() - started
-    accuracy = history[-1]["test_accuracy"] if history else evaluate(model, x_test, y_test)
+    trained = fit(model, data, epochs=args.epochs, seed=args.seed, name=ARCHITECTURE, threads=threads)
+    accuracy, train_seconds = trained["test_accuracy"], trained["train_seconds"]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -192,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PucliError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    lo, hi = TRAIN_RANGE
     report = {
         "format_version": 1,
         "scenario": "mnist-pu",
@@ -199,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "weights": str(out),
         "test_accuracy": accuracy,
         "test_set": "MNIST t10k (10,000)",
-        "train_set": f"MNIST train positions {lo}..{hi - 1} ({len(y_train):,})",
+        "train_set": f"MNIST train positions {lo}..{hi - 1} ({len(data.y_train):,})",
         "epochs": args.epochs,
         "seed": args.seed,
         "recipe": {
@@ -211,14 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_seconds": round(train_seconds, 2),
         "threads": threads,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "history": history,
-        "inputs_sha256": inputs,
+        "history": trained["history"],
+        "inputs_sha256": data.inputs_sha256,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
     }
-    report_path = out.with_name(out.name.removesuffix(".safetensors") + ".report.json")
-    with atomic_write(report_path) as handle:
-        json.dump(report, handle, indent=2)
-        handle.write("\n")
+    report_path = write_report(out, report)
     print(f"test accuracy {accuracy:.4f} after {train_seconds:.1f} s; report: {report_path}", file=sys.stderr)
     print(out)
     return 0

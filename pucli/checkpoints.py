@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import pickle
+import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 from pucli.errors import TeacherFormatError, UsageError
-from pucli.paths import output_stem, temporary_path_beside
+from pucli.paths import output_stem, replace_atomically
 
 __all__ = [
     "ModelConfig",
@@ -159,6 +160,10 @@ def load_model(path: str | os.PathLike[str], arch: str | None = None, *, option:
     if not path.is_file():
         what = "is a folder, not a weights file" if path.is_dir() else "does not exist"
         raise UsageError(f"{option} {path} {what}: give a .safetensors, .pth or .pth.tar file")
+    from pucli.compress.formats import is_compressed, load_compressed_model  # pruned / quantized files
+
+    if is_compressed(path):
+        return load_compressed_model(path, arch, option=option)
     if path.name.endswith(SAFETENSORS_SUFFIX):
         state_dict, config_dict, source_format = _read_safetensors(path)
     else:
@@ -225,30 +230,19 @@ def save_model(
         raise UsageError(f"--out {path}: folder {path.parent} does not exist; create it first")
     if not os.access(path.parent, os.W_OK):
         raise UsageError(f"--out {path}: folder {path.parent} is not writable; choose another --out")
-    config_path = sidecar_config_path(path)
-    tmp_config = temporary_path_beside(config_path)
-    tmp_weights = temporary_path_beside(path)
-    try:
-        model_config: dict[str, Any] = {}
-        if label_names:
-            model_config["label_names"] = list(label_names)
-        data = dict(data_config) if data_config else None
-        if data is not None:
-            data["input_size"] = tuple(data["input_size"])
-        save_config_for_hf(model, str(tmp_config), model_config=model_config, data_config=data)
-        config_text = tmp_config.read_text()
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        metadata = {
-            "format": "pt",
-            "architecture": json.loads(config_text)["architecture"],
-            CONFIG_METADATA_KEY: config_text,
-        }
-        save_file(tensors, str(tmp_weights), metadata=metadata)
-        os.replace(tmp_config, config_path)
-        os.replace(tmp_weights, path)
-    finally:
-        for tmp in (tmp_config, tmp_weights):
-            tmp.unlink(missing_ok=True)
+    model_config: dict[str, Any] = {}
+    if label_names:
+        model_config["label_names"] = list(label_names)
+    data = dict(data_config) if data_config else None
+    if data is not None:
+        data["input_size"] = tuple(data["input_size"])
+    with tempfile.TemporaryDirectory() as scratch:
+        save_config_for_hf(model, f"{scratch}/config.json", model_config=model_config, data_config=data)
+        config_text = Path(scratch, "config.json").read_text()
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt", "architecture": json.loads(config_text)["architecture"], CONFIG_METADATA_KEY: config_text}
+    replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    replace_atomically(sidecar_config_path(path), lambda tmp: tmp.write_text(config_text))
     return path
 
 

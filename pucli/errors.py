@@ -21,6 +21,23 @@ class UsageError(PucliError):
     exit_code = 2
 
 
+class OptionError(UsageError):
+    """One engine parameter has a value it cannot take.
+
+    The message names the engine's parameter (``class_prior 1.5: must be ...``); front ends that
+    call the parameter something else rename it (:meth:`renamed`), so ``pucli select`` says
+    ``--prior 1.5: ...``. ``parameter`` is the name, ``value`` the value given, ``problem`` the rest.
+    """
+
+    def __init__(self, parameter: str, value: object, problem: str) -> None:
+        self.parameter, self.value, self.problem = parameter, value, problem
+        super().__init__(f"{parameter} {value}: {problem}")
+
+    def renamed(self, name: str) -> str:
+        """The message with ``name`` (a flag, say) in place of the parameter."""
+        return f"{name} {self.value}: {self.problem}"
+
+
 class DataError(PucliError):
     """An input file or folder exists but its content cannot be used."""
 

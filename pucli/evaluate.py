@@ -14,13 +14,19 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from pucli.checkpoints import LoadedModel
+from pucli.data.files import SkippedFile
+from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
+from pucli.data.sources import LabeledFolder
 from pucli.progress import ProgressCallback, no_progress
-from pucli.sources import ImageDataset, LabeledFolder, Preprocess, SkippedFile, iterate_batches
+
+if TYPE_CHECKING:
+    from pucli.deploy.onnx_runtime import OnnxLoadedModel
 
 __all__ = ["ModelEvaluation", "evaluate_model", "count_flops", "measure_latency", "measure_throughput"]
 
@@ -45,10 +51,11 @@ class ModelEvaluation:
     throughput: float
     throughput_batch: int
     device: str
+    runtime: str = "pytorch"  # or "onnxruntime" (an .onnx file, CPU execution provider)
 
 
 def evaluate_model(
-    loaded: LoadedModel,
+    loaded: LoadedModel | OnnxLoadedModel,
     test_root: str | os.PathLike[str],
     *,
     device: torch.device,
@@ -61,9 +68,16 @@ def evaluate_model(
 ) -> ModelEvaluation:
     """Evaluate ``loaded`` on the class folders under ``test_root``.
 
+    An ONNX model (:func:`pucli.deploy.onnx_runtime.load_onnx`) runs on ONNX Runtime's CPU
+    provider whatever ``device`` says; its parameters and FLOPs are those of the PyTorch model
+    it was exported from (the file's metadata).
+
     Raises:
         UsageError, ClassMappingError, NoImagesError: from reading the test folder.
     """
+    onnx = loaded.source_format == "onnx"
+    if onnx:
+        device = torch.device("cpu")
     config = loaded.config
     test_set = LabeledFolder.from_folder(
         test_root, num_classes=config.num_classes, label_names=config.label_names, classes_file=classes_file, option="--data"
@@ -104,13 +118,14 @@ def evaluate_model(
         images=seen,
         top1=100.0 * correct1 / seen if seen else float("nan"),
         top5=100.0 * correct5 / seen if seen else float("nan"),
-        params=sum(p.numel() for p in model.parameters()),
-        flops_per_image=count_flops(model.to("cpu"), input_size),
+        params=loaded.params if onnx else sum(p.numel() for p in model.parameters()),
+        flops_per_image=loaded.flops_per_image if onnx else count_flops(model.to("cpu"), input_size),
         file_bytes=loaded.file_bytes,
         latency_ms=latency,
         throughput=throughput,
         throughput_batch=batch_size,
         device=str(device),
+        runtime="onnxruntime" if onnx else "pytorch",
     )
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
 
 __all__ = ["LeNet5"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -80,3 +80,25 @@ def temporary_path_beside(path: str | os.PathLike[str]) -> Path:
     os.close(fd)
     make_world_readable(tmp)
     return Path(tmp)
+
+
+def replace_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Write ``path`` all at once: ``write(tmp)`` fills a fresh temporary file beside ``path``,
+    which then gets the mode a plain ``open`` would give it (0666 less the umask: writers such as
+    safetensors' ``save_file`` replace the file and lose any mode set before) and is renamed over
+    ``path``. On any error or interrupt the temporary file is removed and ``path`` is left as it
+    was. Returns ``path``.
+
+    Raises:
+        OSError: the folder is missing or not writable, or ``write`` failed on the disk.
+    """
+    path = Path(path)
+    tmp = temporary_path_beside(path)
+    try:
+        write(tmp)
+        make_world_readable(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path

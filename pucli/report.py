@@ -1,5 +1,10 @@
 """The run report: one JSON file per command run, written beside its output.
 
+Where it goes (:func:`report_location`): ``--report PATH``; else beside the command's output
+(:func:`report_path_for`); else, for commands with no output file (``evaluate``, ``prior``,
+``select --out -``), ``<state dir>/runs/COMMAND-<time>.report.json``. Files written beside an
+output or a report are named by :func:`side_file`.
+
 Format (``format_version`` 1)::
 
     {"format_version": 1, "command": "select", "pucli": "0.1.0", "torch": ..., "torchvision": ...,
@@ -24,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from pucli import __version__
-from pucli.paths import atomic_write, output_stem
+from pucli.paths import atomic_write, output_stem, state_dir
 
-__all__ = ["RunReport", "report_path_for", "REPORT_FORMAT_VERSION"]
+__all__ = ["REPORT_FORMAT_VERSION", "RunReport", "report_location", "report_path_for", "side_file"]
 
 REPORT_FORMAT_VERSION = 1
+# How a run shows its results: they change no result, so the report leaves them out.
+_OUTPUT_SETTINGS = frozenset({"json", "quiet", "force", "report"})
 # Listing every bad file of a huge crawl would make the report huge; the count stays exact.
 MAX_SKIPPED_LISTED = 10_000
 
@@ -40,6 +47,31 @@ def report_path_for(output: str | os.PathLike[str]) -> Path:
     if output.is_dir():
         return output / "report.json"
     return output.with_name(output_stem(output) + ".report.json")
+
+
+def report_location(command: str, output: str | os.PathLike[str] | None, given: str | os.PathLike[str] | None = None) -> Path:
+    """Where ``command``'s run report goes: ``given`` (``--report``); else beside ``output``
+    (:func:`report_path_for`); else, with no output file (``output`` None or ``-``),
+    ``<state dir>/runs/COMMAND-<local time>.report.json``. Creates the report's folder, so that
+    files beside the report (:func:`side_file`) can be written before it."""
+    if given is not None:
+        path = Path(given)
+    elif output is not None and str(output) != "-":
+        path = report_path_for(output)
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = state_dir() / "runs" / f"{command.replace(' ', '-')}-{stamp}.report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def side_file(anchor: str | os.PathLike[str], suffix: str) -> Path:
+    """A file written beside ``anchor`` (an output or a report), named by its stem:
+    ``side_file("sel.tsv", ".selector.safetensors")`` -> ``sel.selector.safetensors``;
+    ``side_file("run.report.json", ".selector.safetensors")`` -> ``run.selector.safetensors``;
+    ``side_file("student.safetensors", ".ckpt.pt")`` -> ``student.ckpt.pt``."""
+    anchor = Path(anchor)
+    return anchor.with_name(output_stem(anchor).removesuffix(".report") + suffix)
 
 
 class RunReport:
@@ -57,6 +89,14 @@ class RunReport:
         self.timings: dict[str, float] = {}
         self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self._start = time.perf_counter()
+
+    @classmethod
+    def from_arguments(cls, command: str, arguments: Mapping[str, Any]) -> RunReport:
+        """A report of ``command`` run with ``arguments`` (its parameters by name, as the user
+        spelled them: ``{"positive": ..., "all": ..., "seed": 0}``). ``seed`` goes to its own field;
+        settings of the output itself (``json``, ``quiet``, ``force``, ``report``) are not recorded."""
+        recorded = {k: v for k, v in arguments.items() if k not in _OUTPUT_SETTINGS}
+        return cls(command, recorded, seed=recorded.pop("seed", None))
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from pucli.cli import app
-from pucli.index import IndexEntry, format_index
+from pucli.data.index import IndexEntry, format_index
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pucli.cli import app
-from pucli.index import read_index
+from pucli.data.index import read_index
 
 FAST = ["--workers", "0", "--threads", "1", "--batch-size", "8"]
 SELECT_FAST = ["--epochs", "1", "--ensemble", "1"]

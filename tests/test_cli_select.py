@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pucli.cli import app
-from pucli.index import read_index
+from pucli.data.index import read_index
 
 FAST = ["--epochs", "1", "--ensemble", "1", "--batch-size", "8", "--workers", "0", "--threads", "1"]
 
@@ -119,4 +119,4 @@ def test_missing_positive_folder_is_a_usage_error(inputs: dict[str, str], tmp_pa
 
 def test_select_help_shows_an_example() -> None:
     result = CliRunner().invoke(app, ["select", "--help"])
-    assert result.exit_code == 0 and "pucli select --positive" in result.output
+    assert result.exit_code == 0 and "pucli select teacher.safetensors --positive" in result.output

@@ -7,20 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_png
 
 from pucli.checkpoints import load_model, save_model
-from pucli.distill import (
-    DistillConfig,
-    FlipCrop,
-    TrainingInterrupted,
-    default_epochs,
-    distill,
-    resolve_augment,
-    training_bound_throughput,
-)
-from pucli.errors import DataError, UsageError
-from pucli.manifest import build_expanded_set
-from conftest import write_png
+from pucli.data.augment import FlipCrop, resolve_augment
+from pucli.data.manifest import build_expanded_set
+from pucli.errors import DataError, OptionError, UsageError
+from pucli.kd.distill import DistillConfig, TrainingInterrupted, default_epochs, distill, training_bound_throughput
 
 FAST = DistillConfig(epochs=3, batch_size=8, lr=0.05)
 
@@ -154,10 +147,10 @@ def test_sets_above_the_memory_budget_stream_from_disk(tmp_path, teacher):
 
 
 def test_keep_best_needs_validation_and_picks_the_best_epoch(tmp_path, teacher, make_class_folder):
-    from pucli.sources import LabeledFolder
+    from pucli.data.sources import LabeledFolder
 
     expanded = _expanded(tmp_path, teacher)
-    with pytest.raises(UsageError, match="--keep best needs --val"):
+    with pytest.raises(OptionError, match="^keep best: needs a validation set: a labeled folder"):
         _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, keep="best"))
     val = LabeledFolder.from_folder(make_class_folder("val"), num_classes=3, label_names=["0", "1", "2"], option="--val")
     result = _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, keep="best"), val_set=val)
@@ -208,7 +201,7 @@ def test_training_bound_throughput_is_positive(teacher):
 
 
 def test_pu_score_sampling_weights_are_sigmoid_of_the_score_and_one_for_positives(tmp_path):
-    from pucli.distill import sampling_weights
+    from pucli.kd.distill import sampling_weights
 
     paths = [write_png(tmp_path / f"{i}.png", seed=i) for i in range(4)]
     expanded = build_expanded_set(
@@ -222,9 +215,9 @@ def test_pu_score_sampling_weights_are_sigmoid_of_the_score_and_one_for_positive
 
 
 def test_pu_score_weighting_draws_items_in_proportion_to_their_weights_with_replacement():
-    from pucli.distill import _InMemorySource
+    from pucli.kd.distill.data import InMemorySource
 
-    source = _InMemorySource(torch.zeros(1000, 1, 2, 2, dtype=torch.uint8), torch.arange(1000), 100, torch.device("cpu"))
+    source = InMemorySource(torch.zeros(1000, 1, 2, 2, dtype=torch.uint8), torch.arange(1000), 100, torch.device("cpu"))
     source.sampling_weights = torch.cat([torch.zeros(500), torch.ones(400), torch.full((100,), 4.0)]).double()
     drawn = torch.cat([items for items, _ in source.epoch_batches(torch.Generator().manual_seed(0))])
     assert len(drawn) == 1000  # same steps per epoch as uniform sampling
@@ -241,5 +234,36 @@ def test_distill_with_pu_score_weighting_trains_and_records_it(tmp_path, teacher
     result = _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, weighting="pu-score"))
     assert result.settings["weighting"] == "pu-score"
     assert len(result.history) == 3 and result.history[0].images == 24
-    with pytest.raises(UsageError, match="--weighting"):
-        DistillConfig(weighting="scores").validate()
+    with pytest.raises(OptionError, match="^weighting scores: choose one of uniform, pu-score$"):
+        DistillConfig(weighting="scores")
+
+
+# --- options: validated once, errors name the parameter (issue 13) ---------------------------------
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("loss", "rkd", "choose one of robust-kd, weighted-kd, kd"),
+    ("optimizer", "adam", "choose one of sgd, adamw"),
+    ("augment", "mixup", "choose one of auto, none, flip-crop"),
+    ("keep", "first", "choose one of last, best"),
+    ("checkpoint_interval", -1.0, "must be >= 0 (seconds)"),
+    ("temperature", 0.0, "must be > 0"),
+    ("temperature", float("nan"), "must be > 0"),
+    ("epochs", 0, "must be >= 1"),
+    ("batch_size", 0, "must be >= 1"),
+    ("lr", float("inf"), "must be > 0"),
+    ("eps", -0.1, "must be >= 0"),
+    ("num_weight_vectors", 0, "must be >= 1"),
+])
+def test_distill_config_rejects_a_bad_field_when_built_naming_the_field(field, value, problem):
+    with pytest.raises(OptionError) as caught:
+        DistillConfig(**{field: value})
+    assert (caught.value.parameter, caught.value.problem) == (field, problem)
+    assert str(caught.value) == f"{field} {value}: {problem}"
+    assert caught.value.renamed("--" + field.replace("_", "-")).startswith(f"--{field.replace('_', '-')} {value}: ")
+
+
+def test_distill_config_is_frozen_so_it_stays_valid():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FAST.epochs = 0  # type: ignore[misc]
+    assert dataclasses.replace(FAST, loss="kd").loss == "kd"

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_png
 from typer.testing import CliRunner
 
 from pucli import distributed
 from pucli.checkpoints import load_model
 from pucli.cli import app
-from pucli.distill import DistillConfig, TrainingInterrupted, distill
-from pucli.manifest import build_expanded_set, read_expanded_set, write_expanded_set
-from conftest import write_png
+from pucli.data.manifest import build_expanded_set, read_expanded_set, write_expanded_set
+from pucli.kd.distill import DistillConfig, TrainingInterrupted, distill
 
 RUN = ["--workers", "0", "--threads", "1", "-q"]
 
@@ -136,18 +136,17 @@ def test_torchrun_distill_resumes_a_one_process_checkpoint_and_follows_its_losse
 
 _GRAPH_SCRIPT = '''
 import sys, torch
-import pucli.graph
+import pucli.pu.graph
 from pucli import distributed
-from pucli.selector import SelectorOptions, _pool_graph
+from pucli.pu.graph import pool_graph
 
 distributed.setup(torch.device("cpu"))
-pucli.graph.BLOCK_ELEMENTS = 9 * 61  # 9 rows per block: 7 blocks, split 4 / 3 between the ranks
+pucli.pu.graph.BLOCK_ELEMENTS = 9 * 61  # 9 rows per block: 7 blocks, split 4 / 3 between the ranks
 descriptors = torch.randn(61, 5, generator=torch.Generator().manual_seed(0))
-options = SelectorOptions(class_prior=0.3, graph_neighbors=4)
-graph = _pool_graph(descriptors if distributed.is_main() else None, options, device=torch.device("cpu"),
-                    use_cache=False, progress=lambda *a, **k: None)
+graph = pool_graph(descriptors if distributed.is_main() else None, neighbors=4, seed=0, device=torch.device("cpu"),
+                   use_cache=False, progress=lambda *a, **k: None)
 if distributed.is_main():
-    expected = pucli.graph.knn_graph(pucli.graph.graph_features(descriptors), 4)
+    expected = pucli.pu.graph.knn_graph(pucli.pu.graph.graph_features(descriptors), 4)
     assert graph is not None and torch.equal(graph.neighbors, expected), "graph differs from one process"
     open(sys.argv[1], "w").write("ok")
 else:

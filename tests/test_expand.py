@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_png
 
-from pucli.checkpoints import load_model
-from pucli.errors import DataError, UsageError
-from pucli.checkpoints import weights_digest
-from pucli.expand import expand
-from pucli.index import IndexEntry
-from pucli.manifest import (
+from pucli.checkpoints import load_model, weights_digest
+from pucli.data.index import IndexEntry
+from pucli.data.loading import ImageDataset, Preprocess
+from pucli.data.manifest import (
     CLASSES_NAME,
     MANIFEST_NAME,
     SOFT_TARGETS_NAME,
@@ -22,9 +21,9 @@ from pucli.manifest import (
     retemper,
     write_expanded_set,
 )
-from pucli.sources import ImageDataset, LabeledFolder, Preprocess
-from conftest import write_png
-
+from pucli.data.sources import LabeledFolder
+from pucli.errors import DataError, UsageError
+from pucli.kd.expand import expand
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,9 +19,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pucli.errors import PucliError
-from pucli.index import INDEX_TAG, IndexEntry, read_index, write_index
-from pucli.manifest import (
+from pucli.data.files import read_path_list
+from pucli.data.index import INDEX_TAG, IndexEntry, read_index, write_index
+from pucli.data.manifest import (
     CLASSES_NAME,
     MANIFEST_NAME,
     SOFT_TARGETS_NAME,
@@ -29,7 +29,8 @@ from pucli.manifest import (
     read_expanded_set,
     write_expanded_set,
 )
-from pucli.sources import UnlabeledPool, read_path_list
+from pucli.data.sources import UnlabeledPool
+from pucli.errors import PucliError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ROUND_TRIP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

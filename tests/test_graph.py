@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pucli.errors import UsageError
-from pucli.graph import (
+from pucli.pu.graph import (
     MAX_GRAPH_CHANNELS,
     block_rows,
     graph_features,

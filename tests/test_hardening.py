@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT, write_png
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import REPO_ROOT, write_png
 from pucli.cli import app
-from pucli.index import IndexEntry, format_index, read_index
+from pucli.data.index import IndexEntry, format_index, read_index
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,11 +49,22 @@ def _select(inputs: dict[str, Path], *extra: str, **override: Path | str) -> lis
             "--teacher", str(given["teacher"]), "--prior", "0.3", *FAST, *extra]
 
 
+# A progress log line (stderr not a terminal): "stage: 12/30 (40 %), ..., elapsed 0:00:01[, ETA ...]".
+PROGRESS_LINE = re.compile(r"^[\w .-]+: [\d,]+(/[\d,]+ \(\d+ %\))?, (.+, )?elapsed \d+:\d\d:\d\d(, ETA \d+:\d\d:\d\d)?$")
+
+
+def _message_lines(stderr: str) -> list[str]:
+    """The non-empty lines of ``stderr`` that are not progress log lines (which a command writes
+    before it fails, as it would in CI)."""
+    return [line for line in stderr.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
+
+
 def _one_line_error(result, code: int, *needles: str) -> None:  # noqa: ANN001 - click's Result
-    """Exit ``code``, one non-empty line on stderr naming every needle, no traceback."""
+    """Exit ``code``, one non-empty line on stderr (besides progress log lines) naming every
+    needle, no traceback."""
     assert result.exit_code == code, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
+    lines = _message_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert "Traceback" not in result.output
@@ -309,9 +320,9 @@ def test_existing_outputs_are_kept_outside_a_terminal_unless_forced(inputs, expa
 
 
 def test_on_a_terminal_overwriting_is_asked_and_no_keeps_the_file(inputs, tmp_path, monkeypatch) -> None:
-    from pucli.cli import _common
+    from pucli.cli import _prompts
 
-    monkeypatch.setattr(_common, "is_interactive", lambda: True)
+    monkeypatch.setattr(_prompts, "is_interactive", lambda: True)
     index = tmp_path / "index.tsv"
     index.write_text("precious\n")
     refused = runner.invoke(app, _select(inputs, "--out", str(index)), input="n\n")
@@ -326,7 +337,7 @@ def test_on_a_terminal_missing_required_options_are_asked_for(inputs, tmp_path) 
     import typer
     from click.testing import CliRunner as ClickRunner
 
-    from pucli.cli._common import enable_prompts
+    from pucli.cli._prompts import enable_prompts
 
     command = enable_prompts(typer.main.get_command(app))
     args = ["select", "--positive", str(inputs["positive"]), "--unlabeled", str(inputs["unlabeled"]), "--prior", "0.3",
@@ -334,7 +345,8 @@ def test_on_a_terminal_missing_required_options_are_asked_for(inputs, tmp_path) 
     out = tmp_path / "asked.tsv"
     result = ClickRunner().invoke(command, args, input=f"{inputs['teacher']}\n{out}\n")
     assert result.exit_code == 0, result.output
-    assert "--teacher" in result.stderr and "--out" in result.stderr and result.stdout == ""
+    # The teacher (the TEACHER argument, first) and the --out option, asked in that order.
+    assert re.search(r"TEACHER \(.*\): .*--out \(", result.stderr, re.DOTALL) and result.stdout == ""
     assert read_index(out)
 
 
@@ -347,12 +359,16 @@ def _pucli(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"", ti
 
 
 def test_in_a_pipeline_a_missing_option_is_an_error_never_a_prompt(inputs) -> None:
-    done = _pucli("select", "--positive", str(inputs["positive"]), "--prior", "0.3", timeout=60)
+    done = _pucli("select", str(inputs["teacher"]), "--positive", str(inputs["positive"]), "--prior", "0.3", timeout=60)
     assert done.returncode == 2
     assert b"Missing option '--unlabeled'" in done.stderr and done.stdout == b""
     # One line, like pucli's own errors, and it says where the help is.
     assert done.stderr.decode().strip().count("\n") == 0
     assert b"pucli select --help" in done.stderr
+    # The teacher (the TEACHER argument, or --teacher) left out: the same.
+    done = _pucli("select", "--positive", str(inputs["positive"]), "--prior", "0.3", timeout=60)
+    assert done.returncode == 2 and done.stdout == b""
+    assert done.stderr.decode().strip() == "error: Missing argument 'TEACHER'. (see 'pucli select --help')"
 
 
 def test_an_unknown_option_is_one_line_with_exit_code_2(inputs) -> None:
@@ -363,10 +379,10 @@ def test_an_unknown_option_is_one_line_with_exit_code_2(inputs) -> None:
 
 
 def test_under_torchrun_pucli_never_prompts(monkeypatch) -> None:
-    from pucli.cli import _common
+    from pucli.cli import _prompts
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert _common.is_interactive() is False
+    assert _prompts.is_interactive() is False
 
 
 def test_no_color_removes_colour(inputs, tmp_path) -> None:
@@ -379,17 +395,26 @@ def test_no_color_removes_colour(inputs, tmp_path) -> None:
     assert not colour.search(plain.stderr), plain.stderr
 
 
-def test_progress_bars_draw_on_a_terminal_only(monkeypatch) -> None:
+def test_progress_bars_draw_on_a_terminal_only_and_log_lines_elsewhere(monkeypatch) -> None:
     from rich.console import Console
 
-    from pucli.cli import _common
+    from pucli.cli import _output
 
     for terminal in (True, False):
         screen = io.StringIO()
-        monkeypatch.setattr(_common, "console", Console(file=screen, force_terminal=terminal, width=100))
-        with _common.progress_bars() as progress:
+        monkeypatch.setattr(_output, "console", Console(file=screen, force_terminal=terminal, width=100))
+        with _output.progress_bars() as progress:
             progress("extract", 5, 10, img_s=123.0)
-        assert ("extract" in screen.getvalue()) is terminal
+        drawn = screen.getvalue()
+        assert ("━" in drawn) is terminal  # a bar on a terminal only
+        lines = drawn.splitlines()
+        assert terminal or (len(lines) == 1 and PROGRESS_LINE.match(lines[0]) and "extract: 5/10 (50 %)" in lines[0])
+    for quiet_terminal in (True, False):
+        screen = io.StringIO()
+        monkeypatch.setattr(_output, "console", Console(file=screen, force_terminal=quiet_terminal, width=100))
+        with _output.progress_bars(quiet=True) as progress:
+            progress("extract", 10, 10)
+        assert screen.getvalue() == ""
 
 
 def test_quiet_leaves_stderr_empty_and_json_is_the_only_stdout(inputs, expanded, tmp_path) -> None:
@@ -419,9 +444,9 @@ INTERRUPTER = '''
 import os, signal, sys
 
 stage, at, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-import pucli.distill, pucli.selector
+import pucli.kd.distill, pucli.pu.descriptors, pucli.pu.selection
 
-pucli.selector.DESCRIPTOR_PART_IMAGES = 8  # several parts on a tiny pool
+pucli.pu.descriptors.DESCRIPTOR_PART_IMAGES = 8  # several parts on a tiny pool
 
 def interrupting(run):
     def wrapped(*args, progress, **kwargs):
@@ -433,8 +458,8 @@ def interrupting(run):
         return run(*args, progress=watch, **kwargs)
     return wrapped
 
-pucli.selector.run_selection = interrupting(pucli.selector.run_selection)
-pucli.distill.distill = interrupting(pucli.distill.distill)
+pucli.pu.selection.run_selection = interrupting(pucli.pu.selection.run_selection)
+pucli.kd.distill.distill = interrupting(pucli.kd.distill.distill)
 sys.argv = ["pucli", *sys.argv[4:]]
 from pucli.cli import main
 main()
@@ -451,17 +476,17 @@ def interrupter(tmp_path: Path) -> Path:
 @pytest.fixture
 def small_parts(monkeypatch) -> list[int]:
     """Parts of 8 images, as in the interrupter; returns the sizes of the lists extracted."""
-    import pucli.selector as selector
+    import pucli.pu.descriptors as descriptors
 
-    monkeypatch.setattr(selector, "DESCRIPTOR_PART_IMAGES", 8)
+    monkeypatch.setattr(descriptors, "DESCRIPTOR_PART_IMAGES", 8)
     extracted: list[int] = []
-    extract = selector.extract_descriptors
+    extract = descriptors.extract_descriptors
 
     def counting(extractor, paths, *args, **kwargs):  # noqa: ANN001, ANN202
         extracted.append(len(paths))
         return extract(extractor, paths, *args, **kwargs)
 
-    monkeypatch.setattr(selector, "extract_descriptors", counting)
+    monkeypatch.setattr(descriptors, "extract_descriptors", counting)
     return extracted
 
 
@@ -483,8 +508,9 @@ def _interrupt_here(monkeypatch, module, function: str, stage: str, at: int, sig
 
 def _check_stopped(code: int, stderr: str, expected: int) -> None:
     assert code == expected, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in stderr, stderr
+    lines = _message_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--resume" in lines[0], stderr
+    assert "Traceback" not in stderr, stderr
 
 
 @pytest.fixture
@@ -517,20 +543,21 @@ def test_sigterm_during_extraction_then_resume_gives_the_same_index(inputs, tmp_
 @pytest.mark.parametrize(("stage", "at", "signum"), [("train", 7, signal.SIGINT), ("score", 24, signal.SIGTERM)])
 def test_a_signal_during_training_or_scoring_then_resume_gives_the_same_index(inputs, tmp_path, small_parts, reference_index,
                                                                              monkeypatch, stage, at, signum) -> None:
-    import pucli.selector as selector
+    import pucli.pu.selection as selection
+    import pucli.pu.training as training
 
     out = tmp_path / "index.tsv"
     args = _select(inputs, "--out", str(out), "--all")
     with monkeypatch.context() as patch:
         # train: 2 members x 2 epochs x 3 steps; step 7 is in the second member, once the first is saved.
-        _interrupt_here(patch, selector, "run_selection", stage, at, signum)
+        _interrupt_here(patch, selection, "run_selection", stage, at, signum)
         stopped = runner.invoke(app, args)
     _check_stopped(stopped.exit_code, stopped.stderr, 128 + signum)
     assert not out.exists()
     small_parts.clear()
     trained: list[int] = []
-    member = selector._train_head_member
-    monkeypatch.setattr(selector, "_train_head_member",
+    member = training._train_head_member
+    monkeypatch.setattr(training, "_train_head_member",
                         lambda *a, **k: trained.append(1) or member(*a, **k))
     resumed = runner.invoke(app, [*args, "--resume", "--quiet"])
     assert resumed.exit_code == 0, resumed.output

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from pucli.nnpu import (
+from pucli.pu.nnpu import (
     SURROGATE_LOSSES,
     NonNegativePULoss,
     PURisk,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pucli.errors import NoImagesError, UsageError
-from pucli.prior import best_bin_estimate, bootstrap_best_bin, cross_fitted_scores, estimate_class_prior
+from pucli.pu.prior import best_bin_estimate, bootstrap_best_bin, cross_fitted_scores, estimate_class_prior
 
 # P scores and U scores of the hand example. Thresholds are the P scores 3, 2, 1, 0 with
 # q_p = 1/4, 2/4, 3/4, 4/4; U has 1, 1, 3, 5 of its 8 scores at or above them, so
@@ -130,7 +130,7 @@ def test_estimate_refuses_too_few_positives_and_bad_settings() -> None:
 
 
 def test_folds_with_labels_hold_out_each_class_evenly() -> None:
-    from pucli.prior import _positive_folds
+    from pucli.pu.prior import _positive_folds
 
     labels = torch.arange(10).repeat_interleave(5)[torch.randperm(50, generator=torch.Generator().manual_seed(1))]
     folds = _positive_folds(50, 5, labels, torch.Generator().manual_seed(0))

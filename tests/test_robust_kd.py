@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pucli.robust_kd import (
+from pucli.kd.losses import (
     RobustKDLoss,
     class_weights,
     kd_loss,
@@ -22,7 +22,7 @@ from pucli.robust_kd import (
 )
 
 LN4 = math.log(4.0)  # 1.3862944
-ROBUST_KD_PATH = Path(__file__).resolve().parents[1] / "pucli" / "robust_kd.py"
+ROBUST_KD_PATH = Path(__file__).resolve().parents[1] / "pucli" / "kd" / "losses.py"
 
 
 def _two_sample_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -415,3 +415,51 @@ def test_robust_kd_module_does_not_import_cli_libraries() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- the objective the training loop calls once per batch -------------------------------------------
+
+
+def test_objective_gives_bitwise_the_loss_of_each_function_it_stands_for() -> None:
+    from pucli.kd.losses import make_objective
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 3, generator=generator)
+    targets = torch.softmax(torch.randn(6, 3, generator=generator), dim=1)
+    w_kd = class_weights(targets.sum(dim=0))
+
+    plain, chosen = make_objective("kd", w_kd, temperature=2.0)(logits, targets)
+    assert chosen is None and torch.equal(plain, kd_loss(logits, targets, 2.0))
+    weighted, chosen = make_objective("weighted-kd", w_kd, temperature=2.0)(logits, targets)
+    assert chosen is None and torch.equal(weighted, kd_loss(logits, targets, 2.0, sample_weights(targets, w_kd)))
+    objective = make_objective("robust-kd", w_kd, temperature=2.0, eps=0.2, num_weight_vectors=4,
+                               generator=torch.Generator().manual_seed(0))
+    assert objective.num_vectors == 4
+    assert torch.equal(objective.weight_set, perturbation_set(w_kd, 0.2, 4, torch.Generator().manual_seed(0)))
+    robust, chosen = objective(logits, targets)
+    expected, expected_index = robust_kd_loss(logits, targets, objective.weight_set, 2.0)
+    assert chosen == expected_index and torch.equal(robust, expected)
+
+
+def test_objective_redraws_and_restores_the_weight_set_only_for_robust_kd() -> None:
+    from pucli.kd.losses import make_objective
+
+    w_kd = torch.tensor([1.5, 0.75, 0.75])
+    robust = make_objective("robust-kd", w_kd, eps=0.1, num_weight_vectors=3,
+                            generator=torch.Generator().manual_seed(0))
+    first = robust.weight_set.clone()
+    robust.redraw(torch.Generator().manual_seed(1))
+    assert not torch.equal(robust.weight_set, first)
+    robust.restore_weight_set(first)
+    assert torch.equal(robust.weight_set, first)
+    plain = make_objective("kd", w_kd)
+    plain.redraw(torch.Generator().manual_seed(1))
+    plain.restore_weight_set(first)
+    assert plain.weight_set is None and plain.num_vectors == 0
+
+
+def test_make_objective_rejects_an_unknown_loss() -> None:
+    from pucli.kd.losses import make_objective
+
+    with pytest.raises(ValueError, match="loss must be one of"):
+        make_objective("rkd", torch.ones(3))

@@ -13,29 +13,21 @@ import torch
 from torch import nn
 
 from pucli.checkpoints import load_model
+from pucli.data.augment import PositiveAugmentation
+from pucli.data.loading import Preprocess
+from pucli.data.sources import UnlabeledPool
 from pucli.errors import NoImagesError, UsageError
-from pucli.selector import (
+from pucli.pu.descriptors import (
     AUTO_AUGMENT_COPIES,
-    AttentionScoreHead,
-    MultiScaleExtractor,
-    PositiveAugmentation,
-    PUSelectorNet,
-    Scales,
-    ScoreEnsemble,
-    SelectorOptions,
     descriptor_cache_key,
     extract_augmented_descriptors,
     load_or_extract_descriptors,
     resolve_positive_augmentation,
-    run_selection,
-    save_selector,
-    score_images,
-    select_indices,
-    train_frozen,
-    training_state_path,
 )
-from pucli.sources import Preprocess, UnlabeledPool
-
+from pucli.pu.network import AttentionScoreHead, MultiScaleExtractor, PUSelectorNet, ScoreEnsemble
+from pucli.pu.options import Scales, SelectorOptions
+from pucli.pu.selection import run_selection, save_selector, score_images, select_indices
+from pucli.pu.training import train_frozen, training_state_path
 
 # --- extractor ---------------------------------------------------------------------------------
 
@@ -137,13 +129,18 @@ def test_pu_s2_keeps_the_top_budget_and_breaks_ties_by_position() -> None:
     assert select_indices(torch.tensor([-3.0, -1.0]), budget=1).tolist() == [False, True]
 
 
-def test_options_reject_out_of_range_values() -> None:
-    for kwargs, message in (({"class_prior": 1.0}, "--prior"), ({"class_prior": 0.3, "budget": 0}, "--budget"),
-                            ({"class_prior": 0.3, "risk": "pn"}, "--risk"), ({"class_prior": 0.3, "gamma": 2.0}, "--gamma"),
-                            ({"class_prior": 0.3, "augment_positives": -1}, "--augment-positives"),
-                            ({"class_prior": 0.3, "augment_positives": 4, "finetune": True}, "--augment-positives")):
-        with pytest.raises(UsageError, match=message):
+def test_options_reject_out_of_range_values_naming_the_parameter() -> None:
+    from pucli.errors import OptionError
+
+    for kwargs, parameter in (({"class_prior": 1.0}, "class_prior"), ({"class_prior": 0.3, "budget": 0}, "budget"),
+                              ({"class_prior": 0.3, "risk": "pn"}, "risk"), ({"class_prior": 0.3, "gamma": 2.0}, "gamma"),
+                              ({"class_prior": 0.3, "augment_positives": -1}, "augment_positives"),
+                              ({"class_prior": 0.3, "optimizer": "adam"}, "optimizer")):
+        with pytest.raises(OptionError, match=f"^{parameter} ") as caught:
             SelectorOptions(**kwargs)  # type: ignore[arg-type]
+        assert caught.value.parameter == parameter and caught.value.value == kwargs[parameter]
+    with pytest.raises(UsageError, match="augment_positives applies to frozen descriptors"):
+        SelectorOptions(class_prior=0.3, augment_positives=4, finetune=True)
 
 
 # --- training -----------------------------------------------------------------------------------

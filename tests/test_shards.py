@@ -12,11 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from pucli.cli import app
+from pucli.data.decode import decode_image_file
+from pucli.data.index import read_index
+from pucli.data.manifest import read_expanded_set
+from pucli.data.shards import expand_braces, member_exists, member_path, pack_folder, split_member
+from pucli.data.sources import UnlabeledPool
 from pucli.errors import DataError, UsageError
-from pucli.index import read_index
-from pucli.manifest import read_expanded_set
-from pucli.shards import expand_braces, member_exists, member_path, pack_folder, split_member
-from pucli.sources import UnlabeledPool, decode_image_file
 
 FAST = ["--epochs", "1", "--ensemble", "1", "--batch-size", "8", "--workers", "0", "--threads", "1", "--no-cache"]
 

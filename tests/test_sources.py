@@ -8,22 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_png
 from PIL import Image
 
 from pucli.checkpoints import ModelConfig
+from pucli.data.decode import BadImageError, decode_image_file
+from pucli.data.loading import ImageDataset, Preprocess, collate, iterate_batches
+from pucli.data.sources import LabeledFolder, UnlabeledPool
 from pucli.errors import ClassMappingError, NoImagesError, UsageError
-from pucli.sources import (
-    BadImageError,
-    ImageDataset,
-    LabeledFolder,
-    Preprocess,
-    UnlabeledPool,
-    collate,
-    decode_image_file,
-    iterate_batches,
-)
-
-from conftest import write_png
 
 GRAY_28 = ModelConfig("lenet5", 3, 1, (1, 28, 28), (0.5,), (0.25,))
 

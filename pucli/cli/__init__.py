@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from pucli import __version__
-from pucli.cli._common import set_debug
+from pucli.cli._errors import set_debug
 
 app = typer.Typer(
     name="pucli",
@@ -43,25 +43,25 @@ def _root(
     set_debug(debug)
 
 
-from pucli.cli import distill, evaluate, expand, prior, select, shards  # noqa: E402  (after `app` exists)
+from pucli.cli import compress, distill, evaluate, expand, export, prior, select, shards, show  # noqa: E402  (after `app` exists)
 
-for _command in (select, prior, expand, distill, evaluate, shards):
+for _command in (select, prior, expand, distill, evaluate, shards, show, export, compress):
     _command.register(app)
 
 
 def main() -> None:
     """Console-script entry point. On a terminal, required options left out are asked for
-    (:func:`pucli.cli._common.enable_prompts`); in a pipeline they are an error, never a prompt."""
-    from pucli.cli._common import enable_prompts, is_interactive
-
+    (:func:`pucli.cli._prompts.enable_prompts`); in a pipeline they are an error, never a prompt."""
     import sys
+
+    from pucli.cli._prompts import enable_prompts, is_interactive
 
     try:  # Typer >= 0.20 ships its own copy of click; older releases use click itself.
         from typer._click import ClickException
     except ImportError:  # pragma: no cover
         from click import ClickException
 
-    from pucli.cli._common import error
+    from pucli.cli._output import error
 
     command = typer.main.get_command(app)
     if is_interactive():

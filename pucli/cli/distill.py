@@ -7,30 +7,31 @@ from typing import Annotated, Any
 
 import typer
 
-from pucli.cli._common import (
-    command_help,
+from pucli.cli._errors import handles_errors
+from pucli.cli._options import (
+    ArchOption,
+    BatchSizeOption,
     DeviceOption,
+    ForceOption,
     JsonOption,
     QuietOption,
     ReportOption,
     SeedOption,
+    TeacherArgument,
+    TeacherCommand,
     ThreadsOption,
     WorkersOption,
-    ForceOption,
-    check_output_path,
-    confirm_overwrite,
-    console,
-    emit_json,
-    handles_errors,
-    info,
-    progress_bars,
+    teacher_label,
 )
+from pucli.cli._output import command_help, console, info, progress_bars, show_result, start_run, warn_skipped
+from pucli.cli._prompts import guard_output
 
 HELP = """Train a smaller student on an expanded set with robust knowledge distillation.
 
 The loss is robust KD (Eq. 10: the worst case over perturbed class weights) by default, or
 weighted KD (Eq. 8) or plain KD (Eq. 1). A checkpoint is written after every epoch; Ctrl-C or SIGTERM
 keeps it and --resume continues from it. An existing --out is replaced only with --force (or --resume). Writes the student (.safetensors + timm config) and a run report.
+TEACHER may also be given as --teacher FILE.
 
 [bold]Example[/]
 
@@ -41,24 +42,24 @@ _RUN = "Training"
 
 
 def register(app: typer.Typer) -> None:
-    app.command("distill", help=command_help(HELP), no_args_is_help=True)(distill)
+    app.command("distill", cls=TeacherCommand, help=command_help(HELP), no_args_is_help=True)(distill)
 
 
 @handles_errors
 def distill(
-    teacher: Annotated[Path, typer.Argument(metavar="TEACHER", help="Teacher weights (.safetensors, .pth, .pth.tar).", show_default=False)],
+    teacher: TeacherArgument,
     data: Annotated[Path, typer.Option("--data", help="Expanded-set folder written by `pucli expand`.", show_default=False)],
     student: Annotated[str, typer.Option("--student", help="Student architecture: any timm name (lenet5_half, resnet18, ...).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Student weights to write (*.safetensors).", show_default=False)],
-    arch: Annotated[str | None, typer.Option("--arch", help="timm architecture of the teacher, for bare state dicts.")] = None,
+    arch: ArchOption = None,
     loss: Annotated[str, typer.Option("--loss", help="robust-kd (Eq. 10), weighted-kd (Eq. 8) or kd (Eq. 1).", rich_help_panel=_RUN)] = "robust-kd",
     temperature: Annotated[float | None, typer.Option("--temperature", help="KD temperature T \\[default: the expanded set's].", rich_help_panel=_RUN)] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs \\[default: ~5,000 steps, 20 to 200 epochs].", rich_help_panel=_RUN)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step.", rich_help_panel=_RUN)] = 128,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs \\[default: ~5,000 steps, 20 to 200 epochs].", rich_help_panel=_RUN)] = None,
+    batch_size: BatchSizeOption = 128,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (warm-up, then cosine) \\[default: 0.1 SGD, 1e-3 AdamW].", rich_help_panel=_RUN)] = None,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (momentum 0.9, wd 5e-4) or adamw (wd 0.05).", rich_help_panel=_RUN)] = "sgd",
-    eps: Annotated[float, typer.Option("--eps", min=0.0, help="Robust KD: radius of the class-weight perturbations.", rich_help_panel=_RUN)] = 0.1,
-    num_weight_vectors: Annotated[int, typer.Option("--num-weight-vectors", min=1, help="Robust KD: M, perturbed weight vectors per set.", rich_help_panel=_RUN)] = 8,
+    eps: Annotated[float, typer.Option("--eps", help="Robust KD: radius of the class-weight perturbations.", rich_help_panel=_RUN)] = 0.1,
+    num_weight_vectors: Annotated[int, typer.Option("--num-weight-vectors", help="Robust KD: M, perturbed weight vectors per set.", rich_help_panel=_RUN)] = 8,
     fixed_weight_set: Annotated[bool, typer.Option("--fixed-weight-set", help="Robust KD: draw the weight set once instead of every epoch.", rich_help_panel=_RUN)] = False,
     augment: Annotated[str, typer.Option("--augment", help="auto (none for small grey digits, else flip-crop), none or flip-crop; with augmentation the teacher runs on the fly.", rich_help_panel=_RUN)] = "auto",
     val: Annotated[Path | None, typer.Option("--val", help="Labeled validation folder evaluated each epoch (never the test set).", rich_help_panel=_RUN)] = None,
@@ -76,44 +77,26 @@ def distill(
     report_path: ReportOption = None,
     force: ForceOption = False,
 ) -> None:
-    from pucli import distributed
-    from pucli.checkpoints import check_architecture, load_model, save_model
-    from pucli.device import configure_threads, default_workers, resolve_device
-    from pucli.distill import DistillConfig
-    from pucli.distill import distill as train_student
-    from pucli.errors import UsageError
-    from pucli.manifest import read_expanded_set
-    from pucli.report import RunReport, report_path_for
-    from pucli.sources import LabeledFolder
+    from pucli.kd.distill import DistillConfig
+    from pucli.report import report_location, side_file
 
-    if not out.name.endswith(".safetensors"):
-        raise UsageError(f"--out {out}: the student is written as safetensors, name the file *.safetensors")
-    check_output_path(out)
-    confirm_overwrite(out, force=force or resume)
-    checkpoint = checkpoint or out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.pt")
+    _check_student_file(out)
     config = DistillConfig(loss=loss, temperature=temperature, epochs=epochs, batch_size=batch_size, lr=lr,
                            optimizer=optimizer, eps=eps, num_weight_vectors=num_weight_vectors,
                            redraw_weight_set=not fixed_weight_set, augment=augment, keep=keep, seed=seed,
                            weighting=weighting, checkpoint_interval=checkpoint_interval)
-    config.validate()
+    guard_output(out, force=force or resume)
+    from pucli import distributed
+    from pucli.checkpoints import check_architecture, save_model
+    from pucli.device import default_workers
+    from pucli.kd.distill import distill as train_student
+
     check_architecture(student)
+    checkpoint = checkpoint or side_file(out, ".ckpt.pt")
     # Under torchrun every rank trains (DistributedDataParallel); only rank 0 reports and writes.
-    run_device = distributed.setup(resolve_device(device))
-    quiet = quiet or not distributed.is_main()
-    report = RunReport("distill", dict(teacher=teacher, data=data, student=student, out=out, arch=arch, loss=loss,
-                                       temperature=temperature, epochs=epochs, batch_size=batch_size, lr=lr,
-                                       optimizer=optimizer, eps=eps, num_weight_vectors=num_weight_vectors,
-                                       fixed_weight_set=fixed_weight_set, augment=augment, val=val, keep=keep, weighting=weighting,
-                                       resume=resume, checkpoint=checkpoint, device=device, workers=workers,
-                                       threads=threads), seed=seed)
-    report.device, report.threads = str(run_device), configure_threads(threads)
+    report, run_device = start_run(device=device, threads=threads, torchrun=True, checkpoint=checkpoint)
     with report.stage("load"):
-        loaded = load_model(teacher, arch, option="TEACHER")
-        expanded = read_expanded_set(data)
-        val_set = None
-        if val is not None:
-            val_set = LabeledFolder.from_folder(val, num_classes=loaded.config.num_classes,
-                                                label_names=loaded.config.label_names, option="--val")
+        loaded, expanded, val_set = _load_inputs(teacher, arch, data, val)
     with progress_bars(quiet=quiet) as progress, report.stage("train"):
         result = train_student(
             loaded, expanded, student, config=config, checkpoint_path=checkpoint, resume=resume, val_set=val_set,
@@ -126,19 +109,46 @@ def distill(
         save_model(result.student, out, label_names=loaded.config.label_names or expanded.class_names,
                    data_config=loaded.config.data_config())
     summary = _summary(result, out)
+    written = _record(report, result, summary).write(report_location("distill", out, report_path))
+    if not result.teacher_matches_data:
+        info(f"[yellow]warning:[/] {data} was expanded with a different teacher file than {teacher}", quiet=quiet)
+    warn_skipped(report.skipped, quiet=quiet)
+    summary.update(history=[vars(h) for h in result.history], report=str(written))
+    show_result(summary, json_output=json_output, quiet=quiet, table=_print_summary)
+    info(f"student: {out}; checkpoint: {checkpoint}; report: {written}", quiet=quiet)
+
+
+def _record(report: Any, result: Any, summary: dict[str, Any]) -> Any:
+    """What the run did, in its report (docs/run-report.md); returns the report."""
     report.counts = {"items": result.num_items, "epochs": result.epochs, "skipped": len(report.skipped)}
     report.results = {**summary, "history": result.history, "settings": result.settings}
     report.timings["decode"] = result.decode_s
-    written = report.write(report_path or report_path_for(out))
-    if not result.teacher_matches_data:
-        info(f"[yellow]warning:[/] {data} was expanded with a different teacher file than {teacher}", quiet=quiet)
-    if report.skipped:
-        info(f"[yellow]skipped {len(report.skipped)} unreadable file(s)[/]; listed in the report", quiet=quiet)
-    if json_output:
-        emit_json({**summary, "history": [vars(h) for h in result.history], "report": str(written)})
-    elif not quiet:
-        _print_summary(summary)
-    info(f"student: {out}; checkpoint: {checkpoint}; report: {written}", quiet=quiet)
+    return report
+
+
+def _check_student_file(out: Path) -> None:
+    from pucli.errors import UsageError
+
+    if not out.name.endswith(".safetensors"):
+        raise UsageError(f"--out {out}: the student is written as safetensors, name the file *.safetensors")
+
+
+def _load_inputs(teacher: Path, arch: str | None, data: Path, val: Path | None) -> Any:
+    """``(LoadedModel, ExpandedSet, LabeledFolder | None)``: the teacher, the expanded set and the
+    validation folder (in the teacher's class order) if given.
+
+    Raises:
+        PucliError: an unreadable teacher, expanded set or validation folder.
+    """
+    from pucli.checkpoints import load_model
+    from pucli.data.manifest import read_expanded_set
+    from pucli.data.sources import LabeledFolder
+
+    loaded = load_model(teacher, arch, option=teacher_label())
+    expanded = read_expanded_set(data)
+    val_set = None if val is None else LabeledFolder.from_folder(
+        val, num_classes=loaded.config.num_classes, label_names=loaded.config.label_names, option="--val")
+    return loaded, expanded, val_set
 
 
 def _summary(result: Any, out: Path) -> dict[str, Any]:

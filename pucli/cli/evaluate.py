@@ -7,21 +7,20 @@ from typing import Annotated, Any
 
 import typer
 
-from pucli.cli._common import (
-    command_help,
+from pucli.cli._errors import handles_errors
+from pucli.cli._options import (
+    ArchOption,
+    BatchSizeOption,
+    ClassesOption,
     DeviceOption,
     JsonOption,
     QuietOption,
-    ReportOption,
     StateReportOption,
+    TeacherCommand,
     ThreadsOption,
     WorkersOption,
-    console,
-    emit_json,
-    handles_errors,
-    info,
-    progress_bars,
 )
+from pucli.cli._output import command_help, emit_json, info, progress_bars, start_run, warn_skipped
 
 HELP = """Compare models on a labeled test folder: accuracy, size, FLOPs, latency, throughput.
 
@@ -30,45 +29,43 @@ Reports top-1/top-5 accuracy, parameters, FLOPs per image, weight file size, CPU
 [bold]Example[/]
 
   pucli evaluate teacher.safetensors student.safetensors --data ./mnist-test
+  pucli evaluate teacher.safetensors student.onnx student.int8.onnx --data ./mnist-test --plot tradeoff.png
 
---data has one subfolder per class (as for --positive). Each MODEL is a .safetensors file (config in its metadata or a sidecar config.json), a timm train.py checkpoint, or a bare state dict with --arch.
+--data has one subfolder per class (as for --positive). The first MODEL is the teacher, the reference of the ratios (--teacher FILE names it too, as in the other commands). Each MODEL is a .safetensors file (config in its metadata or a sidecar config.json), a timm train.py checkpoint, a bare state dict with --arch, or an .onnx file written by `pucli export` (run on ONNX Runtime's CPU provider; needs pucli[export]). --plot draws accuracy against latency and file size, one point per model, the first (the teacher) marked (needs pucli[plot]).
 """
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate", help=command_help(HELP), no_args_is_help=True)(evaluate)
+    app.command("evaluate", cls=TeacherCommand, help=command_help(HELP), no_args_is_help=True)(evaluate)
 
 
 @handles_errors
 def evaluate(
     models: Annotated[list[Path], typer.Argument(metavar="MODEL...", help="Model files to compare (teacher first, then students).", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Labeled test folder: one subfolder of images per class.", show_default=False)],
-    arch: Annotated[str | None, typer.Option("--arch", help="timm architecture for bare state dicts.")] = None,
-    classes: Annotated[Path | None, typer.Option("--classes", help="Class names in output order, one per line.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size for accuracy and throughput.")] = 256,
+    arch: ArchOption = None,
+    classes: ClassesOption = None,
+    batch_size: BatchSizeOption = 256,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
     threads: ThreadsOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     report_path: StateReportOption = None,
+    plot: Annotated[Path | None, typer.Option("--plot", dir_okay=False, help="Also draw accuracy against latency and size to this PNG.", rich_help_panel="Output")] = None,
 ) -> None:
-    import datetime as dt
-
     from pucli.checkpoints import load_model
-    from pucli.device import configure_threads, default_workers, resolve_device
+    from pucli.deploy.onnx_runtime import is_onnx_file, load_onnx
+    from pucli.deploy.plot import check_plot_output, plot_evaluations
+    from pucli.device import default_workers
     from pucli.evaluate import evaluate_model, model_display_name
-    from pucli.paths import state_dir
-    from pucli.report import RunReport
+    from pucli.report import report_location
 
-    run_device = resolve_device(device)
-    report = RunReport("evaluate", dict(models=models, data=data, arch=arch, classes=classes, batch_size=batch_size,
-                                        device=device, workers=workers, threads=threads))
-    report.device, report.threads = str(run_device), configure_threads(threads)
-    loaded = []
+    if plot is not None:
+        check_plot_output(plot)
+    report, run_device = start_run(device=device, threads=threads)
     with report.stage("load"):
-        for path in models:
-            loaded.append(load_model(path, arch, option="MODEL"))
+        loaded = [load_onnx(path) if is_onnx_file(path) else load_model(path, arch, option="MODEL") for path in models]
     results = []
     with progress_bars(quiet=quiet) as progress:
         for item in loaded:
@@ -82,17 +79,15 @@ def evaluate(
             results.append(result)
     report.counts = {"models": len(results), "images": results[0].images if results else 0, "skipped": len(report.skipped)}
     report.results = {"models": results}
-    if report_path is None:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        report_path = state_dir() / "runs" / f"evaluate-{stamp}.report.json"
-    written = report.write(report_path)
+    written = report.write(report_location("evaluate", None, report_path))
+    if plot is not None:
+        info(f"plot: {plot_evaluations(results, plot)}", quiet=quiet)
     rows = [_row(r, results[0]) for r in results]
     if json_output:
         emit_json({"models": rows, "skipped": len(report.skipped), "report": str(written)})
     else:
         _print_table(results)
-    if report.skipped:
-        info(f"[yellow]skipped {len(report.skipped)} unreadable file(s)[/]; listed in the report", quiet=quiet)
+    warn_skipped(report.skipped, quiet=quiet)
     info(f"report: {written}", quiet=quiet)
 
 
@@ -121,7 +116,7 @@ def _print_table(results: list[Any]) -> None:
     for r in results:
         table.add_row(
             r.name,
-            r.architecture,
+            r.architecture + (" (ORT)" if r.runtime == "onnxruntime" else ""),
             f"{r.top1:.2f}",
             f"{r.top5:.2f}",
             _si(r.params) + _ratio(r.params, reference.params, r is reference),

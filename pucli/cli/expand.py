@@ -7,23 +7,25 @@ from typing import Annotated, Any
 
 import typer
 
-from pucli.cli._common import (
-    command_help,
+from pucli.cli._errors import handles_errors
+from pucli.cli._options import (
+    ArchOption,
+    BatchSizeOption,
+    ClassesOption,
     DeviceOption,
+    ForceOption,
     JsonOption,
+    PositiveOption,
     QuietOption,
     ReportOption,
+    TeacherArgument,
+    TeacherCommand,
     ThreadsOption,
     WorkersOption,
-    ForceOption,
-    check_output_path,
-    confirm_overwrite,
-    console,
-    emit_json,
-    handles_errors,
-    info,
-    progress_bars,
+    load_teacher_and_positives,
 )
+from pucli.cli._output import command_help, console, info, progress_bars, show_result, start_run, warn_skipped
+from pucli.cli._prompts import guard_output
 
 HELP = """Build the extended set (positives + selected images) with the teacher's soft targets.
 
@@ -34,24 +36,26 @@ the class weights of Eq. 7 used by weighted and robust KD), and prints per-class
 [bold]Example[/]
 
   pucli select teacher.safetensors --positive ./labeled --unlabeled ./pool --out - \\
-    | pucli expand --positive ./labeled --index - --teacher teacher.safetensors --out ./expanded
+    | pucli expand teacher.safetensors --positive ./labeled --index - --out ./expanded
+
+TEACHER may also be given as --teacher FILE. An existing --out is replaced only with --force (or a yes on a terminal).
 """
 
 
 def register(app: typer.Typer) -> None:
-    app.command("expand", help=command_help(HELP), no_args_is_help=True)(expand)
+    app.command("expand", cls=TeacherCommand, help=command_help(HELP), no_args_is_help=True)(expand)
 
 
 @handles_errors
 def expand(
-    positive: Annotated[Path, typer.Option("--positive", help="Labeled images, one subfolder per class.", show_default=False)],
+    teacher: TeacherArgument,
+    positive: PositiveOption,
     index: Annotated[str, typer.Option("--index", help="Selection index from `pucli select` (TSV), or - for stdin.", show_default=False)],
-    teacher: Annotated[Path, typer.Option("--teacher", help="Teacher weights (.safetensors, .pth, .pth.tar).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Folder to write the expanded set to (replaced if it holds one).", show_default=False)],
-    arch: Annotated[str | None, typer.Option("--arch", help="timm architecture for bare state dicts.")] = None,
-    classes: Annotated[Path | None, typer.Option("--classes", help="Class names in output order, one per line.")] = None,
+    arch: ArchOption = None,
+    classes: ClassesOption = None,
     temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature T of the soft targets.")] = 1.0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per teacher forward pass.")] = 256,
+    batch_size: BatchSizeOption = 256,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
     threads: ThreadsOption = None,
@@ -60,32 +64,16 @@ def expand(
     report_path: ReportOption = None,
     force: ForceOption = False,
 ) -> None:
+    guard_output(out, force=force)
     from pucli import distributed
-    from pucli.checkpoints import load_model
-    from pucli.errors import UsageError
-    from pucli.device import configure_threads, default_workers, resolve_device
-    from pucli.expand import expand as expand_set
-    from pucli.index import check_files_exist, read_index
-    from pucli.report import RunReport, report_path_for
-    from pucli.sources import LabeledFolder
+    from pucli.device import default_workers
+    from pucli.kd.expand import expand as expand_set
+    from pucli.report import report_location
 
-    check_output_path(out)
-    confirm_overwrite(out, force=force)
     # Under torchrun every rank runs this command; only rank 0 reports and writes the set.
-    run_device = distributed.setup(resolve_device(device))
-    quiet = quiet or not distributed.is_main()
-    if index == "-" and distributed.is_distributed():
-        raise UsageError("--index - under torchrun: every rank would read its own part of stdin; give the index file")
-    report = RunReport("expand", dict(positive=positive, index=index, teacher=teacher, out=out, arch=arch, classes=classes,
-                                      temperature=temperature, batch_size=batch_size, device=device, workers=workers,
-                                      threads=threads))
-    report.device, report.threads = str(run_device), configure_threads(threads)
+    report, run_device = start_run(device=device, threads=threads, torchrun=True)
     with report.stage("load"):
-        loaded = load_model(teacher, arch, option="--teacher")
-        positive_set = LabeledFolder.from_folder(positive, num_classes=loaded.config.num_classes,
-                                                 label_names=loaded.config.label_names, classes_file=classes)
-        entries = read_index(index)
-        check_files_exist(entries, index)
+        loaded, positive_set, entries = _load_inputs(teacher, arch, positive, classes, index)
     selected = sum(1 for e in entries if e.selected)
     with progress_bars(quiet=quiet) as progress, report.stage("soft targets"):
         expanded = expand_set(
@@ -99,20 +87,38 @@ def expand(
     report.counts = {"positive": len(positive_set), "index_entries": len(entries), "selected": selected,
                      "items": len(expanded), "skipped": len(report.skipped)}
     report.results = {"classes": table, "temperature": temperature, "teacher_digest": expanded.teacher_digest}
-    written = report.write(report_path or report_path_for(out))
-    if json_output:
-        emit_json({"out": str(out), "items": len(expanded), "skipped": len(report.skipped), "classes": table,
-                   "report": str(written)})
-    elif not quiet:
-        _print_table(table, len(expanded))
-    if report.skipped:
-        info(f"[yellow]skipped {len(report.skipped)} unreadable file(s)[/]; listed in the report", quiet=quiet)
+    written = report.write(report_location("expand", out, report_path))
+    summary = {"out": str(out), "items": len(expanded), "skipped": len(report.skipped), "classes": table,
+               "report": str(written)}
+    show_result(summary, json_output=json_output, quiet=quiet, table=_print_table)
+    warn_skipped(report.skipped, quiet=quiet)
     info(f"expanded set: {out} ({len(expanded)} images); report: {written}", quiet=quiet)
 
 
-def _print_table(rows: list[dict[str, Any]], total: int) -> None:
+def _load_inputs(teacher: Path, arch: str | None, positive: Path, classes: Path | None, index: str) -> Any:
+    """``(LoadedModel, LabeledFolder, index entries)``: the teacher, the positives in its class
+    order and the selection index, whose selected files must exist.
+
+    Raises:
+        UsageError: ``--index -`` under torchrun; a missing file.
+        DataError: an unreadable teacher, a positive folder that does not match it, a malformed index.
+    """
+    from pucli import distributed
+    from pucli.data.index import check_files_exist, read_index
+    from pucli.errors import UsageError
+
+    if index == "-" and distributed.is_distributed():
+        raise UsageError("--index - under torchrun: every rank would read its own part of stdin; give the index file")
+    loaded, positive_set = load_teacher_and_positives(teacher, arch, positive, classes)
+    entries = read_index(index)
+    check_files_exist(entries, index)
+    return loaded, positive_set, entries
+
+
+def _print_table(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
+    rows, total = summary["classes"], summary["items"]
     table = Table(title=f"extended set: {total} images", title_justify="left")
     for name in ("class", "positive", "selected", "soft count", "weight (Eq. 7)"):
         table.add_column(name, justify="left" if name == "class" else "right")

@@ -7,27 +7,25 @@ from typing import Annotated, Any
 
 import typer
 
-from pucli.cli._common import (
+from pucli.cli._errors import handles_errors
+from pucli.cli._options import (
     ArchOption,
+    BatchSizeOption,
     ClassesOption,
     DeviceOption,
     JsonOption,
     PositiveOption,
     QuietOption,
-    StateReportOption,
     SeedOption,
-    TeacherOption,
+    StateReportOption,
+    TeacherArgument,
+    TeacherCommand,
     ThreadsOption,
     UnlabeledOption,
     WorkersOption,
-    command_help,
-    console,
-    emit_json,
-    handles_errors,
-    info,
     load_pu_inputs,
-    progress_bars,
 )
+from pucli.cli._output import command_help, console, emit_json, info, progress_bars, start_run, warn_skipped
 
 HELP = """Estimate the class prior: the fraction of the unlabeled pool that belongs to the teacher's task.
 
@@ -35,23 +33,23 @@ Prints the estimate alone on stdout (a number in (0, 1)), or with --json the est
 
 [bold]Example[/]
 
-  pucli prior --positive ./labeled --unlabeled ./pool.txt --teacher teacher.safetensors
+  pucli prior teacher.safetensors --positive ./labeled --unlabeled ./pool.txt
 
 With fewer than about 5 labeled images per class the estimate is unreliable (wide interval): give --prior to `pucli select` from what you know of the pool instead."""
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prior", help=command_help(HELP), no_args_is_help=True)(prior)
+    app.command("prior", cls=TeacherCommand, help=command_help(HELP), no_args_is_help=True)(prior)
 
 
 @handles_errors
 def prior(
+    teacher: TeacherArgument,
     positive: PositiveOption,
     unlabeled: UnlabeledOption,
-    teacher: TeacherOption,
     arch: ArchOption = None,
     classes: ClassesOption = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch for descriptor extraction.")] = 256,
+    batch_size: BatchSizeOption = 256,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the descriptor cache.")] = False,
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
@@ -61,42 +59,26 @@ def prior(
     quiet: QuietOption = False,
     report_path: StateReportOption = None,
 ) -> None:
-    import datetime as dt
+    _check_single_process()
+    from pucli.device import default_workers
+    from pucli.pu.selection import estimate_prior
+    from pucli.report import report_location
 
-    from pucli import distributed
-    from pucli.errors import UsageError
-
-    if distributed.launched():
-        raise UsageError("pucli prior runs in one process: launch it without torchrun (the descriptors are cached, "
-                         "so it is cheap after a select)")
-
-    from pucli.device import configure_threads, default_workers, resolve_device
-    from pucli.paths import state_dir
-    from pucli.report import RunReport
-    from pucli.selector import estimate_prior
-
-    run_device = resolve_device(device)
-    report = RunReport("prior", dict(positive=positive, unlabeled=unlabeled, teacher=teacher, arch=arch, classes=classes,
-                                     batch_size=batch_size, no_cache=no_cache, device=device, workers=workers,
-                                     threads=threads), seed=seed)
-    report.device, report.threads = str(run_device), configure_threads(threads)
+    report, run_device = start_run(device=device, threads=threads)
     with report.stage("load"):
         loaded, positive_set, pool = load_pu_inputs(teacher, arch, positive, classes, unlabeled)
     with progress_bars(quiet=quiet) as progress:
         result = estimate_prior(
             loaded, positive_set.paths, pool.paths, seed=seed, device=run_device, batch_size=batch_size,
-            positive_labels=positive_set.labels,
-            workers=workers if workers is not None else default_workers(len(pool)), use_cache=not no_cache,
-            progress=progress,
+            positive_labels=positive_set.labels, workers=workers if workers is not None else default_workers(len(pool)),
+            use_cache=not no_cache, progress=progress,
         )
     report.timings.update({k: round(v, 4) for k, v in result.timings.items()})
     report.skipped = list(result.skipped)
     report.counts = {"positive": result.estimate.positive, "unlabeled": result.estimate.unlabeled,
                      "skipped": len(result.skipped)}
     report.results = {"prior_estimate": result.estimate.as_dict()}
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    written = report.write(report_path if report_path is not None else state_dir() / "runs" / f"prior-{stamp}.report.json")
-
+    written = report.write(report_location("prior", None, report_path))
     estimate = result.estimate
     if json_output:
         emit_json(_summary(estimate, written))
@@ -107,9 +89,17 @@ def prior(
             _print_table(estimate)
     if estimate.warning():
         info(f"[yellow]warning:[/] {estimate.warning()}", quiet=quiet)
-    if result.skipped:
-        info(f"[yellow]skipped {len(result.skipped)} unreadable file(s)[/]; listed in the report", quiet=quiet)
+    warn_skipped(result.skipped, quiet=quiet)
     info(f"report: {written}", quiet=quiet)
+
+
+def _check_single_process() -> None:
+    from pucli import distributed
+    from pucli.errors import UsageError
+
+    if distributed.launched():
+        raise UsageError("pucli prior runs in one process: launch it without torchrun (the descriptors are cached, "
+                         "so it is cheap after a select)")
 
 
 def _summary(estimate: Any, report: Path) -> dict[str, Any]:

@@ -2,35 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from pucli.cli._common import (
+from pucli.cli._errors import handles_errors
+from pucli.cli._options import (
     ArchOption,
+    BatchSizeOption,
     ClassesOption,
-    PositiveOption,
-    TeacherOption,
-    UnlabeledOption,
-    command_help,
     DeviceOption,
+    ForceOption,
     JsonOption,
+    PositiveOption,
     QuietOption,
     ReportOption,
     SeedOption,
+    TeacherArgument,
+    TeacherCommand,
     ThreadsOption,
+    UnlabeledOption,
     WorkersOption,
-    ForceOption,
-    check_output_path,
-    confirm_overwrite,
-    console,
-    emit_json,
-    handles_errors,
-    info,
     load_pu_inputs,
-    progress_bars,
 )
+from pucli.cli._output import command_help, console, info, progress_bars, show_result, start_run, warn_skipped
+from pucli.cli._prompts import guard_output
 
 HELP = """Select the unlabeled images that belong to the teacher's task, from a few labeled positives.
 
@@ -38,24 +37,24 @@ Trains a positive-unlabeled (nnPU) selector on the teacher's multi-scale feature
 
 [bold]Example[/]
 
-  pucli select --positive ./labeled --unlabeled ./pool.txt --teacher teacher.safetensors --out selected.tsv
-  pucli select ... --prior 0.3 --budget 30000 --out - | pucli expand ... --index -   (a known prior; PU-s2)
+  pucli select teacher.safetensors --positive ./labeled --unlabeled ./pool.txt --out selected.tsv
+  pucli select teacher.safetensors ... --prior 0.3 --budget 30000 --out - | pucli expand teacher.safetensors ... --index -   (a known prior; PU-s2)
   torchrun --nproc_per_node=8 -m pucli select ...   (one process per GPU; the same index)
 
---positive has one subfolder per class; --unlabeled is a folder, a file listing image paths, - (a list on stdin), or WebDataset-style tar shards (a brace pattern such as 'pool-{000000..000099}.tar'; `pucli shards pack` makes them). Frozen descriptors are cached, so a second run on the same inputs trains in seconds. Ctrl-C or SIGTERM keeps the finished parts of the extraction and the trained ensemble members: the same command with --resume continues and writes the same index. An existing --out is replaced only with --force (or a yes on a terminal)."""
+TEACHER may also be given as --teacher FILE. --positive has one subfolder per class; --unlabeled is a folder, a file listing image paths, - (a list on stdin), or WebDataset-style tar shards (a brace pattern such as 'pool-{000000..000099}.tar'; `pucli shards pack` makes them). Frozen descriptors are cached, so a second run on the same inputs trains in seconds. Ctrl-C or SIGTERM keeps the finished parts of the extraction and the trained ensemble members: the same command with --resume continues and writes the same index. An existing --out is replaced only with --force (or a yes on a terminal)."""
 
 _PU = "PU training"
 
 
 def register(app: typer.Typer) -> None:
-    app.command("select", help=command_help(HELP), no_args_is_help=True)(select)
+    app.command("select", cls=TeacherCommand, help=command_help(HELP), no_args_is_help=True)(select)
 
 
-@handles_errors
+@handles_errors(flags={"class_prior": "--prior"})
 def select(
+    teacher: TeacherArgument,
     positive: PositiveOption,
     unlabeled: UnlabeledOption,
-    teacher: TeacherOption,
     out: Annotated[str, typer.Option("--out", help="Index file to write (TSV), or - for stdout.", show_default=False)],
     prior: Annotated[str, typer.Option("--prior", help="Class prior: the fraction of the pool that belongs to the teacher's task, in (0, 1), or auto to estimate it (best-bin estimation; see `pucli prior`).")] = "auto",
     budget: Annotated[int | None, typer.Option("--budget", help="PU-s2: keep the N best-scored images \\[default: PU-s1, keep score > 0].", show_default=False)] = None,
@@ -64,7 +63,7 @@ def select(
     all_items: Annotated[bool, typer.Option("--all", help="Write every pool item with a selected column (1/0), not only the kept ones.", rich_help_panel="Output")] = False,
     finetune: Annotated[bool, typer.Option("--finetune", help="Train the backbone end to end (slower) instead of caching frozen descriptors.", rich_help_panel=_PU)] = False,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the pool.", rich_help_panel=_PU)] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch for descriptor extraction, scoring and fine-tuning.", rich_help_panel=_PU)] = 256,
+    batch_size: BatchSizeOption = 256,
     train_batch_size: Annotated[int, typer.Option("--train-batch-size", help="Unlabeled descriptors per training step (frozen mode).", rich_help_panel=_PU)] = 4096,
     reduction: Annotated[int, typer.Option("--reduction", help="Squeeze-and-excitation reduction ratio r.", rich_help_panel=_PU)] = 16,
     attention: Annotated[bool, typer.Option("--attention/--no-attention", help="Gate the multi-scale descriptor with squeeze-and-excitation (Eq. 5); --no-attention feeds the plain concatenation to the head (ablation).", rich_help_panel=_PU)] = True,
@@ -88,161 +87,146 @@ def select(
     quiet: QuietOption = False,
     report_path: ReportOption = None,
 ) -> None:
-    import datetime as dt
+    from pucli.pu.options import SelectorOptions  # no torch yet: a usage error answers at once
 
-    from pucli.errors import Interrupted, UsageError
+    _check_option_pairs(out, json_output=json_output, finetune=finetune, no_cache=no_cache, resume=resume,
+                        augment_positives=augment_positives)
+    options = SelectorOptions(
+        class_prior=_parse_prior(prior), budget=budget, finetune=finetune, epochs=epochs, batch_size=batch_size,
+        train_batch_size=train_batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma,
+        ensemble=ensemble, augment_positives=augment_positives, attention=attention, graph_neighbors=graph_neighbors,
+        graph_alpha=graph_alpha, graph_steps=graph_steps, seed=seed,
+    )
+    guard_output(out, force=force or resume)
 
-    # Validate every option before any slow import or file scan: usage errors answer at once.
-    class_prior = _parse_prior(prior)
-    if budget is not None and budget < 1:
-        raise UsageError(f"--budget {budget}: must be >= 1 (the number of images to keep)")
+    from pucli import distributed
+    from pucli.device import default_workers
+    from pucli.pu.selection import run_selection, save_selector, write_selection
+    from pucli.report import report_location, side_file
+
+    # Under torchrun every rank runs this command; only rank 0 reports and writes the outputs.
+    report, run_device = start_run(device=device, threads=threads, torchrun=True)
+    _check_stdin_under_torchrun(unlabeled)
+    with report.stage("load"):
+        loaded, positive_set, pool = load_pu_inputs(teacher, arch, positive, classes, unlabeled)
+    _check_budget(budget, len(pool))
+    with progress_bars(quiet=quiet) as progress, _keeps_finished_work(finetune or no_cache):
+        result = run_selection(loaded, positive_set.paths, pool.paths, options, device=run_device, resume=resume,
+                               workers=workers if workers is not None else default_workers(len(pool)),
+                               use_cache=not no_cache, progress=progress, positive_labels=positive_set.labels)
+    if not distributed.is_main():
+        return
+    report_file = report_location("select", out, report_path)
+    with report.stage("write"):
+        write_selection(result, out, all_items=all_items)
+        # With the index on stdout, the selector goes beside the report.
+        selector = save_selector(result, options, side_file(report_file if out == "-" else out, ".selector.safetensors"), loaded)
+    _record(report, result, options, selector)
+    summary = _summary(result, options, out, selector, report.write(report_file))
+    show_result(summary, json_output=json_output, quiet=quiet, table=_print_table)
+    _print_notes(result, summary, quiet=quiet)
+
+
+def _check_option_pairs(out: str, *, json_output: bool, finetune: bool, no_cache: bool, resume: bool,
+                        augment_positives: int | None) -> None:
+    """The checks that tie two options together (each option alone is checked by SelectorOptions).
+
+    Raises:
+        UsageError: options that cannot go together.
+    """
+    from pucli.errors import UsageError
+
     if json_output and out == "-":
         raise UsageError("--json and --out - both write to stdout: write the index to a file, or drop --json")
-    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--train-batch-size", train_batch_size, 1), ("--reduction", reduction, 1), ("--ensemble", ensemble, 1), ("--augment-positives", 0 if augment_positives is None else augment_positives, 0), ("--graph-neighbors", graph_neighbors, 0), ("--graph-steps", graph_steps, 0)):
-        if value < low:
-            raise UsageError(f"{name} {value}: must be >= {low}")
-    if risk not in ("nnpu", "upu"):
-        raise UsageError(f"--risk {risk}: use nnpu or upu")
-    if loss not in ("sigmoid", "logistic"):
-        raise UsageError(f"--loss {loss}: use sigmoid or logistic")
-    if not beta >= 0.0:
-        raise UsageError(f"--beta {beta}: must be >= 0")
-    if not 0.0 <= gamma <= 1.0:
-        raise UsageError(f"--gamma {gamma}: must be in [0, 1]")
-    if not 0.0 <= graph_alpha < 1.0:
-        raise UsageError(f"--graph-alpha {graph_alpha}: must be in [0, 1)")
     if finetune and augment_positives:
         raise UsageError("--augment-positives applies to frozen descriptors: drop it or --finetune")
     if resume and (finetune or no_cache):
         raise UsageError("--resume continues from the descriptor cache and saved ensemble members: drop --finetune and --no-cache")
-    if out != "-":
-        check_output_path(Path(out))
-        confirm_overwrite(Path(out), force=force or resume)
 
-    import torch
 
+def _check_stdin_under_torchrun(unlabeled: str) -> None:
     from pucli import distributed
-    from pucli.device import configure_threads, default_workers, resolve_device
-    from pucli.index import IndexEntry, write_index
-    from pucli.paths import output_stem, state_dir
-    from pucli.report import RunReport, report_path_for
-    from pucli.selector import SelectorOptions, run_selection, save_selector
+    from pucli.errors import UsageError
 
-    options = SelectorOptions(
-        class_prior=class_prior, budget=budget, finetune=finetune, epochs=epochs, batch_size=batch_size,
-        train_batch_size=train_batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma, ensemble=ensemble,
-        augment_positives=augment_positives, attention=attention, graph_neighbors=graph_neighbors,
-        graph_alpha=graph_alpha, graph_steps=graph_steps, seed=seed,
-    )
-    # Under torchrun every rank runs this command; only rank 0 reports and writes the outputs.
-    run_device = distributed.setup(resolve_device(device))
-    quiet = quiet or not distributed.is_main()
     if unlabeled == "-" and distributed.is_distributed():
         raise UsageError("--unlabeled - under torchrun: every rank would read its own part of stdin; give a list file")
-    report = RunReport("select", dict(positive=positive, unlabeled=unlabeled, teacher=teacher, arch=arch, classes=classes,
-                                      prior=prior, budget=budget, out=out, all=all_items, finetune=finetune, epochs=epochs,
-                                      batch_size=batch_size, train_batch_size=train_batch_size, reduction=reduction, attention=attention, risk=risk, loss=loss, beta=beta,
-                                      gamma=gamma, ensemble=ensemble, augment_positives=augment_positives, graph_neighbors=graph_neighbors, graph_alpha=graph_alpha, graph_steps=graph_steps, no_cache=no_cache, resume=resume, device=device, workers=workers,
-                                      threads=threads), seed=seed)
-    report.device, report.threads = str(run_device), configure_threads(threads)
-    with report.stage("load"):
-        loaded, positive_set, pool = load_pu_inputs(teacher, arch, positive, classes, unlabeled)
-    if budget is not None and budget > len(pool):
-        raise UsageError(f"--budget {budget} is larger than the pool ({len(pool)} images): it would keep every image; "
+
+
+def _check_budget(budget: int | None, pool_size: int) -> None:
+    from pucli.errors import UsageError
+
+    if budget is not None and budget > pool_size:
+        raise UsageError(f"--budget {budget} is larger than the pool ({pool_size} images): it would keep every image; "
                          "give a smaller number, or leave --budget out for PU-s1")
+
+
+@contextmanager
+def _keeps_finished_work(nothing_kept: bool) -> Iterator[None]:
+    """Ctrl-C or SIGTERM during the selection: say what was kept and how to go on."""
+    from pucli.errors import Interrupted
+
     try:
-        with progress_bars(quiet=quiet) as progress:
-            result = run_selection(
-                loaded, positive_set.paths, pool.paths, options, device=run_device,
-                workers=workers if workers is not None else default_workers(len(pool)),
-                use_cache=not no_cache, progress=progress, resume=resume, positive_labels=positive_set.labels,
-            )
+        yield
     except KeyboardInterrupt:
         raise Interrupted("select interrupted; " + (
-            "nothing is kept with --finetune or --no-cache: run it again" if finetune or no_cache else
+            "nothing is kept with --finetune or --no-cache: run it again" if nothing_kept else
             "the finished descriptors and ensemble members are kept: run the same command with --resume to continue"
         )) from None
-    if not distributed.is_main():
-        return
+
+
+def _rule(options: Any) -> str:
+    return f"PU-s2 (top {options.budget})" if options.budget is not None else "PU-s1 (score > 0)"
+
+
+def _record(report: Any, result: Any, options: Any, selector: Path) -> None:
+    """What the run did, in its report (docs/run-report.md)."""
     report.timings.update({k: round(v, 4) for k, v in result.timings.items()})
     report.skipped = list(result.skipped)
     report.counts = dict(result.counts)
-    rule = f"PU-s2 (top {budget})" if budget is not None else "PU-s1 (score > 0)"
     report.results = {
-        "class_prior": result.class_prior, "class_prior_source": "given" if class_prior is not None else "estimated",
+        "class_prior": result.class_prior,
+        "class_prior_source": "given" if options.class_prior is not None else "estimated",
         "prior_estimate": result.prior_estimate.as_dict() if result.prior_estimate is not None else None,
-        "rule": rule, "mode": result.metadata["mode"],
+        "rule": _rule(options), "mode": result.metadata["mode"],
         "descriptor_channels": result.metadata["scale_channels"], "scales": result.metadata["scales"],
         "positive_augmentation": result.metadata["positive_augmentation"],
         "positive_augmented": result.metadata["positive_augmented"],
         "descriptor_cache": str(result.cache_path) if result.cache_path else None, "cache_hit": result.from_cache,
         "graph": result.metadata["graph"],
         "risks_per_epoch": result.history,
+        "selector": str(selector),
     }
 
-    with report.stage("write"):
-        # Stable descending sort: ties keep pool order, so the index is deterministic.
-        order = torch.sort(result.scores, descending=True, stable=True).indices.tolist()
-        # Absolute paths: the index may be read from another folder than the one it was made in.
-        # A generator, so the 100k-row index is never held as a second list of entries.
-        scores, selected = result.scores.tolist(), result.selected.tolist()
-        entries = (IndexEntry(result.paths[i].absolute(), scores[i], selected[i])
-                   for i in order if all_items or selected[i])
-        write_index(entries, out, with_selected=all_items)
-        if out == "-":
-            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            base = report_path if report_path is not None else state_dir() / "runs" / f"select-{stamp}.report.json"
-            anchor = base  # no index file: the selector goes beside the report
-        else:
-            base = report_path if report_path is not None else report_path_for(out)
-            anchor = Path(out)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        stem = output_stem(anchor).removesuffix(".report")  # run.report.json -> run.selector.safetensors
-        selector_file = anchor.with_name(stem + ".selector.safetensors")
-        selector_path = save_selector(result, options, selector_file, loaded)
-    report.results["selector"] = str(selector_path)
-    written = report.write(base)
 
-    summary = _summary(result, rule, out, selector_path, written)
-    if json_output:
-        emit_json(summary)
-    elif not quiet:
-        _print_table(summary)
+def _print_notes(result: Any, summary: dict[str, Any], *, quiet: bool) -> None:
+    """Warnings, then where the outputs went (with the index on stdout, the others must still reach the user)."""
     if result.prior_estimate is not None and result.prior_estimate.warning():
         info(f"[yellow]warning:[/] {result.prior_estimate.warning()}", quiet=quiet)
-    if result.skipped:
-        info(f"[yellow]skipped {len(result.skipped)} unreadable file(s)[/]; listed in the report", quiet=quiet)
-    if out == "-":
-        # With the index on stdout, the other outputs' locations must still reach the user.
-        info(f"selector: {selector_path}\nreport: {written}", quiet=quiet)
-    else:
-        info(f"index: {out}\nselector: {selector_path}\nreport: {written}", quiet=quiet)
+    warn_skipped(result.skipped, quiet=quiet)
+    index = "" if summary["index"] == "-" else f"index: {summary['index']}\n"
+    info(f"{index}selector: {summary['selector']}\nreport: {summary['report']}", quiet=quiet)
 
 
 def _parse_prior(value: str) -> float | None:
-    """``--prior``: a number in (0, 1), or ``auto`` (None: estimate it).
+    """``--prior``: a number (SelectorOptions checks it is in (0, 1)), or ``auto`` (None: estimate it).
 
     Raises:
-        UsageError: anything else.
+        UsageError: neither a number nor auto.
     """
     from pucli.errors import UsageError
 
     if value.strip().lower() == "auto":
         return None
     try:
-        prior = float(value)
+        return float(value)
     except ValueError:
         raise UsageError(f"--prior {value}: give a number between 0 and 1 (the fraction of the pool that is "
                          "positive), or auto to estimate it") from None
-    if not 0.0 < prior < 1.0:
-        raise UsageError(f"--prior {value}: must be between 0 and 1 (exclusive), the fraction of the pool that is "
-                         "positive; or auto to estimate it")
-    return prior
 
 
-def _summary(result: Any, rule: str, out: str, selector: Path, report: Path) -> dict[str, Any]:
+def _summary(result: Any, options: Any, out: str, selector: Path, report: Path) -> dict[str, Any]:
     return {
-        "rule": rule,
+        "rule": _rule(options),
         "class_prior": result.class_prior,
         "class_prior_source": "estimated" if result.prior_estimate is not None else "given",
         "prior_estimate": result.prior_estimate.as_dict() if result.prior_estimate is not None else None,

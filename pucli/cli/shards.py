@@ -7,17 +7,10 @@ from typing import Annotated
 
 import typer
 
-from pucli.cli._common import (
-    ForceOption,
-    JsonOption,
-    QuietOption,
-    command_help,
-    confirm_overwrite,
-    emit_json,
-    handles_errors,
-    info,
-    progress_bars,
-)
+from pucli.cli._errors import handles_errors
+from pucli.cli._options import ForceOption, JsonOption, QuietOption
+from pucli.cli._output import command_help, emit_json, info, progress_bars
+from pucli.cli._prompts import confirm_overwrite
 
 HELP = """Tar shards of images: a pool read as a few large files instead of millions of small ones."""
 
@@ -48,7 +41,7 @@ def pack(
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    from pucli.shards import pack_folder
+    from pucli.data.shards import pack_folder
 
     try:
         first = Path(out % 0)

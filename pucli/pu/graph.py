@@ -1,12 +1,13 @@
 """Graph smoothing of PU scores over the unlabeled pool (transductive refinement of stage 1).
 
 The nnPU head scores every pool image on its own. Images that look alike to the teacher, though,
-nearly always share their label: on mnist-pu, 99.1 % of each pool image's 20 nearest neighbours
-(Euclidean, standardised frozen descriptors) have its ground-truth label, while the head alone
-reaches F1 0.97 at 10 positives per class. This module spreads the head's scores along the
-pool's k-nearest-neighbour graph, which is label spreading (Zhou, Bousquet, Lal, Weston,
-Schölkopf, "Learning with Local and Global Consistency", NeurIPS 2003, Eq. (1)-(2), here with
-the random-walk normalisation ``S = D^-1 W`` of a k-NN graph):
+nearly always share their label: on mnist-pu a pool image's nearest neighbours (Euclidean,
+standardised frozen descriptors) have its ground-truth label far more often than the head alone
+is right (see docs/benchmarks.md, section "Graph smoothing: the default since 2026-11-21, and the
+F1 targets"). This module spreads the head's scores along the pool's k-nearest-neighbour graph,
+which is label spreading (Zhou, Bousquet, Lal, Weston, Schölkopf, "Learning with Local and Global
+Consistency", NeurIPS 2003, Eq. (1)-(2), here with the random-walk normalisation ``S = D^-1 W``
+of a k-NN graph):
 
     y_0 = F(x)        y_{t+1} = alpha * S y_t + (1 - alpha) * y_0
 
@@ -15,26 +16,33 @@ so each score becomes a blend of its neighbourhood's scores and its own. The hea
 the graph decides *which* ones: :func:`smooth_scores` shifts the spread scores so that exactly as
 many are above zero (PU-s1 keeps ``score > 0`` as before).
 
-Measured on mnist-pu (docs/benchmarks.md, ``benchmarks/graph_mnist_pu.py``) with the defaults
-k = 10, alpha = 0.99, 200 steps: PU-s1 F1 0.967 -> 0.987 at n_l = 10 and 0.871 -> 0.959 at
-n_l = 1 (means of 3 seeds). A larger alpha reaches further (0.999 gave 0.973 at n_l = 1 on the
-100,000-image pool) but over-smooths small pools (0.90 instead of 0.94 on an 8,000-image slice),
-while 0.99 improved on the head alone at every pool size tried (2,000 to 100,000 images).
+The defaults are k = 10, alpha = 0.99, 200 steps. A larger alpha reaches further along the graph
+but over-smooths small pools; 0.99 improved on the head alone at every pool size tried. The
+figures (``benchmarks/graph_mnist_pu.py``) and how alpha was chosen: see docs/benchmarks.md,
+section "Graph smoothing: the default since 2026-11-21, and the F1 targets".
 
-Cost: the exact k-NN search is O(N^2 C) multiply-adds (about a minute for 100,000 pool images of
-106 channels on 2 CPU cores; seconds on a GPU), run in row blocks so memory stays near
-``block_elements`` floats; the graph is cached on disk by the caller (:mod:`pucli.selector`).
+Cost: the exact k-NN search is O(N^2 C) multiply-adds (its wall-clock: see docs/benchmarks.md,
+section "Graph smoothing: the default since 2026-11-21, and the F1 targets", and
+docs/scaling.md), run in row blocks so memory stays near ``block_elements`` floats; the graph is
+cached on disk (:func:`pool_graph`).
 Descriptors wider than :data:`MAX_GRAPH_CHANNELS` are first projected onto their leading principal
 components (``torch.pca_lowrank``), which bounds C.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from pucli import distributed
+from pucli.cache import CacheEntry, read_entry, write_entry
 from pucli.errors import UsageError
+from pucli.paths import cache_dir
 from pucli.progress import ProgressCallback, no_progress
 
 MAX_GRAPH_CHANNELS = 128
@@ -134,8 +142,8 @@ def spread_scores(scores: torch.Tensor, neighbors: torch.Tensor, *, alpha: float
     """Label spreading of ``scores`` over a k-NN graph (Zhou et al. 2003, Eq. (1), ``S = D^-1 W``).
 
     The iteration converges for ``alpha`` < 1 (to ``(1 - alpha) (I - alpha S)^-1 scores``, Zhou et
-    al.'s closed form); at the default 0.99 the ranking no longer changes measurably after about
-    100 steps.
+    al.'s closed form); at the default 0.99 it has converged by the default 200 steps (see
+    docs/benchmarks.md, section "Graph smoothing: the default since 2026-11-21, and the F1 targets").
 
     ``y_0 = scores``, ``y_{t+1} = alpha * mean_{j in N(i)} y_t[j] + (1 - alpha) * y_0``.
 
@@ -205,3 +213,92 @@ def smooth_scores(scores: torch.Tensor, neighbors: torch.Tensor, *, alpha: float
         UsageError: ``alpha`` outside [0, 1) or ``steps`` < 0.
     """
     return match_count(spread_scores(scores, neighbors, alpha=alpha, steps=steps), int((scores > 0).sum()))
+
+
+# --- the pool's graph, cached (what selection calls) ---
+
+
+GRAPH_CACHE_VERSION = 2  # 2: a pucli.cache entry
+
+
+def _graph_cache_file(features: torch.Tensor, neighbors: int) -> Path:
+    digest = hashlib.sha256()
+    digest.update(f"v{GRAPH_CACHE_VERSION}-k{neighbors}-{tuple(features.shape)}".encode())
+    digest.update(memoryview(features.detach().cpu().contiguous().numpy()))  # no copy of the bytes
+    return cache_dir() / "graphs" / f"{digest.hexdigest()[:32]}.safetensors"
+
+
+def _read_graph_cache(path: Path, count: int, neighbors: int) -> torch.Tensor | None:
+    def valid(entry: CacheEntry) -> bool:
+        graph = entry.tensors["neighbors"]
+        return (tuple(graph.shape) == (count, min(neighbors, count - 1)) and graph.dtype == torch.int64
+                and not (graph.numel() and (int(graph.min()) < 0 or int(graph.max()) >= count)))
+
+    entry = read_entry(path, kind="graph", version=GRAPH_CACHE_VERSION, check=valid)
+    return entry.tensors["neighbors"] if entry is not None else None  # None: rebuild and overwrite it
+
+
+def _write_graph_cache(path: Path, graph: torch.Tensor) -> None:
+    write_entry(path, {"neighbors": graph}, kind="graph", version=GRAPH_CACHE_VERSION)  # False: a read-only cache
+
+
+@dataclass
+class PoolGraph:
+    """The pool's k-NN graph ((N, k) int64), the width of the space it was searched in, and
+    whether it came from the cache."""
+
+    neighbors: torch.Tensor
+    channels: int
+    from_cache: bool
+
+
+def pool_graph(pool_descriptors: torch.Tensor | None, *, neighbors: int, seed: int, device: torch.device,
+               use_cache: bool, progress: ProgressCallback = no_progress) -> PoolGraph | None:
+    """The pool's k-NN graph (:mod:`pucli.pu.graph`), from the cache when these exact features were seen.
+
+    Under torchrun every rank must call this (rank 0 with the gathered descriptors, the others
+    with None): rank 0 shares the search features, each rank searches a contiguous run of whole
+    blocks of rows (the blocks of a one-process search, so the same bits), and the rows are
+    gathered on rank 0, which gets the graph; the other ranks get None. One process: the search
+    runs here. None also when the pool has fewer than 2 images (nothing to smooth).
+    """
+    main = distributed.is_main()
+    features = graph_features(pool_descriptors, seed=seed) if pool_descriptors is not None else None
+    path = cached = None
+    if features is not None and len(features) > 1:
+        path = _graph_cache_file(features, neighbors) if use_cache else None
+        cached = _read_graph_cache(path, len(features), neighbors) if path is not None else None
+    # Rank 0 decides: (count, channels) to search, or None when there is nothing to build.
+    plan = (tuple(features.shape) if features is not None and len(features) > 1 and cached is None else None)
+    plan = distributed.broadcast_object(plan) if distributed.is_distributed() else plan
+    if cached is not None:
+        progress("graph", len(cached), len(cached), cached=1)
+        return PoolGraph(cached, int(features.shape[1]), True)  # type: ignore[union-attr]
+    if plan is None:
+        return None
+    count, channels = plan
+    if distributed.is_distributed():
+        mine = features if main else torch.empty(0, channels)
+        _, shared = distributed.gather_rows(torch.arange(len(mine), dtype=torch.int64), mine, to_all=True)
+        first, last = distributed.batch_block(count, block_rows(count))
+        part = knn_graph(shared, neighbors, device=device, rows=(first, last),
+                         progress=progress if main else no_progress)
+        gathered = distributed.gather_rows(torch.arange(first, last, dtype=torch.int64), part)
+        del shared
+        if not main:
+            return None
+        assert gathered is not None
+        graph = gathered[1]
+    else:
+        graph = knn_graph(features, neighbors, device=device, progress=progress)  # type: ignore[arg-type]
+    if path is not None:
+        _write_graph_cache(path, graph)
+    return PoolGraph(graph, channels, False)
+
+
+def smooth_over_graph(scores: torch.Tensor, graph: PoolGraph, *, alpha: float, steps: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Head scores (N,) float32 -> graph-smoothed scores (N,) float32 with the same count above
+    zero (:func:`smooth_scores`), and what the run report records of the graph."""
+    smoothed = smooth_scores(scores, graph.neighbors, alpha=alpha, steps=steps)
+    return smoothed, {"neighbors": int(graph.neighbors.shape[1]), "alpha": alpha,
+                      "steps": steps, "channels": graph.channels, "cache_hit": graph.from_cache}

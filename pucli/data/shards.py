@@ -16,7 +16,7 @@ Every image member of a shard (a regular file with an image extension; WebDatase
 ``<shard path>#<member name>``, e.g. ``/data/pool-000003.tar#part0/u000123.png``: the shard's path
 up to and including the first ``.tar#``, then the member's name inside the tar. Member paths are
 what the selection index and the expanded set's manifest record, and every reader of images
-(:func:`pucli.sources.decode_image_file`, the dataset classes) accepts them in place of a file path.
+(:func:`pucli.data.decode.decode_image_file`, the dataset classes) accepts them in place of a file path.
 
 Shards are read with Python's :mod:`tarfile` (no extra dependency). Listing a shard reads its
 512-byte member headers once per process and keeps each member's byte range, so a member is
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from pucli.errors import DataError, UsageError
-from pucli.paths import temporary_path_beside
+from pucli.paths import replace_atomically
 from pucli.progress import ProgressCallback, no_progress
 
 __all__ = [
@@ -205,7 +205,7 @@ def list_members(shard: str | os.PathLike[str], *, images_only: bool = True) -> 
         OSError: the shard cannot be opened.
         DataError: not an uncompressed tar file.
     """
-    from pucli.sources import is_image_file
+    from pucli.data.files import is_image_file
 
     names = list(_member_table(Path(shard)))
     return [name for name in names if is_image_file(name)] if images_only else names
@@ -287,7 +287,7 @@ def pack_folder(
 ) -> PackedShards:
     """Pack the images under ``root`` into tar shards named ``pattern % shard_number``.
 
-    Images are taken in :func:`pucli.sources.scan_images` order (recursive, sorted), or ``paths``
+    Images are taken in :func:`pucli.data.files.scan_images` order (recursive, sorted), or ``paths``
     when given (files under ``root``); each member is named by its path relative to ``root``
     (``part0/u000123.png``), so the image's name survives packing and a WebDataset reader sees one
     sample per image (key: the name up to the first dot, extension: the rest). Owner and group are
@@ -303,7 +303,7 @@ def pack_folder(
         UsageError: ``root`` is not a folder or holds no image; ``pattern`` has no integer field or
             does not end in .tar; ``images_per_shard`` < 1; the shards' folder does not exist.
     """
-    from pucli.sources import scan_images
+    from pucli.data.files import scan_images
 
     root = Path(root)
     if images_per_shard < 1:
@@ -337,8 +337,7 @@ def pack_folder(
 
 
 def _write_shard(shard: Path, root: Path, images: Sequence[Path]) -> None:
-    tmp = temporary_path_beside(shard)
-    try:
+    def write(tmp: Path) -> None:
         with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as archive:
             for image in images:
                 name = Path(image).relative_to(root).as_posix()
@@ -350,7 +349,6 @@ def _write_shard(shard: Path, root: Path, images: Sequence[Path]) -> None:
                     info.uname = info.gname = ""
                     info.mtime = int(info.mtime)  # a fractional mtime costs a 1 KiB PAX header per image
                     archive.addfile(info, handle)
-        os.replace(tmp, shard)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    replace_atomically(shard, write)
     _MEMBERS.pop(os.fspath(shard), None)

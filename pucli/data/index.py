@@ -163,7 +163,7 @@ def check_files_exist(entries: Iterable[IndexEntry], source: str | os.PathLike[s
     Raises:
         DataError: one or more selected files do not exist (says how many and the first).
     """
-    from pucli.shards import member_exists
+    from pucli.data.shards import member_exists
 
     selected = [entry.path for entry in entries if entry.selected]
     missing = [path for path in selected if not member_exists(path)]

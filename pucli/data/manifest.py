@@ -135,7 +135,7 @@ def build_expanded_set(
     Raises:
         DataError: no items, or lengths that disagree with ``soft_targets``.
     """
-    from pucli.robust_kd import class_weights as eq7_class_weights
+    from pucli.kd.losses import class_weights as eq7_class_weights
 
     n = len(paths)
     if n == 0:
@@ -246,7 +246,7 @@ def read_expanded_set(folder: str | os.PathLike[str], *, check_files: bool = Tru
     if bad_label is not None:
         raise DataError(f"{where}: {MANIFEST_NAME} row {bad_label + 1} has label {labels[bad_label]} >= {num_classes} classes")
     if check_files:
-        from pucli.shards import member_exists  # a path may be a member of a tar shard
+        from pucli.data.shards import member_exists  # a path may be a member of a tar shard
 
         missing = [p for p in paths if not member_exists(p)]
         if missing:

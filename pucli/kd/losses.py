@@ -15,6 +15,10 @@ means Relational KD (Park et al., CVPR 2019).
 Unlike the official code (one non-negative perturbation, drawn once, never renormalised, so the max
 always picks the same uniformly inflated vector), ``perturbation_set`` draws several vectors with
 perturbations of both signs, each kept at mean 1, and ``robust_kd_loss`` takes the max per batch.
+
+The training loop picks its loss once: :func:`make_objective` builds a
+:class:`DistillationObjective` whose one call per batch gives Eq. 1, 8 or 10, in one process or with
+the batch split over the ranks of a torchrun launch.
 """
 
 from __future__ import annotations
@@ -25,11 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pucli import distributed
+from pucli.kd.distill.config import LOSSES
+
 __all__ = [
     "DEFAULT_MIN_COUNT_FRACTION",
+    "DistillationObjective",
     "RobustKDLoss",
     "class_weights",
     "kd_loss",
+    "make_objective",
     "perturbation_set",
     "robust_kd_loss",
     "sample_weights",
@@ -70,17 +79,13 @@ def class_weights(soft_counts: Tensor, min_count: float | None = None) -> Tensor
             is still zero after the floor.
     """
     if soft_counts.ndim != 1 or soft_counts.numel() == 0:
-        raise ValueError(
-            f"soft_counts must be a non-empty (K,) tensor, got shape {tuple(soft_counts.shape)}"
-        )
+        raise ValueError(f"soft_counts must be a non-empty (K,) tensor, got shape {tuple(soft_counts.shape)}")
     if not soft_counts.is_floating_point():
         raise ValueError(f"soft_counts must be a floating tensor, got {soft_counts.dtype}")
     if not bool(torch.isfinite(soft_counts).all()):
         raise ValueError("soft_counts must be finite; the teacher produced NaN or inf soft targets")
     if bool((soft_counts < 0).any()):
-        raise ValueError(
-            "soft_counts must be non-negative; pass summed softmax outputs, not logits"
-        )
+        raise ValueError("soft_counts must be non-negative; pass summed softmax outputs, not logits")
     mean_count = float(soft_counts.mean())
     if mean_count == 0.0:
         raise ValueError("soft_counts are all zero; the extended set holds no samples")
@@ -170,9 +175,7 @@ def kd_loss(
     if weights is None:
         return per_sample.mean()
     if weights.shape != per_sample.shape:
-        raise ValueError(
-            f"weights must have shape {tuple(per_sample.shape)}, got {tuple(weights.shape)}"
-        )
+        raise ValueError(f"weights must have shape {tuple(per_sample.shape)}, got {tuple(weights.shape)}")
     return (weights.to(per_sample.dtype) * per_sample).mean()
 
 
@@ -214,16 +217,12 @@ def perturbation_set(
             mean 1 (to 1e-4); ``eps`` is negative or non-finite; ``num_vectors`` < 1.
     """
     if class_weights.ndim != 1 or class_weights.numel() == 0:
-        raise ValueError(
-            f"class_weights must be a non-empty (K,) tensor, got shape {tuple(class_weights.shape)}"
-        )
+        raise ValueError(f"class_weights must be a non-empty (K,) tensor, got shape {tuple(class_weights.shape)}")
     if not bool(torch.isfinite(class_weights).all()) or bool((class_weights <= 0).any()):
         raise ValueError("class_weights must be finite and strictly positive")
     mean_weight = float(class_weights.double().mean())
     if abs(mean_weight - 1.0) > 1e-4:
-        raise ValueError(
-            f"class_weights must average to 1 (as Eq. 7 weights do), got mean {mean_weight:.6g}"
-        )
+        raise ValueError(f"class_weights must average to 1 (as Eq. 7 weights do), got mean {mean_weight:.6g}")
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
     if isinstance(num_vectors, bool) or not isinstance(num_vectors, int) or num_vectors < 1:
@@ -231,9 +230,7 @@ def perturbation_set(
 
     num_classes = class_weights.numel()
     draw_device = generator.device if generator is not None else torch.device("cpu")
-    unit = torch.rand(
-        (num_vectors, num_classes), generator=generator, device=draw_device, dtype=torch.float64
-    )
+    unit = torch.rand((num_vectors, num_classes), generator=generator, device=draw_device, dtype=torch.float64)
     direction = (2.0 * unit - 1.0).to(class_weights.device)
     direction = direction - direction.mean(dim=1, keepdim=True)
 
@@ -242,9 +239,7 @@ def perturbation_set(
     room = torch.where(direction < 0, (0.5 * base).clamp(max=eps), torch.full_like(base, eps))
     magnitude = direction.abs()
     # Entries with d_k = 0 put no limit on the scale.
-    limits = torch.where(
-        magnitude > 0, room / magnitude.clamp_min(torch.finfo(torch.float64).tiny), math.inf
-    )
+    limits = torch.where(magnitude > 0, room / magnitude.clamp_min(torch.finfo(torch.float64).tiny), math.inf)
     scale = limits.amin(dim=1, keepdim=True)
     scale = torch.where(torch.isfinite(scale), scale, torch.zeros_like(scale))
     perturbed = base + scale * direction
@@ -324,26 +319,129 @@ class RobustKDLoss(nn.Module):
         self.num_vectors = num_vectors
         self.temperature = temperature
         self.register_buffer("class_weights", class_weights.detach().clone())
-        self.register_buffer(
-            "weight_set", perturbation_set(self.class_weights, eps, num_vectors, generator)
-        )
+        self.register_buffer("weight_set", perturbation_set(self.class_weights, eps, num_vectors, generator))
 
     def redraw(self, generator: torch.Generator | None = None) -> None:
         """Replace ``weight_set`` with a fresh (M, K) draw around ``class_weights``."""
-        self.weight_set = perturbation_set(
-            self.class_weights, self.eps, self.num_vectors, generator
-        )
+        self.weight_set = perturbation_set(self.class_weights, self.eps, self.num_vectors, generator)
 
     def forward(self, student_logits: Tensor, soft_targets: Tensor) -> tuple[Tensor, int]:
         """(B, K) student logits and teacher soft targets -> (scalar loss, chosen row of W)."""
         return robust_kd_loss(student_logits, soft_targets, self.weight_set, self.temperature)
 
 
+class DistillationObjective:
+    """The student's loss per batch, chosen once per run: plain KD (Eq. 1), weighted KD (Eq. 8) or
+    robust KD (Eq. 10, the max over the set ``W`` of Eq. 9). Build it with :func:`make_objective`.
+
+    Attributes:
+        loss: ``kd``, ``weighted-kd`` or ``robust-kd``.
+        class_weights: (K,) float ``w_kd`` of Eq. 7.
+        temperature: T > 0 of the soft targets.
+        robust: the robust KD criterion holding ``W`` (``loss == "robust-kd"``), else None.
+    """
+
+    def __init__(self, loss: str, class_weights: Tensor, temperature: float,
+                 robust: RobustKDLoss | None = None) -> None:
+        self.loss, self.class_weights, self.temperature, self.robust = loss, class_weights, temperature, robust
+
+    @property
+    def num_vectors(self) -> int:
+        """M, the number of vectors in ``W`` (0 unless robust KD)."""
+        return self.robust.num_vectors if self.robust is not None else 0
+
+    @property
+    def weight_set(self) -> Tensor | None:
+        """(M, K) float ``W`` for robust KD, else None."""
+        return self.robust.weight_set if self.robust is not None else None
+
+    def restore_weight_set(self, weight_set: Tensor) -> None:
+        """Put back a saved (M, K) ``W`` (resuming a run); nothing to restore unless robust KD."""
+        if self.robust is not None:
+            self.robust.weight_set = weight_set.to(self.robust.class_weights.device)
+
+    def redraw(self, generator: torch.Generator) -> None:
+        """Draw a fresh ``W`` around ``w_kd`` (robust KD; nothing to draw otherwise)."""
+        if self.robust is not None:
+            self.robust.redraw(generator)
+
+    def __call__(self, student_logits: Tensor, soft_targets: Tensor) -> tuple[Tensor, int | None]:
+        """The batch loss: ``(scalar float tensor carrying the gradient, row of W that attained
+        the max, or None unless robust KD)``.
+
+        Args:
+            student_logits: (B, K) float; B may be 0 on a rank of a torchrun launch.
+            soft_targets: (B, K) float teacher soft targets at ``temperature``.
+
+        Under torchrun the batch is split over the ranks: see :meth:`split_batch_loss`.
+        """
+        if distributed.is_distributed():
+            return self.split_batch_loss(student_logits, soft_targets)
+        if self.robust is not None:
+            return self.robust(student_logits, soft_targets)
+        if self.loss == "weighted-kd":
+            weights = sample_weights(soft_targets, self.class_weights)
+            return kd_loss(student_logits, soft_targets, self.temperature, weights), None
+        return kd_loss(student_logits, soft_targets, self.temperature), None
+
+    def split_batch_loss(self, student_logits: Tensor, soft_targets: Tensor) -> tuple[Tensor, int | None]:
+        """The batch loss of Eq. 1, 8 or 10 when the batch is split over the ranks of a torchrun launch.
+
+        Each rank sums its per-sample losses, weighted by each vector of ``W`` for robust KD (by the
+        Eq. 7 weights for weighted KD); these sums and the item counts are all-reduced, so every rank
+        knows the whole batch's losses and, for robust KD, takes the same maximising vector (Eq. 10's
+        max is over the batch, not over a rank's share of it). The rank's loss is its sum for that
+        vector times ``world_size / n``: DDP's mean of the ranks' gradients is then the gradient of
+        the whole batch's loss, as in one process. A rank with no image (all unreadable) contributes
+        zero. Returns ``(loss, chosen vector or None)`` as :meth:`__call__`.
+        """
+        rows = max(1, self.num_vectors)
+        if len(student_logits):
+            per_sample = soft_cross_entropy(student_logits, soft_targets, self.temperature)
+            if self.robust is not None:
+                vector_weights = self.robust.weight_set.to(per_sample.dtype)[:, soft_targets.argmax(dim=1)]
+            elif self.loss == "weighted-kd":
+                vector_weights = sample_weights(soft_targets, self.class_weights).to(per_sample.dtype)[None]
+            else:
+                vector_weights = torch.ones(1, len(per_sample), dtype=per_sample.dtype, device=per_sample.device)
+            sums = vector_weights @ per_sample
+        else:  # keeps the graph through the student, which DDP needs on every rank
+            sums = student_logits.sum() * 0 + torch.zeros(rows, device=student_logits.device)
+        totals = torch.cat([sums.detach().double(),
+                            torch.tensor([float(len(student_logits))], dtype=torch.float64, device=sums.device)])
+        distributed.all_reduce_sum(totals)
+        chosen = int(totals[:-1].argmax()) if self.robust is not None else None
+        loss = sums[chosen or 0] * (distributed.world_size() / float(totals[-1]))
+        return loss, chosen
+
+
+def make_objective(loss: str, class_weights: Tensor, *, temperature: float = 1.0, eps: float = 0.1,
+                   num_weight_vectors: int = 8, generator: torch.Generator | None = None) -> DistillationObjective:
+    """The objective a distillation run trains with (Eq. 1, 8 or 10), built once.
+
+    Args:
+        loss: ``kd`` (Eq. 1), ``weighted-kd`` (Eq. 8) or ``robust-kd`` (Eq. 10).
+        class_weights: (K,) float ``w_kd`` (Eq. 7, mean 1, as :func:`class_weights` returns), on
+            the device the loss is computed on; unused by plain KD.
+        temperature: T > 0 of the soft targets.
+        eps, num_weight_vectors: robust KD's radius and M (Eq. 9).
+        generator: robust KD's first draw of ``W`` (:func:`perturbation_set`).
+
+    Raises:
+        ValueError: ``loss`` is not one of those; as :class:`RobustKDLoss` for robust KD; a bad
+            temperature.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    _check_temperature(temperature)
+    robust = (RobustKDLoss(class_weights, eps=eps, num_vectors=num_weight_vectors, temperature=temperature,
+                           generator=generator) if loss == "robust-kd" else None)
+    return DistillationObjective(loss, class_weights, temperature, robust)
+
+
 def _check_targets(soft_targets: Tensor) -> None:
     if soft_targets.ndim != 2 or soft_targets.shape[0] == 0 or soft_targets.shape[1] == 0:
-        raise ValueError(
-            f"soft_targets must have shape (B, K) with B, K >= 1, got {tuple(soft_targets.shape)}"
-        )
+        raise ValueError(f"soft_targets must have shape (B, K) with B, K >= 1, got {tuple(soft_targets.shape)}")
 
 
 def _check_pair(student_logits: Tensor, soft_targets: Tensor) -> None:

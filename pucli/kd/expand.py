@@ -6,7 +6,9 @@ images the PU selector kept (``U^p``) form the extended set; the teacher's soft 
 ``y_i^te = softmax(Z_i / T)`` are the pseudo ground truth of every item, and their sum per class
 gives the class weights of Eq. 7. The soft targets are computed once here, with the teacher's
 deterministic evaluation transform, so ``pucli distill`` without augmentation never runs the teacher.
-The format written is defined in :mod:`pucli.manifest`.
+The format written is defined in :mod:`pucli.data.manifest`. The set is written whole or not at all:
+it is a folder, which :func:`pucli.paths.replace_atomically` (one file) cannot replace, so it is
+written into a staging folder beside ``out`` and swapped into place.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import torch
 
 from pucli import distributed
 from pucli.checkpoints import LoadedModel
-from pucli.errors import DataError, UsageError
-from pucli.index import IndexEntry
-from pucli.manifest import MANIFEST_NAME, ExpandedSet, build_expanded_set, write_expanded_set
+from pucli.data.files import SkippedFile
+from pucli.data.index import IndexEntry
+from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
+from pucli.data.manifest import MANIFEST_NAME, ExpandedSet, build_expanded_set, write_expanded_set
+from pucli.data.sources import LabeledFolder
+from pucli.errors import DataError, OptionError, UsageError
 from pucli.progress import ProgressCallback, no_progress
-from pucli.sources import ImageDataset, LabeledFolder, Preprocess, SkippedFile, iterate_batches
 
 __all__ = ["expand", "teacher_soft_targets"]
 
@@ -94,7 +98,7 @@ def expand(
     skipped: list[SkippedFile] | None = None,
     progress: ProgressCallback = no_progress,
 ) -> ExpandedSet:
-    """Write the extended set ``L^t ∪ U^p`` to the folder ``out`` (format: :mod:`pucli.manifest`).
+    """Write the extended set ``L^t ∪ U^p`` to the folder ``out`` (format: :mod:`pucli.data.manifest`).
 
     Items are the positives (in ``positive_set`` order) then the index entries with
     ``selected=True`` (in index order, i.e. by descending selector score); an unlabeled path that
@@ -104,7 +108,7 @@ def expand(
 
     Args:
         positive_set: ``L^t``, labels in the teacher's output order.
-        index: the selection index (``pucli.index.read_index``).
+        index: the selection index (``pucli.data.index.read_index``).
         teacher: the loaded teacher.
         out: the expanded-set folder; it must not exist, be empty, or hold an earlier expanded set
             (which is replaced).
@@ -114,12 +118,13 @@ def expand(
         The :class:`ExpandedSet` written, ``root`` set to ``out``.
 
     Raises:
-        UsageError: ``temperature`` not > 0; ``out`` is a file or a non-empty folder that is not an
-            expanded set; its parent folder is missing.
+        OptionError: ``temperature`` not > 0.
+        UsageError: ``out`` is a file or a non-empty folder that is not an expanded set; its parent
+            folder is missing.
         DataError: no image of the extended set could be read.
     """
     if not temperature > 0:
-        raise UsageError(f"--temperature {temperature}: must be > 0")
+        raise OptionError("temperature", temperature, "must be > 0")
     out = Path(out)
     _check_replaceable(out)
     positive_paths = {p.absolute() for p in positive_set.paths}
@@ -134,7 +139,8 @@ def expand(
         workers=workers, skipped=skipped, progress=progress,
     )
     if len(kept) == 0:
-        raise DataError("none of the positive or selected images could be read; check --positive and --index")
+        raise DataError(f"none of the positive or selected images could be read; check the positive set "
+                        f"{positive_set.root} and the index")
     keep = kept.tolist()
     expanded = build_expanded_set(
         paths=[paths[i] for i in keep],
@@ -166,12 +172,12 @@ def expand(
 
 def _check_replaceable(out: Path) -> None:
     if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: folder {out.parent} does not exist; create it first")
+        raise UsageError(f"{out}: folder {out.parent} does not exist; create it first")
     if out.exists():
         if not out.is_dir():
-            raise UsageError(f"--out {out} is a file: name a new folder for the expanded set")
+            raise UsageError(f"{out} is a file: name a new folder for the expanded set")
         if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-            raise UsageError(f"--out {out} is a non-empty folder that is not an expanded set: name a new folder")
+            raise UsageError(f"{out} is a non-empty folder that is not an expanded set: name a new folder")
 
 
 def _replace_folder(staging: Path, out: Path) -> None:

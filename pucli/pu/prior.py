@@ -12,8 +12,8 @@ Learning: A Modern Approach", NeurIPS 2021, https://arxiv.org/abs/2111.00980, Al
    Then, as in the paper's (TED)^n alternation of estimation and PU training, the estimate
    can be refined: a PU classifier (pucli's nnPU head, trained with the first estimate as its
    prior) ranks the pool far better than a plain P-vs-U classifier, and BBE on its cross-fitted
-   scores gives the final estimate (``refine`` passes; on mnist-pu at 5 positives per class the
-   error falls from about 0.1 to about 0.05).
+   scores gives the final estimate (``refine`` passes; what refining gains on mnist-pu: see
+   docs/benchmarks.md, section "Class prior: `pucli prior` and `pucli select --prior auto`").
 2. For a threshold ``c`` on those scores, ``q_p(c)`` and ``q_u(c)`` are the fractions of held-out
    positives and unlabeled images scoring at least ``c``. Since ``U = pi_p P + (1 - pi_p) N``,
    ``q_u(c) >= pi_p q_p(c)`` for every ``c``, with equality in a "top bin" that holds no
@@ -101,7 +101,8 @@ class PriorEstimate:
     def warning(self) -> str | None:
         """Why the estimate should not be trusted blindly, or None. With fewer than
         :data:`MIN_RELIABLE_POSITIVES` positives the top bin cannot be narrow, so BBE over-counts
-        (on mnist-pu, 10 positives gave 0.82 for a true 0.30); a wide interval says the same."""
+        (on mnist-pu, 10 positives: see docs/benchmarks.md, section "Class prior: `pucli prior`
+        and `pucli select --prior auto`"); a wide interval says the same."""
         if self.positive < MIN_RELIABLE_POSITIVES:
             return (f"class prior estimated from only {self.positive} labeled positives (needs about "
                     f"{MIN_RELIABLE_POSITIVES}): it is likely too high; give --prior if you know the pool's share")

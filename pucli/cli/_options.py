@@ -1,0 +1,148 @@
+"""Every option two commands share, declared once with one help text.
+
+The teacher is the first positional argument of every command that reads one (``pucli distill
+teacher.safetensors ...``, ``pucli select teacher.safetensors --positive ...``); ``--teacher FILE``
+is accepted anywhere on the line as the same argument (:class:`TeacherCommand`), so scripts
+written either way work. Messages name the teacher as it was given (``TEACHER`` or ``--teacher``).
+
+Values are checked once, by the engine's option classes (``SelectorOptions``, ``DistillConfig``),
+whose errors name the parameter; the CLI renames it to the flag (:mod:`pucli.cli._errors`). A
+``min=`` here is part of an option's type, for the few that every command reads and no option
+class holds: ``--workers``, ``--threads``, ``--batch-size``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand
+
+from pucli.cli._output import current_context
+
+__all__ = [
+    "ArchOption", "BatchSizeOption", "ClassesOption", "DeviceOption", "ForceOption", "JsonOption",
+    "PositiveOption", "QuietOption", "ReportOption", "SeedOption", "StateReportOption", "TeacherArgument",
+    "TeacherCommand", "ThreadsOption", "UnlabeledOption", "WorkersOption", "load_pu_inputs", "load_teacher_and_positives",
+    "teacher_label",
+]
+
+_OUTPUT, _RUN = "Output", "Run"
+
+# --- inputs ---------------------------------------------------------------------------------
+TeacherArgument = Annotated[
+    Path, typer.Argument(metavar="TEACHER", help="Teacher weights (.safetensors, timm .pth.tar, or a state dict with --arch); --teacher FILE says the same.", show_default=False)
+]
+ArchOption = Annotated[str | None, typer.Option("--arch", help="timm architecture of a bare state dict (teacher or model).")]
+ClassesOption = Annotated[Path | None, typer.Option("--classes", help="Class names in the model's output order, one per line.")]
+PositiveOption = Annotated[
+    Path, typer.Option("--positive", help="Labeled positives: one subfolder of images per teacher class.", show_default=False)
+]
+UnlabeledOption = Annotated[
+    str, typer.Option("--unlabeled", help="Unlabeled pool: a folder, a file listing image paths (or tar shards), - (stdin), or tar shards ('pool-{000000..000099}.tar').", show_default=False)
+]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch (per step when training).")]
+
+# --- run ------------------------------------------------------------------------------------
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.", rich_help_panel=_RUN)
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option("--workers", min=0, help="Data-loading processes \\[default: one per CPU, at most 8; 0 for tiny inputs].", rich_help_panel=_RUN),
+]
+ThreadsOption = Annotated[
+    int | None, typer.Option("--threads", min=1, help="CPU threads for the network \\[default: CPUs available].", rich_help_panel=_RUN)
+]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed: same inputs and seed give the same result.", rich_help_panel=_RUN)]
+
+# --- output ---------------------------------------------------------------------------------
+ForceOption = Annotated[
+    bool,
+    typer.Option("--force", "--yes", "-f", "-y", help="Replace existing outputs without asking (needed outside a terminal).",
+                 rich_help_panel=_OUTPUT),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.", rich_help_panel=_OUTPUT)]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress, log lines or messages on stderr (errors only).", rich_help_panel=_OUTPUT)
+]
+ReportOption = Annotated[
+    Path | None, typer.Option("--report", dir_okay=False, help="Where to write the run report (JSON) \\[default: beside the output].", rich_help_panel=_OUTPUT)
+]
+StateReportOption = Annotated[
+    Path | None, typer.Option("--report", dir_okay=False, help="Where to write the run report (JSON) \\[default: <user state dir>/pucli/runs/COMMAND-<time>.report.json].", rich_help_panel=_OUTPUT)
+]
+
+_TEACHER_FLAG = "--teacher"
+_SPELLING = "pucli.teacher_spelling"
+
+
+class TeacherCommand(TyperCommand):
+    """A command whose first positional argument is the teacher, also accepted as ``--teacher
+    FILE`` (or ``--teacher=FILE``) anywhere before ``--``: the flag's value is moved to the front
+    of the positional arguments before click parses the line."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        args, spelled = move_teacher_flag(args)
+        ctx.meta[_SPELLING] = _TEACHER_FLAG if spelled else "TEACHER"
+        return super().parse_args(ctx, args)
+
+
+def move_teacher_flag(args: list[str]) -> tuple[list[str], bool]:
+    """``args`` with ``--teacher FILE`` as the positional ``FILE`` in front, and whether the flag was used.
+
+    >>> move_teacher_flag(["--positive", "p", "--teacher", "t.pt"])
+    (['t.pt', '--positive', 'p'], True)
+    """
+    rest: list[str] = []
+    teachers: list[str] = []
+    position = 0
+    while position < len(args):
+        token = args[position]
+        if token == "--":
+            rest += args[position:]
+            break
+        if token == _TEACHER_FLAG and position + 1 < len(args):
+            teachers.append(args[position + 1])
+            position += 2
+            continue
+        if token.startswith(_TEACHER_FLAG + "="):
+            teachers.append(token.split("=", 1)[1])
+        else:
+            rest.append(token)
+        position += 1
+    return teachers + rest, bool(teachers)
+
+
+def teacher_label() -> str:
+    """How the running command's teacher was given, for messages: ``--teacher`` or ``TEACHER``."""
+    context = current_context()
+    return context.meta.get(_SPELLING, "TEACHER") if context is not None else "TEACHER"
+
+
+def load_teacher_and_positives(teacher: Path, arch: str | None, positive: Path, classes: Path | None) -> Any:
+    """``(LoadedModel, LabeledFolder)``: the teacher (TEACHER, ``--arch``) and the positive set
+    (``--positive``, ``--classes``), its labels in the teacher's output order.
+
+    Raises:
+        PucliError: an unreadable teacher, a positive folder that does not match it.
+    """
+    from pucli.checkpoints import load_model
+    from pucli.data.sources import LabeledFolder
+
+    loaded = load_model(teacher, arch, option=teacher_label())
+    return loaded, LabeledFolder.from_folder(positive, num_classes=loaded.config.num_classes,
+                                             label_names=loaded.config.label_names, classes_file=classes)
+
+
+def load_pu_inputs(teacher: Path, arch: str | None, positive: Path, classes: Path | None, unlabeled: str) -> Any:
+    """The inputs of the commands that train on P and U (select, prior): ``(LoadedModel,
+    LabeledFolder, UnlabeledPool)`` (see :func:`load_teacher_and_positives`; ``--unlabeled``).
+
+    Raises:
+        PucliError: an unreadable teacher, a positive folder that does not match it, an unusable pool.
+    """
+    from pucli.data.sources import UnlabeledPool
+
+    return (*load_teacher_and_positives(teacher, arch, positive, classes), UnlabeledPool.from_source(unlabeled))

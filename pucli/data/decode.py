@@ -1,0 +1,271 @@
+"""Decoding one image file (or tar-shard member) to uint8 pixels, with guards against bad files.
+
+torchvision decodes PNG/JPEG/GIF/WEBP; PIL takes whatever else it can open. Headers are checked
+before torchvision sees the bytes (a truncated PNG or an oversized JPEG goes to PIL, whose
+decompression-bomb guard applies). A file that cannot be decoded (corrupt, truncated, empty, not an
+image) raises :class:`BadImageError`, which the loaders turn into a skipped file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torchvision.io import ImageReadMode, decode_image
+
+from pucli.data.shards import read_member, split_member
+from pucli.errors import DataError
+
+__all__ = ["BadImageError", "decode_image_file", "decode_images", "check_channels"]
+
+
+class BadImageError(Exception):
+    """Internal: one file could not be decoded (caught per item)."""
+
+
+def decode_image_file(path: Path, channels: int) -> torch.Tensor:
+    """Decode an image file to uint8 (channels, H, W), EXIF orientation applied.
+
+    torchvision decodes PNG/JPEG/GIF/WEBP; PIL takes whatever else it can open.
+
+    Raises:
+        BadImageError: empty, truncated, corrupt or not an image.
+    """
+    _check_channels(channels)
+    data = _read_encoded(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = _decode_with_torchvision(data, channels)
+    return _finish_decode(path, data, image, channels)
+
+
+def _check_channels(channels: int) -> None:
+    if channels not in (1, 3):
+        raise ValueError(f"models with {channels} input channels are not supported (1 or 3)")
+
+
+def _read_encoded(path: Path) -> torch.Tensor:
+    """The file's bytes as a 1-D uint8 tensor over a writable buffer (no copy, no warning).
+
+    A member path of a tar shard (``pool-000003.tar#img.png``, :mod:`pucli.data.shards`) reads that member.
+
+    Raises:
+        BadImageError: unreadable or empty.
+    """
+    member = split_member(path)
+    if member is not None:
+        return _read_member(*member)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            buffer = bytearray(os.fstat(fd).st_size)
+            read = os.readv(fd, [buffer]) if buffer else 0
+            if read < len(buffer):  # shrank since fstat
+                del buffer[read:]
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise BadImageError(f"cannot read ({exc.strerror or exc.__class__.__name__})") from exc
+    if not buffer:
+        raise BadImageError("empty file")
+    return torch.frombuffer(buffer, dtype=torch.uint8)
+
+
+def _read_member(shard: Path, name: str) -> torch.Tensor:
+    try:
+        buffer = read_member(shard, name)
+    except KeyError:
+        raise BadImageError(f"no member {name} in {shard}") from None
+    except (OSError, DataError) as exc:
+        raise BadImageError(f"cannot read shard ({getattr(exc, 'strerror', None) or exc})") from exc
+    if not buffer:
+        raise BadImageError("empty file")
+    return torch.frombuffer(buffer, dtype=torch.uint8)
+
+
+def _decode_with_torchvision(data: torch.Tensor, channels: int) -> torch.Tensor | None:
+    """torchvision's decode of ``data``, or None when it cannot read it (PIL's turn).
+
+    Callers silence warnings around it: torchvision warns of its own deprecation on every call,
+    and a batch is cheaper to wrap once than each image.
+    """
+    if not _safe_for_torchvision(data):
+        return None
+    try:
+        return decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB,
+                            apply_exif_orientation=True)
+    except (RuntimeError, ValueError):
+        return None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
+
+
+def _safe_for_torchvision(data: torch.Tensor) -> bool:
+    """Whether torchvision may decode ``data``; False leaves the file to PIL, which checks it.
+
+    torchvision has no decompression-bomb guard (a PNG or JPEG header of a few bytes can announce
+    30,000 x 30,000 pixels, gigabytes once decoded), and its PNG decoder crashes the whole process
+    (segmentation fault, torchvision 0.29) on a PNG whose image data ends early ("Not enough image
+    data"). PIL refuses the first (:class:`PIL.Image.DecompressionBombError`) and reports the
+    second as truncated, so one bad file is skipped, not fatal.
+    """
+    from PIL import Image
+
+    view = memoryview(data.numpy())
+    limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None  # PIL's error threshold
+    if view[:8] == _PNG_SIGNATURE:
+        return _png_is_whole(view, limit)
+    if view[:2] == b"\xff\xd8":
+        size = _jpeg_size(view)
+        return size is None or limit is None or size[0] * size[1] <= limit
+    return True
+
+
+def _png_is_whole(view: memoryview, limit: int | None) -> bool:
+    """A plain (non-interlaced) PNG within ``limit`` pixels whose IDAT stream inflates to at least
+    the bytes its header promises. Costs one more inflate of the image data (against torchvision's
+    decode: see docs/benchmarks.md, section "Reading the unlabeled pool", "The PNG completeness
+    check")."""
+    import struct
+    import zlib
+
+    if len(view) < 33 or view[12:16] != b"IHDR":
+        return False
+    width, height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", view, 16)
+    if (limit is not None and width * height > limit) or interlace or colour not in _PNG_CHANNELS:
+        return False
+    expected = height * (1 + (width * _PNG_CHANNELS[colour] * depth + 7) // 8)
+    inflate = zlib.decompressobj()
+    produced, position = 0, 8
+    try:
+        while position + 8 <= len(view) and produced < expected:
+            length, kind = struct.unpack_from(">I4s", view, position)
+            if kind == b"IDAT":
+                # max_length: never inflate more than the image needs (a zlib bomb stops here).
+                produced += len(inflate.decompress(view[position + 8:position + 8 + length], expected - produced))
+            elif kind == b"IEND":
+                break
+            position += 12 + length
+    except zlib.error:
+        return False
+    return produced >= expected
+
+
+def _jpeg_size(view: memoryview) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header (SOFn), or None when not found before the scan."""
+    position, end = 2, len(view) - 9
+    while position < end:
+        if view[position] != 0xFF:
+            return None
+        marker = view[position + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # fill byte, markers without length
+            position += 1 if marker == 0xFF else 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height = view[position + 5] << 8 | view[position + 6]
+            width = view[position + 7] << 8 | view[position + 8]
+            return width, height
+        if marker == 0xDA:
+            return None
+        position += 2 + (view[position + 2] << 8 | view[position + 3])
+    return None
+
+
+def _to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 (c, H, W) with c in 1-4 (grey, grey+alpha, RGB, RGBA) -> (channels, H, W): alpha dropped,
+    colour to grey (ITU-R 601-2 luma, as PIL's "L") or grey repeated. torchvision ignores the
+    requested mode for some formats (GIF, WebP)."""
+    from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+    if image.shape[0] in (2, 4):
+        image = image[:-1]
+    if image.shape[0] == channels:
+        return image
+    if channels == 1 and image.shape[0] == 3:
+        return rgb_to_grayscale(image)
+    if channels == 3 and image.shape[0] == 1:
+        return image.expand(3, -1, -1).contiguous()
+    return image
+
+
+def _finish_decode(path: Path, data: torch.Tensor, image: torch.Tensor | None, channels: int) -> torch.Tensor:
+    """PIL fallback when torchvision could not decode, 16-bit to 8-bit, channels, and the shape check."""
+    if image is None:
+        image = _decode_with_pil(path, data.numpy().tobytes(), channels)
+    if image.dtype != torch.uint8:
+        from torchvision.transforms.v2.functional import to_dtype
+
+        image = to_dtype(image, torch.uint8, scale=True)
+    if image.ndim == 3 and image.shape[0] != channels:
+        image = _to_channels(image, channels)
+    if image.ndim != 3 or image.shape[0] != channels or image.shape[1] < 1 or image.shape[2] < 1:
+        raise BadImageError(f"decoded to an unexpected shape {tuple(image.shape)}")
+    return image
+
+
+def _decode_with_pil(path: Path, data: bytes, channels: int) -> torch.Tensor:
+    import io
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                image = image.point(lambda v: v / 256).convert("L")  # 16-bit: keep the high byte
+            image = image.convert("L" if channels == 1 else "RGB")
+            return pil_to_tensor(image)
+    except UnidentifiedImageError as exc:
+        raise BadImageError("not an image") from exc
+    except Image.DecompressionBombError as exc:
+        raise BadImageError("too large (PIL decompression-bomb guard)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"corrupt or truncated ({str(exc).splitlines()[0][:80] if str(exc) else 'decode error'})") from exc
+
+
+def check_channels(channels: int) -> None:
+    """Raise ValueError unless ``channels`` is 1 or 3 (the input channels pucli decodes to)."""
+    _check_channels(channels)
+
+
+def decode_images(paths: Sequence[Path], channels: int) -> list[tuple[torch.Tensor | None, str | None]]:
+    """Decode several files at once: per path ``(image, None)`` with a uint8 (channels, H, W)
+    image, or ``(None, reason)`` for a file that cannot be decoded.
+
+    The same pixels as :func:`decode_image_file` per file, with one warnings context for the
+    torchvision pass over all of them (PIL's fallback runs outside it, as in
+    :func:`decode_image_file`): what a loader worker calls once per batch.
+
+    Raises:
+        ValueError: ``channels`` is not 1 or 3.
+    """
+    _check_channels(channels)
+    encoded: list[tuple[torch.Tensor | None, torch.Tensor | None, str | None]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in paths:
+            try:
+                data = _read_encoded(path)
+            except BadImageError as exc:
+                encoded.append((None, None, str(exc)))
+                continue
+            encoded.append((data, _decode_with_torchvision(data, channels), None))
+    decoded: list[tuple[torch.Tensor | None, str | None]] = []
+    for path, (data, image, reason) in zip(paths, encoded):
+        if data is None:
+            decoded.append((None, reason))
+            continue
+        try:
+            decoded.append((_finish_decode(path, data, image, channels), None))
+        except BadImageError as exc:
+            decoded.append((None, str(exc)))
+    return decoded

@@ -1,0 +1,421 @@
+"""Train a student on the extended set with (robust) knowledge distillation (PU compression, stage 3).
+
+Xu et al., "Positive-Unlabeled Compression on the Cloud", NeurIPS 2019
+(https://arxiv.org/abs/1909.09757), Section 3 and Algorithm 2: the student minimises, over the
+extended set ``L^l`` written by ``pucli expand``, the objective of :mod:`pucli.kd.losses`, built
+once (:func:`~pucli.kd.losses.make_objective`):
+
+- ``kd``: plain KD, Eq. 1, ``1/n sum_i CE(y_i^te, y_i^st)``;
+- ``weighted-kd``: Eq. 8, each sample weighted by the Eq. 7 weight of its teacher-argmax class;
+- ``robust-kd``: Eq. 10, ``max over w in W`` of the weighted loss, per batch, where ``W`` holds M
+  perturbations of the Eq. 7 weights within ``eps`` (re-drawn every epoch unless fixed).
+
+Without augmentation the soft targets cached by ``pucli expand`` are the targets (the teacher never
+runs); with augmentation the teacher runs on the same augmented batch as the student, so targets
+match inputs. The batches come from :mod:`~pucli.kd.distill.data`; a checkpoint
+(:mod:`~pucli.kd.distill.checkpoint`) is written before the first epoch and after epochs, so
+``resume=True`` or a Ctrl-C loses at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pucli import distributed
+from pucli.checkpoints import LoadedModel, ModelConfig, build_model, check_architecture
+from pucli.data.augment import FlipCrop, resolve_augment
+from pucli.data.files import SkippedFile
+from pucli.data.loading import Preprocess
+from pucli.data.manifest import ExpandedSet, retemper
+from pucli.data.sources import LabeledFolder
+from pucli.errors import DataError, Interrupted, OptionError
+from pucli.kd.distill.checkpoint import (
+    EpochStats,
+    Trainables,
+    TrainingState,
+    load_checkpoint,
+    run_settings,
+    save_checkpoint,
+)
+from pucli.kd.distill.config import WEIGHT_DECAY, DistillConfig, default_epochs, steps_per_epoch
+from pucli.kd.distill.data import (
+    TrainingSource,
+    epoch_generator,
+    load_validation_set,
+    soft_class_counts,
+    training_source,
+)
+from pucli.kd.losses import class_weights, kd_loss, make_objective
+from pucli.progress import ProgressCallback, no_progress
+
+__all__ = ["DistillResult", "TrainingInterrupted", "distill", "training_bound_throughput"]
+
+
+class TrainingInterrupted(Interrupted):
+    """Ctrl-C (or SIGTERM, which the CLI turns into one) during training; the checkpoint holds
+    the last finished epoch."""
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill` produced: the student (eval mode, CPU) and how training went.
+
+    ``images_per_s`` is the training throughput over all epochs run in this call;
+    ``decode_s`` the seconds spent decoding the set into memory (0 when streaming).
+    """
+
+    student: nn.Module
+    student_config: ModelConfig
+    epochs: int
+    history: list[EpochStats]
+    kept_epoch: int
+    augment: str
+    in_memory: bool
+    num_items: int
+    images_per_s: float
+    decode_s: float
+    resumed_from: int | None
+    teacher_matches_data: bool
+    settings: dict[str, Any]
+
+
+@dataclass
+class _Run:
+    """What every epoch of one :func:`distill` run reads, built once."""
+
+    trainee: nn.Module  # the student, or its DistributedDataParallel wrapper under torchrun
+    trainables: Trainables
+    teacher: nn.Module | None  # runs on every batch with augmentation; None trains on cached targets
+    source: TrainingSource
+    soft_targets: Tensor  # (N, K) float32 on the device, cached targets at the training temperature
+    preprocess: Preprocess
+    flip_crop: FlipCrop | None
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    device: torch.device
+    seed: int
+    epochs: int
+    steps_per_epoch: int
+    progress: ProgressCallback
+
+
+def distill(
+    teacher: LoadedModel,
+    expanded: ExpandedSet,
+    student_arch: str,
+    *,
+    config: DistillConfig,
+    checkpoint_path: str | os.PathLike[str],
+    resume: bool = False,
+    val_set: LabeledFolder | None = None,
+    device: torch.device = torch.device("cpu"),
+    workers: int = 0,
+    skipped: list[SkippedFile] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> DistillResult:
+    """Train a fresh ``student_arch`` student on ``expanded`` (Eq. 1, 8 or 10, per ``config.loss``).
+
+    The student has the teacher's number of classes, input channels and preprocessing. Unreadable
+    images are left out (appended to ``skipped``).
+
+    Args:
+        teacher: the loaded teacher (runs only with augmentation).
+        expanded: the extended set (``pucli.data.manifest.read_expanded_set``).
+        student_arch: any timm model name, e.g. ``lenet5_half`` or ``resnet18``.
+        config: the training settings (checked when built).
+        checkpoint_path: written after epochs (see ``config.checkpoint_interval``); read when ``resume``.
+        val_set: labeled folder evaluated after every epoch (selects the model when ``keep=best``).
+        progress: called as ``progress("distill", step, total_steps, epoch=, loss=, img_s=)``.
+
+    Returns:
+        :class:`DistillResult`; ``student`` is the kept model, in eval mode on the CPU.
+
+    Raises:
+        OptionError: ``keep=best`` without ``val_set``; fewer images per batch than torchrun processes.
+        UsageError: unknown architecture, no checkpoint to resume, or a checkpoint from different settings.
+        DataError: the set and the teacher disagree on the number of classes; no image readable;
+            the checkpoint is unreadable; the loss diverged.
+        TrainingInterrupted: Ctrl-C; the checkpoint holds the last finished epoch.
+    """
+    check_architecture(student_arch)
+    if config.keep == "best" and val_set is None:
+        raise OptionError("keep", "best", "needs a validation set: a labeled folder, never the test set")
+    teacher_config = teacher.config
+    if expanded.num_classes != teacher_config.num_classes:
+        raise DataError(
+            f"{expanded.root or 'the expanded set'} has soft targets for {expanded.num_classes} classes but the "
+            f"teacher has {teacher_config.num_classes} outputs: expand with this teacher"
+        )
+    checkpoint_path = Path(checkpoint_path)
+    temperature = config.temperature or expanded.temperature
+    augment = resolve_augment(teacher_config, config.augment)
+    preprocess = Preprocess(teacher_config)
+    student_config = dataclasses.replace(teacher_config, architecture=student_arch, model_args={})
+
+    torch.manual_seed(config.seed)
+    student = build_model(student_config).to(device)
+    use_cuda = device.type == "cuda"
+    # channels_last speeds up convolutions on tensor cores; on the CPU it only adds copies.
+    memory_format = torch.channels_last if use_cuda else torch.contiguous_format
+    student = student.to(memory_format=memory_format)
+    teacher_model = teacher.model.to(device, memory_format=memory_format).eval() if augment != "none" else None
+
+    source, decode_s = training_source(expanded, preprocess, config, device, workers, skipped, progress)
+    soft_targets = retemper(expanded.soft_targets, expanded.temperature, temperature)
+    # Eq. 7 at the training temperature, over the items trained on (as they are sampled).
+    weights = class_weights(soft_class_counts(soft_targets, source)).float().to(device)
+    soft_targets = soft_targets.to(device)
+    epochs = config.epochs or default_epochs(len(source), config.batch_size)
+    settings = run_settings(config, student=student_arch, temperature=temperature, epochs=epochs, augment=augment,
+                            num_items=len(source), num_classes=student_config.num_classes,
+                            in_chans=student_config.in_chans)
+    run_steps = steps_per_epoch(len(source), config.batch_size)
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_cuda else None
+    trainables = _trainables(student, config, weights, temperature, epochs * run_steps, amp_dtype)
+    val_images = load_validation_set(val_set, preprocess, workers) if val_set is not None else None
+    run = _Run(
+        # Under torchrun: DistributedDataParallel, each rank training on its share of every batch.
+        trainee=_data_parallel(student, device, config.batch_size), trainables=trainables, teacher=teacher_model,
+        source=source, soft_targets=soft_targets, preprocess=preprocess,
+        flip_crop=FlipCrop(*preprocess.size) if augment == "flip-crop" else None, amp_dtype=amp_dtype,
+        memory_format=memory_format, device=device, seed=config.seed, epochs=epochs, steps_per_epoch=run_steps,
+        progress=progress,
+    )
+
+    state = TrainingState()
+    resumed_from = load_checkpoint(checkpoint_path, settings, trainables, state) if resume else None
+    if resumed_from is None:
+        save_checkpoint(checkpoint_path, 0, settings, trainables, state)
+    images_trained, train_seconds = _train_epochs(run, config, settings, checkpoint_path, state,
+                                                  first_epoch=1 + (resumed_from or 0), val_images=val_images)
+
+    kept_epoch = epochs
+    if config.keep == "best" and state.best_state is not None:
+        student.load_state_dict(state.best_state)
+        kept_epoch = state.best_epoch
+    student = student.to("cpu", memory_format=torch.contiguous_format).eval()
+    teacher.model.to("cpu", memory_format=torch.contiguous_format)
+    return DistillResult(
+        student=student,
+        student_config=student_config,
+        epochs=epochs,
+        history=state.history,
+        kept_epoch=kept_epoch,
+        augment=augment,
+        in_memory=source.in_memory,
+        num_items=len(source),
+        images_per_s=images_trained / train_seconds if train_seconds else float("nan"),
+        decode_s=decode_s,
+        resumed_from=resumed_from,
+        teacher_matches_data=not expanded.teacher_digest or expanded.teacher_digest == teacher.digest,
+        settings=settings,
+    )
+
+
+def _train_epochs(run: _Run, config: DistillConfig, settings: dict[str, Any], checkpoint_path: Path,
+                  state: TrainingState, *, first_epoch: int,
+                  val_images: tuple[Tensor, Tensor] | None) -> tuple[int, float]:
+    """Epochs ``first_epoch`` to ``run.epochs``: a fresh ``W`` (robust KD, unless fixed), one pass, the
+    validation top-1 (and best epoch) when ``val_images``, a checkpoint once ``checkpoint_interval``
+    seconds have passed and after the last epoch. Returns (images trained, seconds of training).
+
+    Raises:
+        TrainingInterrupted: Ctrl-C; the checkpoint holds the last finished epoch.
+    """
+    student = run.trainables.student
+    images_trained, train_seconds = 0, 0.0
+    epoch = first_epoch
+    saved_epoch, saved_at = first_epoch - 1, time.monotonic()
+    try:
+        for epoch in range(first_epoch, run.epochs + 1):
+            if config.redraw_weight_set and epoch > 1:
+                run.trainables.objective.redraw(epoch_generator(config.seed, epoch, "weights"))
+            stats = _train_epoch(run, epoch)
+            images_trained += stats.images
+            train_seconds += stats.train_s
+            if val_images is not None:
+                stats.val_top1 = _accuracy(student, val_images, run.preprocess, config.batch_size, run.device,
+                                           run.memory_format)
+                if stats.val_top1 > state.best_top1:
+                    state.best_top1, state.best_epoch = stats.val_top1, epoch
+                    state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()}
+            state.history.append(stats)
+            if epoch == run.epochs or time.monotonic() - saved_at >= config.checkpoint_interval:
+                save_checkpoint(checkpoint_path, epoch, settings, run.trainables, state)
+                saved_epoch, saved_at = epoch, time.monotonic()
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted in epoch {epoch}; {checkpoint_path} holds epoch {saved_epoch}: "
+            "run the same command with --resume to continue"
+        ) from None
+    return images_trained, train_seconds
+
+
+def training_bound_throughput(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    input_size: tuple[int, int, int],
+    batch_size: int,
+    device: torch.device,
+    *,
+    budget_s: float = 2.0,
+) -> float:
+    """Upper bound on distill throughput, images/s: student forward + backward (soft cross-entropy)
+    plus, when ``teacher`` is given, a teacher forward, on a float32 batch already on ``device``.
+
+    The models are copied, so the callers' weights and gradients are untouched.
+    """
+    student = copy.deepcopy(student).to(device).train()
+    teacher = copy.deepcopy(teacher).to(device).eval() if teacher is not None else None
+    images = torch.randn(batch_size, *input_size, device=device)
+    num_classes = student(images[:1]).shape[1]
+    targets = torch.softmax(torch.randn(batch_size, num_classes, device=device), dim=1)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step() -> None:
+        if teacher is not None:
+            with torch.no_grad():
+                teacher(images)
+        kd_loss(student(images), targets).backward()
+
+    step()
+    sync()
+    runs, start = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - start < budget_s:
+        step()
+        runs += 1
+    sync()
+    return runs * batch_size / (time.perf_counter() - start)
+
+
+def _trainables(student: nn.Module, config: DistillConfig, weights: Tensor, temperature: float,
+                total_steps: int, amp_dtype: torch.dtype | None) -> Trainables:
+    """The optimizer (SGD with momentum 0.9, or AdamW), its warm-up + cosine schedule over
+    ``total_steps``, the gradient scaler (float16 autocast only) and the objective (Eq. 1, 8 or 10;
+    robust KD's first ``W`` drawn from the run's epoch-0 generator)."""
+    lr, decay = config.peak_lr, WEIGHT_DECAY[config.optimizer]
+    optimizer: torch.optim.Optimizer
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=decay)
+    else:
+        optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total_steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    objective = make_objective(config.loss, weights, temperature=temperature, eps=config.eps,
+                               num_weight_vectors=config.num_weight_vectors,
+                               generator=epoch_generator(config.seed, 0, "weights"))
+    return Trainables(student, optimizer, scheduler, scaler, objective)
+
+
+def _warmup_cosine(total_steps: int) -> Callable[[int], float]:
+    """LR factor per step: linear warm-up over 3% of the steps (at most 500), then cosine to 0.
+    Warm-up keeps lr 0.1 from blowing up a freshly initialised network without batch norm (LeNet)."""
+    warmup = max(1, min(500, total_steps * 3 // 100))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _train_epoch(run: _Run, epoch: int) -> EpochStats:
+    """One pass over ``run.source``: one optimizer step per batch on the objective's loss.
+
+    Raises:
+        DataError: the mean loss is not finite (training diverged).
+    """
+    trainables, device = run.trainables, run.device
+    run.trainee.train()
+    # Each rank augments its own images: its own draws (rank 0's are those of one process).
+    augment_generator = epoch_generator(run.seed + 7919 * distributed.rank(), epoch, "augment")
+    loss_sum = torch.zeros((), device=device)
+    images_seen, steps = 0, 0
+    max_counts = [0] * trainables.objective.num_vectors
+    total_steps = run.epochs * run.steps_per_epoch
+    done_before = (epoch - 1) * run.steps_per_epoch
+    start = time.perf_counter()
+    for items, images in run.source.epoch_batches(epoch_generator(run.seed, epoch, "order")):
+        if run.flip_crop is not None and len(images):
+            images = run.flip_crop(images, augment_generator)
+        inputs = run.preprocess.normalize(images).contiguous(memory_format=run.memory_format)
+        with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+            if run.teacher is not None:
+                with torch.no_grad():
+                    targets = torch.softmax(run.teacher(inputs).float() / trainables.objective.temperature, dim=1)
+            else:
+                targets = run.soft_targets[items.to(device)]
+            logits = run.trainee(inputs).float()
+        loss, chosen = trainables.objective(logits, targets)
+        if chosen is not None:
+            max_counts[chosen] += 1
+        trainables.optimizer.zero_grad(set_to_none=True)
+        trainables.scaler.scale(loss).backward()
+        trainables.scaler.step(trainables.optimizer)
+        trainables.scaler.update()
+        trainables.scheduler.step()
+        loss_sum += loss.detach()
+        images_seen += len(items)
+        steps += 1
+        if steps % 20 == 0 or steps == run.steps_per_epoch:
+            elapsed = time.perf_counter() - start
+            run.progress("distill", done_before + steps, total_steps, epoch=epoch,
+                         loss=float(loss_sum) / steps, img_s=images_seen / elapsed if elapsed else 0.0)
+    elapsed = time.perf_counter() - start
+    if distributed.is_distributed():
+        # A rank's loss is its share of the batch loss, scaled so that the ranks' mean is the batch loss.
+        totals = distributed.all_reduce_sum(torch.tensor([float(loss_sum), images_seen], dtype=torch.float64))
+        loss_sum, images_seen = totals[0] / distributed.world_size(), int(totals[1])
+    mean_loss = float(loss_sum) / max(1, steps)
+    if not math.isfinite(mean_loss):
+        raise DataError(f"training diverged in epoch {epoch} (loss {mean_loss}): lower the learning rate (lr)")
+    return EpochStats(
+        epoch=epoch, loss=mean_loss, lr=trainables.optimizer.param_groups[0]["lr"], val_top1=None,
+        images=images_seen, train_s=elapsed, images_per_s=images_seen / elapsed if elapsed else float("nan"),
+        max_vector_counts=max_counts,
+    )
+
+
+def _data_parallel(student: nn.Module, device: torch.device, batch_size: int) -> nn.Module:
+    """``student`` in DistributedDataParallel under torchrun (gradients averaged over ranks after
+    every backward pass); ``student`` itself in one process.
+
+    Raises:
+        OptionError: fewer images per batch than processes.
+    """
+    if not distributed.is_distributed():
+        return student
+    if batch_size < distributed.world_size():
+        raise OptionError("batch_size", batch_size, f"each batch is split over the {distributed.world_size()} "
+                          "processes; give at least one image per process")
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _accuracy(student: nn.Module, val: tuple[Tensor, Tensor], preprocess: Preprocess, batch_size: int,
+              device: torch.device, memory_format: torch.memory_format) -> float:
+    """Top-1 accuracy in percent of ``student`` on decoded validation images."""
+    images, labels = val
+    student.eval()
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(labels), 4 * batch_size):
+            batch = images[start:start + 4 * batch_size].to(device)
+            logits = student(preprocess.normalize(batch).contiguous(memory_format=memory_format))
+            correct += int((logits.argmax(dim=1).cpu() == labels[start:start + 4 * batch_size]).sum())
+    student.train()
+    return 100.0 * correct / len(labels)

@@ -1,0 +1,455 @@
+"""Frozen-mode descriptors of the positive set and the unlabeled pool, and their on-disk cache.
+
+With the teacher frozen, each image's multi-scale descriptor (:class:`~pucli.pu.network.MultiScaleExtractor`)
+is computed once, with the deterministic evaluation transform, and cached
+(``cache_dir()/descriptors/<key>.safetensors``, :mod:`pucli.cache`); the pool's extraction is saved
+in parts as it goes, so an interrupted run resumes. Under torchrun the ranks share the extraction.
+When P is tiny, seeded affine copies of the positives (:class:`~pucli.data.augment.PositiveAugmentation`)
+are extracted and cached beside them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from pucli import distributed
+from pucli.cache import CacheEntry, read_entry, write_entry
+from pucli.checkpoints import LoadedModel, ModelConfig
+from pucli.data.augment import PositiveAugmentation, resolve_augment
+from pucli.data.files import SkippedFile
+from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
+from pucli.data.shards import storage_path
+from pucli.paths import cache_dir
+from pucli.progress import ProgressCallback, no_progress
+from pucli.pu.network import MultiScaleExtractor
+from pucli.pu.options import Scales
+
+__all__ = ["Descriptors", "DESCRIPTOR_CACHE_VERSION", "DESCRIPTOR_PART_IMAGES", "AUTO_AUGMENT_COPIES",
+           "AUTO_AUGMENT_MAX_PER_CLASS", "resolve_positive_augmentation", "descriptor_cache_key",
+           "extract_descriptors", "extract_augmented_descriptors", "load_or_extract_descriptors",
+           "extract_descriptors_in_parts"]
+
+
+DESCRIPTOR_CACHE_VERSION = 3  # 2: augmented positives stored beside the plain ones; 3: pucli.cache entries
+
+
+@dataclass
+class Descriptors:
+    """Frozen-mode descriptors. ``positive`` (N_P', C) float32 and ``unlabeled`` (N_U', C) float32
+    hold the readable images only; ``positive_index`` / ``unlabeled_index`` (int64) give their
+    positions in the input lists; ``skipped`` the unreadable files; ``cache_path`` where they
+    live on disk (None with the cache off); ``from_cache`` whether this run loaded them;
+    ``positive_augmented`` (copies * N_P', C) float32 the descriptors of the augmented copies of
+    the positives, copy-major (all images' copy 0, then copy 1, ...), (0, C) without augmentation."""
+
+    positive: torch.Tensor
+    unlabeled: torch.Tensor
+    positive_index: torch.Tensor
+    unlabeled_index: torch.Tensor
+    skipped: list[SkippedFile]
+    cache_path: Path | None
+    from_cache: bool
+    positive_augmented: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0))
+
+    @property
+    def positive_set(self) -> torch.Tensor:
+        """P as trained on: (N_P' + copies * N_P', C) float32, the plain then the augmented descriptors."""
+        if len(self.positive_augmented) == 0:
+            return self.positive
+        return torch.cat([self.positive, self.positive_augmented])
+
+
+AUTO_AUGMENT_COPIES = 32
+
+
+AUTO_AUGMENT_MAX_PER_CLASS = 5
+
+
+def resolve_positive_augmentation(config: ModelConfig, copies: int | None, num_positive: int, seed: int) -> PositiveAugmentation | None:
+    """The augmentation a run uses, or None for none.
+
+    ``copies`` None (auto): :data:`AUTO_AUGMENT_COPIES` when P has at most
+    :data:`AUTO_AUGMENT_MAX_PER_CLASS` images per class of the teacher (``config.num_classes``),
+    else none (copies help the smallest P and not n_l = 10 on mnist-pu: see docs/benchmarks.md,
+    section "`pucli select` on mnist-pu", "Augmenting P"). Flips only where distill's
+    ``resolve_augment`` would (not for small grayscale inputs such as digits, where a flip changes
+    the class).
+    """
+    if copies is None:
+        copies = AUTO_AUGMENT_COPIES if num_positive <= AUTO_AUGMENT_MAX_PER_CLASS * config.num_classes else 0
+    if copies == 0:
+        return None
+    return PositiveAugmentation(copies=copies, seed=seed, flip=resolve_augment(config, "auto") == "flip-crop")
+
+
+def _file_identities(paths: Sequence[Path]) -> str:
+    """sha256 over (path, size, mtime_ns) of each file, in order; a missing file hashes as -1.
+    A member of a tar shard takes the shard's size and mtime (:func:`pucli.data.shards.storage_path`)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            stat = os.stat(storage_path(path))
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        digest.update(f"{path}\0{size}\0{mtime}\n".encode())
+    return digest.hexdigest()
+
+
+def descriptor_cache_key(
+    teacher: LoadedModel,
+    positive_paths: Sequence[Path],
+    unlabeled_paths: Sequence[Path],
+    preprocess: Preprocess,
+    scales: Scales,
+    augmentation: PositiveAugmentation | None = None,
+) -> str:
+    """Hex key naming the cached descriptors of these inputs.
+
+    It changes when the teacher's weights, the architecture, any input file (path, size,
+    mtime_ns), the order of the inputs, the preprocessing, the scales or the augmentation of
+    the positives (copies, seed, ranges) change.
+    """
+    config = teacher.config
+    parts = {
+        "version": DESCRIPTOR_CACHE_VERSION,
+        "weights": teacher.digest,
+        "architecture": config.architecture,
+        "model_args": json.dumps(config.model_args, sort_keys=True, default=str),
+        "positive": _file_identities(positive_paths),
+        "unlabeled": _file_identities(unlabeled_paths),
+        "preprocess": [preprocess.channels, list(preprocess.size), preprocess.crop_pct,
+                       str(preprocess.interpolation.value), list(config.mean), list(config.std)],
+        "scales": scales.describe(),
+        "augment": augmentation.describe() if augmentation is not None else "none",
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _cache_file(key: str) -> Path:
+    return cache_dir() / "descriptors" / f"{key}.safetensors"
+
+
+def _read_cache(path: Path) -> Descriptors | None:
+    entry = read_entry(path, kind="descriptors", version=DESCRIPTOR_CACHE_VERSION)
+    if entry is None:
+        return None
+    tensors = entry.tensors
+    try:
+        return Descriptors(
+            positive=tensors["positive"], unlabeled=tensors["unlabeled"],
+            positive_index=tensors["positive_index"], unlabeled_index=tensors["unlabeled_index"],
+            skipped=[SkippedFile(**item) for item in entry.metadata.get("skipped", [])], cache_path=path,
+            from_cache=True, positive_augmented=tensors["positive_augmented"],
+        )
+    except (KeyError, TypeError):
+        return None  # a damaged entry is only a lost shortcut: recompute and overwrite it
+
+
+def _write_cache(path: Path, descriptors: Descriptors) -> bool:
+    tensors = {"positive": descriptors.positive, "unlabeled": descriptors.unlabeled,
+               "positive_index": descriptors.positive_index, "unlabeled_index": descriptors.unlabeled_index,
+               "positive_augmented": descriptors.positive_augmented}
+    return write_entry(path, tensors, kind="descriptors", version=DESCRIPTOR_CACHE_VERSION,
+                       metadata={"skipped": [asdict(s) for s in descriptors.skipped]})
+
+
+@torch.inference_mode()
+def extract_descriptors(
+    extractor: MultiScaleExtractor,
+    paths: Sequence[Path],
+    preprocess: Preprocess,
+    *,
+    device: torch.device,
+    batch_size: int = 512,
+    workers: int = 0,
+    skipped: list[SkippedFile] | None = None,
+    progress: ProgressCallback = no_progress,
+    stage: str = "extract",
+    progress_offset: int = 0,
+    progress_total: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stream ``paths`` through ``extractor`` with the deterministic evaluation transform.
+
+    Only one batch of decoded pixels is alive at a time; the (N', C) float32 descriptors of the
+    readable images are collected on the CPU. Returns ``(index (N',) int64, descriptors (N', C))``;
+    unreadable files go to ``skipped``.
+    """
+    extractor.eval()
+    # Filled in place: collecting chunks and concatenating would hold the descriptors twice.
+    descriptors = torch.empty(len(paths), extractor.channels)
+    kept = torch.zeros(len(paths), dtype=torch.bool)
+    total = progress_total if progress_total is not None else len(paths)
+    started = time.perf_counter()
+    dataset = ImageDataset(paths, preprocess)
+    for batch in iterate_batches(dataset, batch_size=batch_size, workers=workers,
+                                 pin_memory=device.type == "cuda", skipped=skipped):
+        images = preprocess.normalize(batch.images.to(device, non_blocking=True))
+        descriptors[batch.indices] = extractor(images).float().cpu()
+        kept[batch.indices] = True
+        done = int(batch.indices[-1]) + 1
+        elapsed = time.perf_counter() - started
+        progress(stage, progress_offset + done, total, img_s=done / elapsed if elapsed > 0 else 0.0)
+    index = kept.nonzero().flatten()
+    if len(index) == len(paths):
+        return index, descriptors
+    return index, descriptors[index]
+
+
+@torch.inference_mode()
+def extract_augmented_descriptors(
+    extractor: MultiScaleExtractor,
+    paths: Sequence[Path],
+    preprocess: Preprocess,
+    augmentation: PositiveAugmentation,
+    *,
+    device: torch.device,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Descriptors of ``augmentation.copies`` augmented copies of each readable image of ``paths``.
+
+    Augments the resized uint8 images (before normalisation), then extracts as
+    :func:`extract_descriptors` does. Returns (copies * N', C) float32, copy-major; unreadable
+    files are left out (the plain extraction already reported them).
+    """
+    extractor.eval()
+    parameters = augmentation.draw(len(paths), preprocess.size)
+    descriptors = torch.empty(augmentation.copies, len(paths), extractor.channels)
+    kept = torch.zeros(len(paths), dtype=torch.bool)
+    for batch in iterate_batches(ImageDataset(paths, preprocess), batch_size=batch_size, workers=0):
+        for copy_index in range(augmentation.copies):
+            images = augmentation.apply(batch.images, parameters[copy_index, batch.indices])
+            descriptors[copy_index, batch.indices] = extractor(preprocess.normalize(images.to(device))).float().cpu()
+        kept[batch.indices] = True
+    return descriptors[:, kept].flatten(0, 1)
+
+
+def load_or_extract_descriptors(
+    teacher: LoadedModel,
+    extractor: MultiScaleExtractor,
+    positive_paths: Sequence[Path],
+    unlabeled_paths: Sequence[Path],
+    preprocess: Preprocess,
+    *,
+    scales: Scales,
+    device: torch.device,
+    batch_size: int = 512,
+    workers: int = 0,
+    use_cache: bool = True,
+    augmentation: PositiveAugmentation | None = None,
+    progress: ProgressCallback = no_progress,
+    resume: bool = False,
+) -> Descriptors | None:
+    """Descriptors of P and U: from the cache when the key matches, else extracted (and cached).
+
+    Under torchrun the ranks share the extraction (:func:`_load_or_extract_sharded`): rank 0
+    gets the descriptors, the other ranks None.
+
+    With ``augmentation``, the augmented copies of P (:func:`extract_augmented_descriptors`) are
+    extracted and cached too, under a key that includes the augmentation's settings.
+
+    The cache lives in ``pucli.paths.cache_dir()/descriptors/<key>.safetensors`` (key:
+    :func:`descriptor_cache_key`), written atomically, so an interrupted run never leaves a
+    half-written entry behind. While the pool is extracted, each finished part of it is saved in
+    ``<key>.parts/`` (:func:`extract_descriptors_in_parts`); ``resume`` loads the parts an
+    interrupted run left instead of extracting them again (without it they are discarded).
+    """
+    path = parts = None
+    if use_cache:
+        path = _cache_file(descriptor_cache_key(teacher, positive_paths, unlabeled_paths, preprocess, scales,
+                                                augmentation))
+    if distributed.is_distributed():
+        return _load_or_extract_sharded(extractor, positive_paths, unlabeled_paths, preprocess, path,
+                                        device=device, batch_size=batch_size, workers=workers,
+                                        augmentation=augmentation, progress=progress)
+    if path is not None:
+        cached = _read_cache(path)
+        if cached is not None:
+            total = len(positive_paths) + len(unlabeled_paths)
+            progress("extract", total, total, cached=1)
+            return cached
+        parts = _parts_folder(path, keep=resume)
+    skipped: list[SkippedFile] = []
+    total = len(positive_paths) + len(unlabeled_paths)
+    positive_index, positive, positive_augmented = _positive_descriptors(
+        extractor, positive_paths, preprocess, augmentation, device=device, batch_size=batch_size, skipped=skipped,
+        progress=progress, progress_total=total)
+    unlabeled_index, unlabeled = extract_descriptors_in_parts(
+        extractor, unlabeled_paths, preprocess, parts=parts, device=device, batch_size=batch_size, workers=workers,
+        skipped=skipped, progress=progress, progress_offset=len(positive_paths), progress_total=total,
+    )
+    descriptors = _store(Descriptors(positive, unlabeled, positive_index, unlabeled_index, skipped, path, False,
+                                     positive_augmented))
+    if parts is not None and descriptors.cache_path is not None:
+        shutil.rmtree(parts, ignore_errors=True)  # the whole entry now holds them
+    return descriptors
+
+
+def _load_or_extract_sharded(
+    extractor: MultiScaleExtractor,
+    positive_paths: Sequence[Path],
+    unlabeled_paths: Sequence[Path],
+    preprocess: Preprocess,
+    path: Path | None,
+    *,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    augmentation: PositiveAugmentation | None,
+    progress: ProgressCallback,
+) -> Descriptors | None:
+    """:func:`load_or_extract_descriptors` over the ranks of a torchrun launch.
+
+    Rank 0 looks up the cache and tells the others. Otherwise each rank extracts its block of
+    whole batches of the pool (:func:`pucli.distributed.batch_block`: the same batches, so the
+    same bits, as one process), the blocks are gathered on rank 0 in pool order, and rank 0 adds
+    the positives (tiny) and writes the cache entry a one-process run would have written.
+    Returns the descriptors on rank 0, None elsewhere. The per-part resume of a one-process
+    extraction is not used here: an interrupted run extracts the pool again.
+    """
+    cached = _read_cache(path) if path is not None and distributed.is_main() else None
+    if distributed.broadcast_object(cached is not None):
+        if cached is not None:
+            total = len(positive_paths) + len(unlabeled_paths)
+            progress("extract", total, total, cached=1)
+        return cached
+    start, end = distributed.batch_block(len(unlabeled_paths), batch_size)
+    skipped: list[SkippedFile] = []
+    index, values = extract_descriptors(extractor, unlabeled_paths[start:end], preprocess, device=device,
+                                        batch_size=batch_size, workers=workers, skipped=skipped, progress=progress)
+    gathered = distributed.gather_rows(index + start, values)
+    all_skipped = [item for part in distributed.gather_objects(skipped) for item in part]
+    if gathered is None:
+        return None
+    unlabeled_index, unlabeled = gathered
+    positive_skipped: list[SkippedFile] = []
+    positive_index, positive, positive_augmented = _positive_descriptors(
+        extractor, positive_paths, preprocess, augmentation, device=device, batch_size=batch_size,
+        skipped=positive_skipped)
+    return _store(Descriptors(positive, unlabeled, positive_index, unlabeled_index, positive_skipped + all_skipped,
+                              path, False, positive_augmented))
+
+
+def _positive_descriptors(
+    extractor: MultiScaleExtractor,
+    positive_paths: Sequence[Path],
+    preprocess: Preprocess,
+    augmentation: PositiveAugmentation | None,
+    *,
+    device: torch.device,
+    batch_size: int,
+    skipped: list[SkippedFile],
+    progress: ProgressCallback = no_progress,
+    progress_total: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """P's ``(index, descriptors, augmented copies' descriptors)``; (0, C) copies without augmentation."""
+    index, positive = extract_descriptors(extractor, positive_paths, preprocess, device=device, batch_size=batch_size,
+                                          workers=0, skipped=skipped, progress=progress, progress_total=progress_total)
+    augmented = torch.empty(0, extractor.channels)
+    if augmentation is not None:
+        augmented = extract_augmented_descriptors(extractor, positive_paths, preprocess, augmentation, device=device,
+                                                  batch_size=batch_size)
+    return index, positive, augmented
+
+
+def _store(descriptors: Descriptors) -> Descriptors:
+    """Cache ``descriptors`` at their ``cache_path``; a read-only cache folder must not fail the
+    run (``cache_path`` becomes None: the next run recomputes)."""
+    if descriptors.cache_path is not None and not _write_cache(descriptors.cache_path, descriptors):
+        descriptors.cache_path = None
+    return descriptors
+
+
+# Images per saved part of the pool's descriptors (rounded to whole batches): an interrupted
+# extraction loses at most this much work, and each part costs one DataLoader start-up.
+DESCRIPTOR_PART_IMAGES = 8192
+
+
+def _parts_folder(cache_path: Path, *, keep: bool) -> Path | None:
+    """``<key>.parts/`` beside the cache entry, emptied unless ``keep``; None when it cannot be
+    made (a read-only cache: extraction then simply cannot resume)."""
+    parts = cache_path.with_name(cache_path.stem + ".parts")
+    if not keep:
+        shutil.rmtree(parts, ignore_errors=True)
+    try:
+        parts.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return parts
+
+
+def extract_descriptors_in_parts(
+    extractor: MultiScaleExtractor,
+    paths: Sequence[Path],
+    preprocess: Preprocess,
+    *,
+    parts: Path | None,
+    device: torch.device,
+    batch_size: int = 512,
+    workers: int = 0,
+    skipped: list[SkippedFile] | None = None,
+    progress: ProgressCallback = no_progress,
+    progress_offset: int = 0,
+    progress_total: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`extract_descriptors`, saving each part of :data:`DESCRIPTOR_PART_IMAGES` images to
+    ``parts`` (atomically) as soon as it is done, and loading the parts already there instead of
+    extracting them. Parts are whole batches starting at multiples of the batch size, so the
+    descriptors are the same bits as one uninterrupted pass. ``parts`` None: one plain pass.
+
+    Returns ``(index (N',) int64, descriptors (N', C) float32)`` as :func:`extract_descriptors`.
+    """
+    if parts is None:
+        return extract_descriptors(extractor, paths, preprocess, device=device, batch_size=batch_size,
+                                   workers=workers, skipped=skipped, progress=progress,
+                                   progress_offset=progress_offset, progress_total=progress_total)
+    total = progress_total if progress_total is not None else len(paths)
+    size = batch_size * max(1, round(DESCRIPTOR_PART_IMAGES / batch_size))
+    descriptors = torch.empty(len(paths), extractor.channels)
+    kept = torch.zeros(len(paths), dtype=torch.bool)
+    for start in range(0, len(paths), size):
+        chunk = paths[start:start + size]
+        part = parts / f"unlabeled-{start:010d}-{len(chunk)}.safetensors"
+        loaded = _read_part(part, extractor.channels)
+        if loaded is None:
+            part_skipped: list[SkippedFile] = []
+            index, values = extract_descriptors(extractor, chunk, preprocess, device=device, batch_size=batch_size,
+                                                workers=workers, skipped=part_skipped, progress=progress,
+                                                progress_offset=progress_offset + start, progress_total=total)
+            _write_part(part, index, values, part_skipped)
+        else:
+            index, values, part_skipped = loaded
+            progress("extract", progress_offset + start + len(chunk), total, cached=1)
+        descriptors[index + start] = values
+        kept[index + start] = True
+        if skipped is not None:
+            skipped.extend(part_skipped)
+    index = kept.nonzero().flatten()
+    return index, (descriptors if len(index) == len(paths) else descriptors[index])
+
+
+def _read_part(path: Path, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[SkippedFile]] | None:
+    def whole(entry: CacheEntry) -> bool:
+        index, values = entry.tensors["index"], entry.tensors["descriptors"]
+        return values.ndim == 2 and values.shape[1] == channels and len(index) == len(values)
+
+    entry = read_entry(path, kind="descriptor-part", version=DESCRIPTOR_CACHE_VERSION, check=whole)
+    if entry is None:
+        return None  # a damaged part is extracted again
+    skipped = [SkippedFile(**item) for item in entry.metadata.get("skipped", [])]
+    return entry.tensors["index"], entry.tensors["descriptors"], skipped
+
+
+def _write_part(path: Path, index: torch.Tensor, values: torch.Tensor, skipped: list[SkippedFile]) -> None:
+    # Parts are a shortcut: if one cannot be written the run goes on, only resuming starts over.
+    write_entry(path, {"index": index, "descriptors": values}, kind="descriptor-part",
+                version=DESCRIPTOR_CACHE_VERSION, metadata={"skipped": [asdict(s) for s in skipped]})

@@ -1,0 +1,126 @@
+"""The PU selector's options, validated once (no torch import: the CLI builds them before loading it).
+
+Every check of a single option lives in :meth:`SelectorOptions.__post_init__`; errors name the
+parameter (:class:`pucli.errors.OptionError`), and the CLI maps parameters to its flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pucli.errors import OptionError, UsageError
+
+__all__ = ["Scales", "SelectorOptions", "OPTIMIZERS", "RISKS", "SURROGATES"]
+
+OPTIMIZERS = ("adamw", "sgd")
+RISKS = ("nnpu", "upu")
+SURROGATES = ("sigmoid", "logistic")
+
+
+@dataclass(frozen=True)
+class Scales:
+    """Which of the backbone's outputs make the multi-scale descriptor ``o`` (Eq. 4).
+
+    Attributes:
+        stages: indices into the model's feature stages (timm ``feature_info`` order; negative
+            counts from the end); None takes every stage.
+        pre_logits: also append the penultimate features ``forward_head(x, pre_logits=True)``
+            as the last scale (see the module docstring for why).
+    """
+
+    stages: tuple[int, ...] | None = None
+    pre_logits: bool = True
+
+    def describe(self) -> str:
+        stages = "all" if self.stages is None else ",".join(str(s) for s in self.stages)
+        return f"stages={stages};pre_logits={int(self.pre_logits)}"
+
+
+@dataclass(frozen=True)
+class SelectorOptions:
+    """Hyper-parameters of PU training and selection.
+
+    Attributes:
+        class_prior: ``pi_p``, the fraction of positives in the unlabeled pool, in (0, 1); None
+            estimates it from the descriptors (:func:`estimate_prior_from_descriptors`).
+        budget: PU-s2 keeps the top ``budget`` images; None gives PU-s1 (``F(x) > 0``).
+        finetune: train the backbone end to end instead of caching frozen descriptors.
+        epochs: passes over the unlabeled pool.
+        batch_size: images per batch when extracting descriptors, scoring and fine-tuning.
+        train_batch_size: unlabeled descriptors per frozen-mode mini-batch (large: the head is
+            tiny, so big batches cost little and make the nnPU risk estimate less noisy).
+        positive_per_batch: P samples drawn with replacement per mini-batch (the fixed P:U mix);
+            None uses a quarter of the unlabeled batch.
+        lr, weight_decay, optimizer: ``"adamw"`` (AdamW, as ``pucli distill`` spells it) or ``"sgd"``
+            (momentum 0.9); cosine schedule.
+        reduction: SE reduction ratio r.
+        attention: gate the descriptor with squeeze-and-excitation (Eq. 5); False feeds the plain
+            concatenation to the linear head (the ablation).
+        risk: ``"nnpu"`` (Kiryo et al. 2017) or ``"upu"`` (unbiased, the ablation).
+        loss: surrogate, ``"sigmoid"`` or ``"logistic"``.
+        beta, gamma: nnPU's ascent threshold and step scale.
+        positive_noise: std of the Gaussian jitter added to P in standardised descriptor space.
+        ensemble: heads trained from different seeds and averaged (frozen mode).
+        augment_positives: randomly augmented copies of each positive image added to P (frozen
+            mode); None picks :data:`AUTO_AUGMENT_COPIES` when P has at most
+            :data:`AUTO_AUGMENT_MAX_PER_CLASS` images per teacher class, else 0.
+        scales: which backbone outputs make the descriptor.
+        graph_neighbors: k of the pool's k-nearest-neighbour graph over which the head's scores
+            are smoothed (:mod:`pucli.pu.graph`); 0 turns graph smoothing off (scores are the head's
+            ``F(x)``).
+        graph_alpha, graph_steps: label spreading's ``alpha`` and number of iterations.
+        seed: seeds every random draw.
+    """
+
+    class_prior: float | None
+    budget: int | None = None
+    finetune: bool = False
+    epochs: int = 20
+    batch_size: int = 256
+    train_batch_size: int = 4096
+    positive_per_batch: int | None = None
+    lr: float = 0.03
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    reduction: int = 16
+    attention: bool = True
+    risk: str = "nnpu"
+    loss: str = "sigmoid"
+    beta: float = 0.0
+    gamma: float = 1.0
+    positive_noise: float = 0.0
+    ensemble: int = 3
+    augment_positives: int | None = None
+    scales: Scales = Scales()
+    graph_neighbors: int = 10
+    graph_alpha: float = 0.99
+    graph_steps: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Raises OptionError naming the first parameter out of range (UsageError for a bad pair)."""
+        checks = (
+            ("class_prior", self.class_prior is None or 0.0 < self.class_prior < 1.0,
+             "must be between 0 and 1 (exclusive), or auto"),
+            ("budget", self.budget is None or self.budget >= 1, "must be >= 1 (the number of images to keep)"),
+            ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("train_batch_size", self.train_batch_size >= 1, "must be >= 1"),
+            ("positive_per_batch", self.positive_per_batch is None or self.positive_per_batch >= 1, "must be >= 1"),
+            ("risk", self.risk in RISKS, "use nnpu or upu"),
+            ("loss", self.loss in SURROGATES, "use sigmoid or logistic"),
+            ("beta", self.beta >= 0.0, "must be >= 0"),
+            ("gamma", 0.0 <= self.gamma <= 1.0, "must be in [0, 1]"),
+            ("optimizer", self.optimizer in OPTIMIZERS, "use adamw or sgd"),
+            ("ensemble", self.ensemble >= 1, "must be >= 1"),
+            ("reduction", self.reduction >= 1, "must be >= 1"),
+            ("augment_positives", self.augment_positives is None or self.augment_positives >= 0, "must be >= 0"),
+            ("graph_neighbors", self.graph_neighbors >= 0, "must be >= 0 (0 turns it off)"),
+            ("graph_alpha", 0.0 <= self.graph_alpha < 1.0, "must be in [0, 1)"),
+            ("graph_steps", self.graph_steps >= 0, "must be >= 0"),
+        )
+        for parameter, ok, problem in checks:
+            if not ok:
+                raise OptionError(parameter, getattr(self, parameter), problem)
+        if self.finetune and self.augment_positives:
+            raise UsageError("augment_positives applies to frozen descriptors: drop it or finetune")

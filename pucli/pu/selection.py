@@ -1,0 +1,589 @@
+"""The PU selector: which unlabeled images belong to the teacher's task (stage 1 of pucli).
+
+Implements stage 1 of
+
+* Xu, Wang, Chen, Han, Xu, Tao, Xu, "Positive-Unlabeled Compression on the Cloud", NeurIPS 2019,
+  https://arxiv.org/abs/1909.09757 (Sec. 2.2-2.3, Eq. 3-6),
+
+trained with the non-negative PU risk of Kiryo et al. 2017 (:mod:`pucli.pu.nnpu`).
+
+Network ``N_A`` (Eq. 4-6): the teacher's feature maps at several scales are global-average-pooled
+to channel descriptors ``o^j`` and concatenated to ``o`` (C channels); a squeeze-and-excitation
+gate ``w = sigmoid(W2 relu(W1 o))`` (timm's :class:`timm.layers.SEModule`) rescales it,
+``o~ = w * o``, and a linear head gives the score ``F(x)``.
+
+Scales (:class:`Scales`): the stages of timm's feature API (``forward_intermediates`` where the
+model has it, else forward hooks on the modules its ``feature_info`` names, which is what
+``features_only`` wraps) plus, by default, the penultimate features
+``forward_head(x, pre_logits=True)``. The pre-logits scale matters for small backbones such as
+LeNet-5, whose conv stages have only 6 and 16 channels while its 84-d penultimate layer holds the
+class evidence; for ResNets it equals the pooled last stage, so it only repeats that scale.
+
+Two training modes:
+
+* frozen (default): the teacher stays fixed, so each image's descriptor is computed once, with
+  the deterministic evaluation transform, and cached on disk (:func:`load_or_extract_descriptors`);
+  the gate and head then train for many epochs in seconds, and scoring the pool is the head on
+  the cached descriptors (bit-identical to streaming the images through extractor and head).
+* fine-tune (:attr:`SelectorOptions.finetune`): the backbone starts from the teacher and trains end
+  to end, as in the paper's code; images are streamed, and the pool is scored by streaming it
+  again through the trained network.
+
+PU training choices beyond the paper, for P of 1-10 images per class:
+when P is tiny (at most 5 images per class by default), each positive image also contributes
+randomly augmented copies (small random affine: rotation, shift, scale; plus a horizontal flip
+for natural images), extracted once and cached with the other descriptors
+(:class:`PositiveAugmentation`; the issue's "augmenting P"; what it does by size of P: see
+docs/benchmarks.md, section "`pucli select` on mnist-pu", "Augmenting P"); descriptors are
+standardised with the pool's statistics (the pool is large, P is not); P is tiny,
+so every mini-batch resamples it with replacement and can jitter it with Gaussian noise in the
+standardised space (an optional augmentation, off by default);
+AdamW with a high learning rate (3e-2: at the usual 1e-3 the head under-fits within 20 epochs),
+weight decay and a cosine schedule (the rates and the jitter tried: see docs/benchmarks.md,
+section "`pucli select` on mnist-pu", "Against the targets"); several heads trained from
+different seeds are averaged (an ensemble lowers the variance that a 10-image P brings).
+
+Selection: by default the head's scores are first smoothed over the pool's k-nearest-neighbour
+graph (label spreading, :mod:`pucli.pu.graph`) and shifted so that as many images score above zero
+as ``F(x) > 0`` keeps: the head decides how many images belong to the task, their neighbourhoods
+decide which (what it gains: see docs/benchmarks.md, section "Graph smoothing: the default since
+2026-11-21, and the F1 targets").
+PU-s1 then keeps every unlabeled image with a score > 0; PU-s2 keeps the top ``budget``.
+Everything random draws from ``torch.Generator`` objects seeded by :attr:`SelectorOptions.seed`,
+so the same inputs and seed give the same scores. No ground truth is ever read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pucli import distributed
+from pucli.checkpoints import LoadedModel
+from pucli.data.augment import PositiveAugmentation
+from pucli.data.files import SkippedFile
+from pucli.data.index import IndexEntry, write_index
+from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
+from pucli.errors import DataError, NoImagesError, UsageError
+from pucli.paths import replace_atomically
+from pucli.progress import ProgressCallback, no_progress
+from pucli.pu.descriptors import Descriptors, load_or_extract_descriptors, resolve_positive_augmentation
+from pucli.pu.graph import PoolGraph, pool_graph, smooth_over_graph
+from pucli.pu.network import AttentionScoreHead, MultiScaleExtractor, PUSelectorNet
+from pucli.pu.options import Scales, SelectorOptions
+from pucli.pu.prior import Fit, PriorEstimate, estimate_class_prior
+from pucli.pu.training import train_finetune, train_frozen, training_state_path
+
+__all__ = ["SelectionResult", "PriorResult", "run_selection", "estimate_prior", "estimate_prior_from_descriptors",
+           "score_images", "select_indices", "save_selector", "write_selection", "SELECTOR_FORMAT_VERSION"]
+
+
+SELECTOR_FORMAT_VERSION = 1
+
+
+@dataclass
+class SelectionResult:
+    """What :func:`run_selection` produced.
+
+    Attributes:
+        paths: the readable unlabeled images, in pool order.
+        scores: (len(paths),) float32, the scores selection keeps by: the head's ``F(x)`` smoothed
+            over the pool's k-NN graph (:mod:`pucli.pu.graph`), or ``F(x)`` itself with graph
+            smoothing off. Either way PU-s1 keeps ``scores > 0``.
+        head_scores: (len(paths),) float32, the head's own ``F(x)`` (the same tensor as ``scores``
+            with graph smoothing off).
+        selected: (len(paths),) bool, the images kept (PU-s1 or PU-s2).
+        network: the trained selector (head alone in frozen mode, extractor + head fine-tuned).
+        history: one dict per epoch (``epoch``, ``risk``, ``positive_risk``, ``negative_risk``,
+            ``ascent_steps``; means over the ensemble's members in frozen mode).
+        timings: seconds per stage (``extract``, ``train``, ``score``).
+        skipped: unreadable files (positive or unlabeled), left out.
+        counts: ``positive``, ``unlabeled``, ``selected``, ``skipped``.
+        cache_path, from_cache: the descriptor cache used (frozen mode).
+        class_prior: the class prior the selector was trained with (given or estimated).
+        prior_estimate: the estimate, when the prior was estimated (``options.class_prior`` None).
+    """
+
+    paths: list[Path]
+    scores: torch.Tensor
+    selected: torch.Tensor
+    network: nn.Module
+    history: list[dict[str, float]]
+    timings: dict[str, float]
+    skipped: list[SkippedFile]
+    counts: dict[str, int]
+    cache_path: Path | None = None
+    from_cache: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+    class_prior: float | None = None
+    prior_estimate: PriorEstimate | None = None
+    head_scores: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.head_scores is None:
+            self.head_scores = self.scores
+
+
+#: Epochs of each cross-fitted nnPU head in the prior's refinement pass (single heads, no ensemble).
+PRIOR_REFINE_EPOCHS = 10
+
+
+def _nnpu_fit(options: SelectorOptions) -> Callable[[float], Fit]:
+    """The refinement scorer of the prior estimate: one nnPU head with the selector's default
+    settings, trained with the current estimate as its class prior."""
+
+    def with_prior(class_prior: float) -> Fit:
+        def fit(positive: torch.Tensor, unlabeled: torch.Tensor, seed: int) -> nn.Module:
+            # The selector's defaults, not the run's training options, so `pucli prior` and
+            # `pucli select --prior auto` give the same estimate whatever else select is told.
+            member_options = SelectorOptions(class_prior=class_prior, ensemble=1, epochs=PRIOR_REFINE_EPOCHS,
+                                             scales=options.scales, seed=seed)
+            return train_frozen(positive, unlabeled, member_options)[0]
+
+        return fit
+
+    return with_prior
+
+
+def estimate_prior_from_descriptors(descriptors: Descriptors, options: SelectorOptions, *,
+                                    positive_labels: Sequence[int] | None = None,
+                                    progress: ProgressCallback = no_progress) -> PriorEstimate:
+    """The class prior of the pool, estimated from frozen descriptors (:mod:`pucli.pu.prior`).
+
+    Best-bin estimation on cross-fitted P-vs-U logistic scores, refined once with cross-fitted
+    nnPU heads trained at that first estimate (Garg et al. 2021's alternation of estimation and
+    PU training). The augmented copies of the positives, if any, join the training folds only.
+    ``positive_labels`` (the class of each input positive, in input order) stratify the folds.
+
+    Raises:
+        NoImagesError: fewer than 2 readable positives, or no unlabeled image.
+    """
+    augmented = None
+    if len(descriptors.positive_augmented):
+        augmented = descriptors.positive_augmented.view(-1, len(descriptors.positive), descriptors.positive.shape[1])
+    labels = None
+    if positive_labels is not None:
+        labels = torch.as_tensor(list(positive_labels), dtype=torch.long)[descriptors.positive_index]
+    return estimate_class_prior(descriptors.positive, descriptors.unlabeled, seed=options.seed,
+                                refine_fit=_nnpu_fit(options), positive_augmented=augmented, positive_labels=labels,
+                                progress=progress)
+
+
+@dataclass
+class PriorResult:
+    """What :func:`estimate_prior` produced: the estimate, the unreadable files left out, seconds
+    per stage (``extract``, ``prior``) and the descriptor cache used."""
+
+    estimate: PriorEstimate
+    skipped: list[SkippedFile]
+    timings: dict[str, float]
+    cache_path: Path | None
+
+
+def estimate_prior(
+    teacher: LoadedModel,
+    positive_paths: Sequence[Path],
+    unlabeled_paths: Sequence[Path],
+    *,
+    seed: int = 0,
+    scales: Scales = Scales(),
+    augment_positives: int | None = None,
+    device: torch.device | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    use_cache: bool = True,
+    positive_labels: Sequence[int] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> PriorResult:
+    """Estimate the class prior of ``unlabeled_paths`` (what ``pucli prior`` runs).
+
+    Extracts (or loads from the cache shared with ``pucli select``) the frozen descriptors, then
+    :func:`estimate_prior_from_descriptors` with the selector's default options.
+    ``positive_labels`` (class of each positive) stratify the cross-fitting folds.
+
+    Raises:
+        NoImagesError: fewer than 2 readable positives, or no readable unlabeled image.
+    """
+    device = device or torch.device("cpu")
+    options = SelectorOptions(class_prior=None, augment_positives=augment_positives, scales=scales, seed=seed,
+                              batch_size=batch_size)
+    timings: dict[str, float] = {}
+    extractor = MultiScaleExtractor(teacher.model, scales).to(device)
+    augmentation = resolve_positive_augmentation(teacher.config, augment_positives, len(positive_paths), seed)
+    with _timed(timings, "extract"):
+        descriptors = load_or_extract_descriptors(
+            teacher, extractor, list(positive_paths), list(unlabeled_paths), Preprocess(teacher.config),
+            scales=scales, device=device, batch_size=batch_size, workers=workers, use_cache=use_cache,
+            augmentation=augmentation, progress=progress,
+            # Reuse, never discard, the saved parts of an interrupted select on the same inputs:
+            # they are the same bits this call would extract.
+            resume=use_cache,
+        )
+    extractor.cpu()
+    if descriptors is None:
+        raise UsageError("pucli prior runs in one process: launch it without torchrun")
+    with _timed(timings, "prior"):
+        estimate = estimate_prior_from_descriptors(descriptors, options, positive_labels=positive_labels,
+                                                   progress=progress)
+    return PriorResult(estimate, descriptors.skipped, timings, descriptors.cache_path)
+
+
+@torch.inference_mode()
+def score_images(
+    net: PUSelectorNet,
+    paths: Sequence[Path],
+    preprocess: Preprocess,
+    *,
+    device: torch.device,
+    batch_size: int = 512,
+    workers: int = 0,
+    skipped: list[SkippedFile] | None = None,
+    progress: ProgressCallback = no_progress,
+    descriptors: list[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stream ``paths`` through the selector with the deterministic evaluation transform.
+
+    Returns ``(index (N',) int64, scores (N',) float32)`` for the readable images; memory holds
+    one batch of pixels at a time. With ``descriptors`` (a list), the extractor's (B, C) float32
+    output of the readable images is appended to it as one (N', C) tensor (what graph smoothing
+    needs after fine-tuning), filled in place rather than concatenated, so it is held once.
+    """
+    net.eval()
+    indices: list[torch.Tensor] = []
+    scores: list[torch.Tensor] = []
+    buffer: torch.Tensor | None = None
+    filled = 0
+    started = time.perf_counter()
+    for batch in iterate_batches(ImageDataset(paths, preprocess), batch_size=batch_size, workers=workers,
+                                 pin_memory=device.type == "cuda", skipped=skipped):
+        features = net.extractor(preprocess.normalize(batch.images.to(device, non_blocking=True)))
+        scores.append(net.head(features).float().cpu())
+        if descriptors is not None:
+            if buffer is None:
+                buffer = torch.empty(len(paths), features.shape[1])
+            buffer[filled:filled + len(features)] = features.float().cpu()
+            filled += len(features)
+        indices.append(batch.indices)
+        done = int(batch.indices[-1]) + 1
+        elapsed = time.perf_counter() - started
+        progress("score", done, len(paths), img_s=done / elapsed if elapsed > 0 else 0.0)
+    if descriptors is not None and buffer is not None:
+        descriptors.append(buffer[:filled])
+    if not scores:
+        return torch.empty(0, dtype=torch.int64), torch.empty(0)
+    return torch.cat(indices), torch.cat(scores)
+
+
+def select_indices(scores: torch.Tensor, budget: int | None = None) -> torch.Tensor:
+    """The selection rule of Xu et al. 2019, Sec. 2.3, as a (N,) bool mask over ``scores`` (N,).
+
+    PU-s1 (``budget`` None): ``F(x) > 0``. PU-s2: the ``budget`` highest scores (all of them when
+    the pool is smaller); ties are broken by position, so the rule is deterministic.
+    """
+    if budget is None:
+        return scores > 0
+    keep = torch.zeros(len(scores), dtype=torch.bool)
+    if len(scores):
+        # A stable descending sort breaks ties by pool order.
+        order = torch.sort(scores, descending=True, stable=True).indices
+        keep[order[: min(budget, len(scores))]] = True
+    return keep
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def run_selection(
+    teacher: LoadedModel,
+    positive_paths: Sequence[Path],
+    unlabeled_paths: Sequence[Path],
+    options: SelectorOptions,
+    *,
+    device: torch.device | None = None,
+    workers: int = 0,
+    use_cache: bool = True,
+    progress: ProgressCallback = no_progress,
+    resume: bool = False,
+    positive_labels: Sequence[int] | None = None,
+) -> SelectionResult:
+    """Stage 1 end to end: descriptors (or fine-tuning), nnPU training, scoring, selection.
+
+    Args:
+        teacher: the loaded teacher (its weights initialise the backbone; never modified).
+        positive_paths: the labeled positives P (their class labels are not needed here).
+        unlabeled_paths: the pool U, in a fixed order.
+        options: hyper-parameters; ``options.seed`` makes the run reproducible.
+        device: where the networks run (CPU by default).
+        workers: data-loading processes for the pool.
+        use_cache: frozen mode reads/writes the descriptor cache.
+        resume: continue an interrupted run: reuse the parts of the pool's descriptors and the
+            ensemble members it finished (frozen mode, with the cache). Without it they are
+            discarded and the run starts over. Either way the result is the same bits.
+        positive_labels: the teacher class of each positive (input order); used only to
+            stratify the folds of the class-prior estimate when ``options.class_prior`` is None.
+
+    Raises:
+        NoImagesError: no readable positive or unlabeled image.
+        UsageError: the teacher exposes no feature stages; ``resume`` with fine-tuning or
+            without the cache.
+    """
+    if resume and (options.finetune or not use_cache):
+        raise UsageError("resume continues from the descriptor cache and saved ensemble members: "
+                         "it cannot be used with finetune or without the cache")
+    if options.finetune and distributed.is_distributed():
+        raise UsageError("--finetune trains in one process: run it without torchrun, or drop --finetune")
+    device = device or torch.device("cpu")
+    positive_paths, unlabeled_paths = list(positive_paths), list(unlabeled_paths)
+    timings: dict[str, float] = {}
+    run = _Run(teacher, positive_paths, unlabeled_paths, Preprocess(teacher.config), device=device, workers=workers,
+               use_cache=use_cache, progress=progress, positive_labels=positive_labels, timings=timings)
+    trained = _train_finetuned(run, options) if options.finetune else _train_frozen(run, options, resume=resume)
+    if trained is None:  # a rank other than 0 under torchrun: rank 0 trains and scores alone
+        return _share_selection(None, None, unlabeled_paths)
+    options = trained.options
+    if len(trained.index) == 0:
+        raise NoImagesError("no image of the unlabeled pool could be read; check --unlabeled")
+    graph_metadata: dict[str, Any] = {"neighbors": 0}
+    head_scores = scores = trained.scores
+    if options.graph_neighbors > 0 and trained.pool_descriptors is not None and len(scores) > 1:
+        with _timed(timings, "graph"):
+            graph = trained.graph or pool_graph(trained.pool_descriptors, neighbors=options.graph_neighbors,
+                                                seed=options.seed, device=device, use_cache=use_cache,
+                                                progress=progress)
+            assert graph is not None
+            scores, graph_metadata = smooth_over_graph(head_scores, graph, alpha=options.graph_alpha,
+                                                       steps=options.graph_steps)
+        graph_metadata["changed"] = int((select_indices(scores, options.budget)
+                                         != select_indices(head_scores, options.budget)).sum())
+    selected = select_indices(scores, options.budget)
+    paths = [unlabeled_paths[int(i)] for i in trained.index]
+    counts = {"positive": trained.positive_count, "unlabeled": len(paths), "selected": int(selected.sum()),
+              "skipped": len(trained.skipped)}
+    augmentation = trained.augmentation
+    result = SelectionResult(
+        paths=paths, scores=scores, selected=selected, network=trained.network, history=trained.history,
+        timings=timings, skipped=trained.skipped, counts=counts, cache_path=trained.cache_path,
+        from_cache=trained.from_cache,
+        metadata={"mode": "finetune" if options.finetune else "frozen", "channels": trained.extractor.channels,
+                  "scale_channels": trained.extractor.scale_channels, "scales": options.scales.describe(),
+                  "positive_augmentation": augmentation.describe() if augmentation is not None else "none",
+                  "positive_augmented": trained.augmented_count, "graph": graph_metadata},
+        class_prior=options.class_prior, prior_estimate=trained.prior_estimate, head_scores=head_scores,
+    )
+    return _share_selection(result, trained.index, unlabeled_paths)
+
+
+@dataclass
+class _Run:
+    """The inputs and settings both training modes share."""
+
+    teacher: LoadedModel
+    positive_paths: list[Path]
+    unlabeled_paths: list[Path]
+    preprocess: Preprocess
+    device: torch.device
+    workers: int
+    use_cache: bool
+    progress: ProgressCallback
+    positive_labels: Sequence[int] | None
+    timings: dict[str, float]
+
+
+@dataclass
+class _Trained:
+    """What a training mode hands to graph smoothing and selection: the pool positions of the
+    scored images (``index``), the head's scores, the pool's descriptors for the graph (None
+    without smoothing), the graph itself when torchrun ranks built it early, and what the result
+    reports. ``options`` carries the class prior trained with (estimated when it was None)."""
+
+    options: SelectorOptions
+    index: torch.Tensor
+    scores: torch.Tensor
+    pool_descriptors: torch.Tensor | None
+    skipped: list[SkippedFile]
+    positive_count: int
+    network: nn.Module
+    history: list[dict[str, float]]
+    extractor: MultiScaleExtractor
+    prior_estimate: PriorEstimate | None = None
+    graph: PoolGraph | None = None
+    cache_path: Path | None = None
+    from_cache: bool = False
+    augmentation: PositiveAugmentation | None = None
+    augmented_count: int = 0
+
+
+def _train_finetuned(run: _Run, options: SelectorOptions) -> _Trained:
+    """Fine-tune extractor + head end to end, then score the pool by streaming it through them."""
+    import copy
+
+    prior_estimate = None
+    if options.class_prior is None:
+        # Fine-tuning has no frozen descriptors of its own: estimate on those of the start backbone.
+        prior_result = estimate_prior(run.teacher, run.positive_paths, run.unlabeled_paths, seed=options.seed,
+                                      scales=options.scales, device=run.device, batch_size=options.batch_size,
+                                      workers=run.workers, use_cache=run.use_cache,
+                                      positive_labels=run.positive_labels, progress=run.progress)
+        prior_estimate = prior_result.estimate
+        run.timings.update(prior_result.timings)
+        options = dataclasses.replace(options, class_prior=prior_estimate.class_prior)
+    torch.manual_seed(options.seed)
+    extractor = MultiScaleExtractor(copy.deepcopy(run.teacher.model), options.scales)
+    net = PUSelectorNet(extractor, AttentionScoreHead(extractor.channels, reduction=options.reduction,
+                                                      attention=options.attention)).to(run.device)
+    skipped: list[SkippedFile] = []
+    with _timed(run.timings, "train"):
+        history = train_finetune(net, run.positive_paths, run.unlabeled_paths, run.preprocess, options,
+                                 device=run.device, workers=run.workers, skipped=skipped, progress=run.progress)
+    streamed: list[torch.Tensor] | None = [] if options.graph_neighbors > 0 else None
+    with _timed(run.timings, "score"):
+        index, scores = score_images(net, run.unlabeled_paths, run.preprocess, device=run.device,
+                                     batch_size=options.batch_size, workers=run.workers, progress=run.progress,
+                                     descriptors=streamed)
+    positive_names = {str(p) for p in run.positive_paths}
+    return _Trained(options=options, index=index, scores=scores, pool_descriptors=streamed[0] if streamed else None,
+                    skipped=skipped,
+                    positive_count=len(run.positive_paths) - sum(1 for s in skipped if s.path in positive_names),
+                    network=net.cpu(), history=history, extractor=extractor, prior_estimate=prior_estimate)
+
+
+def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trained | None:
+    """Frozen descriptors (cached), then the head ensemble on them; the head on the descriptors is
+    the pool's score. Under torchrun, None on every rank but 0."""
+    extractor = MultiScaleExtractor(run.teacher.model, options.scales).to(run.device)
+    augmentation = resolve_positive_augmentation(run.teacher.config, options.augment_positives,
+                                                 len(run.positive_paths), options.seed)
+    with _timed(run.timings, "extract"):
+        descriptors = load_or_extract_descriptors(
+            run.teacher, extractor, run.positive_paths, run.unlabeled_paths, run.preprocess, scales=options.scales,
+            device=run.device, batch_size=options.batch_size, workers=run.workers, use_cache=run.use_cache,
+            augmentation=augmentation, progress=run.progress, resume=resume,
+        )
+    graph = None
+    if options.graph_neighbors > 0 and distributed.is_distributed():
+        # The graph needs only the descriptors: every rank searches its share of it now, before
+        # rank 0 trains the head alone.
+        with _timed(run.timings, "graph"):
+            graph = pool_graph(descriptors.unlabeled if descriptors is not None else None,
+                               neighbors=options.graph_neighbors, seed=options.seed, device=run.device,
+                               use_cache=run.use_cache, progress=run.progress)
+    if descriptors is None:
+        return None
+    extractor.cpu()
+    _check_readable(descriptors, run)
+    prior_estimate = None
+    if options.class_prior is None:
+        with _timed(run.timings, "prior"):
+            prior_estimate = estimate_prior_from_descriptors(descriptors, options, positive_labels=run.positive_labels,
+                                                             progress=run.progress)
+        options = dataclasses.replace(options, class_prior=prior_estimate.class_prior)
+    state_path = training_state_path(descriptors.cache_path, options) if descriptors.cache_path else None
+    if state_path is not None and not resume:
+        state_path.unlink(missing_ok=True)
+    with _timed(run.timings, "train"):
+        head, history = train_frozen(descriptors.positive_set, descriptors.unlabeled, options, progress=run.progress,
+                                     state_path=state_path)
+    with _timed(run.timings, "score"):
+        # The descriptors were computed with the evaluation transform, so the head on them is
+        # exactly the streamed score of each image; no second pass over the pool is needed.
+        with torch.inference_mode():
+            scores = torch.cat([head(chunk) for chunk in descriptors.unlabeled.split(65536)]) \
+                if len(descriptors.unlabeled) else torch.empty(0)
+        run.progress("score", len(run.unlabeled_paths), len(run.unlabeled_paths))
+    return _Trained(options=options, index=descriptors.unlabeled_index, scores=scores,
+                    pool_descriptors=descriptors.unlabeled, skipped=descriptors.skipped,
+                    positive_count=len(descriptors.positive), network=head, history=history, extractor=extractor,
+                    prior_estimate=prior_estimate, graph=graph, cache_path=descriptors.cache_path,
+                    from_cache=descriptors.from_cache, augmentation=augmentation,
+                    augmented_count=len(descriptors.positive_augmented))
+
+
+def _check_readable(descriptors: Descriptors, run: _Run) -> None:
+    """Raises NoImagesError when no positive, or no pool image, could be read."""
+    for images, paths, option in ((descriptors.positive, run.positive_paths, "--positive"),
+                                  (descriptors.unlabeled, run.unlabeled_paths, "--unlabeled")):
+        if len(images) == 0:
+            names = {str(p) for p in paths}
+            first = next((s for s in descriptors.skipped if s.path in names), None)
+            raise NoImagesError(f"none of the {len(paths)} images of {option} could be read"
+                                + (f" (first: {first.path}: {first.reason})" if first else "")
+                                + f"; check {option}")
+
+
+def _share_selection(result: SelectionResult | None, index: torch.Tensor | None,
+                     unlabeled_paths: Sequence[Path]) -> SelectionResult:
+    """Under torchrun, rank 0's result on every rank (each rebuilds the paths from the pool and
+    ``index``, the pool positions of the scored images, rather than receiving them). One process:
+    ``result`` itself."""
+
+    if not distributed.is_distributed():
+        assert result is not None
+        return result
+    sent = (dataclasses.replace(result, paths=[]), index) if distributed.is_main() else None
+    shared, shared_index = distributed.broadcast_object(sent)
+    if distributed.is_main():
+        assert result is not None
+        return result
+    shared.paths = [unlabeled_paths[int(i)] for i in shared_index]
+    return shared
+
+
+def save_selector(result: SelectionResult, options: SelectorOptions, path: str | os.PathLike[str],
+                  teacher: LoadedModel) -> Path:
+    """Write the trained selector's weights to ``path`` (safetensors, atomic).
+
+    The metadata records the format version, mode, teacher architecture, descriptor layout and
+    options, so the file says what produced it.
+
+    Raises:
+        DataError: ``path`` does not end in .safetensors.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if not path.name.endswith(".safetensors"):
+        raise DataError(f"selector weights are safetensors: {path} must end in .safetensors")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in result.network.state_dict().items()}
+    options_dict = asdict(options)
+    options_dict["class_prior"] = result.class_prior if result.class_prior is not None else options.class_prior
+    metadata = {
+        "format_version": str(SELECTOR_FORMAT_VERSION),
+        "teacher_architecture": teacher.config.architecture,
+        "selector": json.dumps({**result.metadata, "options": options_dict}, default=str),
+    }
+    return replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def write_selection(result: SelectionResult, out: str | os.PathLike[str], *, all_items: bool = False) -> None:
+    """Write the selection index (:mod:`pucli.data.index`) to ``out``, a path or ``-`` for stdout.
+
+    Rows are sorted by descending score, ties in pool order (a stable sort, so the index is
+    deterministic); paths are absolute (the index may be read from another folder). Only the kept
+    images unless ``all_items``, which writes every scored pool image with a ``selected`` column.
+    Rows are generated one by one, so a large index is never held as a second list.
+
+    Raises:
+        DataError: a path cannot be written in an index (tab, newline or NUL in it).
+        OSError: ``out`` cannot be written.
+    """
+    order = torch.sort(result.scores, descending=True, stable=True).indices.tolist()
+    scores, selected = result.scores.tolist(), result.selected.tolist()
+    entries = (IndexEntry(result.paths[i].absolute(), scores[i], selected[i])
+               for i in order if all_items or selected[i])
+    write_index(entries, out, with_selected=all_items)
