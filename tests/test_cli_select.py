@@ -120,3 +120,22 @@ def test_missing_positive_folder_is_a_usage_error(inputs: dict[str, str], tmp_pa
 def test_select_help_shows_an_example() -> None:
     result = CliRunner().invoke(app, ["select", "--help"])
     assert result.exit_code == 0 and "pucli select teacher.safetensors --positive" in result.output
+
+
+def test_preview_draws_the_contact_sheet_beside_the_index(inputs: dict[str, str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    out, sheet = tmp_path / "sel.tsv", tmp_path / "sheet.png"
+    result = CliRunner().invoke(app, _args(inputs, "--prior", "0.3", "--out", str(out), "--preview", str(sheet)))
+    assert result.exit_code == 0, result.output
+    with Image.open(sheet) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+    assert read_index(out)  # the index is written as without --preview
+
+
+def test_preview_with_an_unknown_format_is_a_one_line_error_before_any_work(inputs: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "sel.tsv"
+    result = CliRunner().invoke(app, _args(inputs, "--prior", "0.3", "--out", str(out), "--preview", str(tmp_path / "s.gif")))
+    assert result.exit_code == 2
+    assert "--preview" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()

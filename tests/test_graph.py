@@ -46,7 +46,7 @@ def test_knn_graph_clips_k_and_reports_progress() -> None:
 
 
 def test_knn_graph_rejects_k_below_one() -> None:
-    with pytest.raises(UsageError, match="--graph-neighbors 0"):
+    with pytest.raises(UsageError, match="^graph_neighbors 0"):
         knn_graph(torch.zeros(3, 2), 0)
 
 
@@ -75,11 +75,11 @@ def test_spread_scores_identity_cases_and_errors() -> None:
     assert torch.equal(spread_scores(scores, neighbors, alpha=0.0, steps=50), scores)
     assert torch.equal(spread_scores(scores, neighbors, alpha=0.9, steps=0), scores)
     assert torch.equal(spread_scores(scores, torch.empty(3, 0, dtype=torch.int64), alpha=0.9, steps=5), scores)
-    with pytest.raises(UsageError, match="--graph-alpha 1.5"):
+    with pytest.raises(UsageError, match="^graph_alpha 1.5"):
         spread_scores(scores, neighbors, alpha=1.5, steps=1)
     with pytest.raises(UsageError, match=r"\[0, 1\)"):
         spread_scores(scores, neighbors, alpha=1.0, steps=1)
-    with pytest.raises(UsageError, match="--graph-steps -1"):
+    with pytest.raises(UsageError, match="^graph_steps -1"):
         spread_scores(scores, neighbors, alpha=0.5, steps=-1)
 
 

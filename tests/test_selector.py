@@ -485,11 +485,12 @@ def test_graph_smoothing_runs_after_fine_tuning(scenario: dict) -> None:
 
 
 def test_graph_options_are_validated() -> None:
-    with pytest.raises(UsageError, match="--graph-neighbors -1"):
+    # The engine names its parameters; the CLI maps them to --graph-* (tests/test_cli_select.py).
+    with pytest.raises(UsageError, match="^graph_neighbors -1"):
         SelectorOptions(class_prior=0.3, graph_neighbors=-1)
-    with pytest.raises(UsageError, match="--graph-steps -2"):
+    with pytest.raises(UsageError, match="^graph_steps -2"):
         SelectorOptions(class_prior=0.3, graph_steps=-2)
-    with pytest.raises(UsageError, match="--graph-alpha 1.1"):
+    with pytest.raises(UsageError, match="^graph_alpha 1.1"):
         SelectorOptions(class_prior=0.3, graph_alpha=1.1)
-    with pytest.raises(UsageError, match=r"--graph-alpha 1.0: must be in \[0, 1\)"):
+    with pytest.raises(UsageError, match=r"^graph_alpha 1.0: must be in \[0, 1\)"):
         SelectorOptions(class_prior=0.3, graph_alpha=1.0)

@@ -61,6 +61,7 @@ def select(
     arch: ArchOption = None,
     classes: ClassesOption = None,
     all_items: Annotated[bool, typer.Option("--all", help="Write every pool item with a selected column (1/0), not only the kept ones.", rich_help_panel="Output")] = False,
+    preview: Annotated[Path | None, typer.Option("--preview", dir_okay=False, help="Also draw the selection's contact sheet here (.png or .html, as `pucli show`).", rich_help_panel="Output", show_default=False)] = None,
     finetune: Annotated[bool, typer.Option("--finetune", help="Train the backbone end to end (slower) instead of caching frozen descriptors.", rich_help_panel=_PU)] = False,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the pool.", rich_help_panel=_PU)] = 20,
     batch_size: BatchSizeOption = 256,
@@ -98,6 +99,7 @@ def select(
         graph_alpha=graph_alpha, graph_steps=graph_steps, seed=seed,
     )
     guard_output(out, force=force or resume)
+    _check_preview(preview, force=force)
 
     from pucli import distributed
     from pucli.device import default_workers
@@ -121,10 +123,29 @@ def select(
         write_selection(result, out, all_items=all_items)
         # With the index on stdout, the selector goes beside the report.
         selector = save_selector(result, options, side_file(report_file if out == "-" else out, ".selector.safetensors"), loaded)
+        _write_preview(preview, result, positive, options)
     _record(report, result, options, selector)
     summary = _summary(result, options, out, selector, report.write(report_file))
     show_result(summary, json_output=json_output, quiet=quiet, table=_print_table)
     _print_notes(result, summary, quiet=quiet)
+
+
+def _check_preview(preview: Path | None, *, force: bool) -> None:
+    """``--preview`` must name a .png or .html file that may be written (checked before any work)."""
+    if preview is not None:
+        from pucli.show.render import sheet_format
+
+        sheet_format(preview, option="--preview")
+        guard_output(str(preview), force=force, option="--preview")
+
+
+def _write_preview(preview: Path | None, result: Any, positive: Path, options: Any) -> None:
+    """The contact sheet of ``--preview`` (:func:`pucli.show.write_preview`), drawn from the result in memory."""
+    if preview is not None:
+        from pucli.show import write_preview
+
+        write_preview(result, preview, positive=positive, class_prior=result.class_prior,
+                      prior_source="given" if options.class_prior is not None else "estimated")
 
 
 def _check_option_pairs(out: str, *, json_output: bool, finetune: bool, no_cache: bool, resume: bool,

@@ -41,7 +41,7 @@ import torch
 
 from pucli import distributed
 from pucli.cache import CacheEntry, read_entry, write_entry
-from pucli.errors import UsageError
+from pucli.errors import OptionError
 from pucli.paths import cache_dir
 from pucli.progress import ProgressCallback, no_progress
 
@@ -116,7 +116,7 @@ def knn_graph(
         UsageError: ``neighbors`` < 1.
     """
     if neighbors < 1:
-        raise UsageError(f"--graph-neighbors {neighbors}: must be >= 1 (or 0 to turn graph smoothing off)")
+        raise OptionError("graph_neighbors", neighbors, "must be >= 1 (or 0 to turn graph smoothing off)")
     n = len(features)
     first, last = rows if rows is not None else (0, n)
     k = min(neighbors, n - 1)
@@ -160,9 +160,9 @@ def spread_scores(scores: torch.Tensor, neighbors: torch.Tensor, *, alpha: float
         UsageError: ``alpha`` outside [0, 1) or ``steps`` < 0.
     """
     if not 0.0 <= alpha < 1.0:
-        raise UsageError(f"--graph-alpha {alpha}: must be in [0, 1)")
+        raise OptionError("graph_alpha", alpha, "must be in [0, 1)")
     if steps < 0:
-        raise UsageError(f"--graph-steps {steps}: must be >= 0")
+        raise OptionError("graph_steps", steps, "must be >= 0")
     base = scores.float()
     if neighbors.shape[1] == 0:
         return base.clone()
