@@ -315,6 +315,11 @@ def _top1(results: dict[str, Any], compression: str, source: str, n: int) -> dic
             if r["compression"] == compression and r["source"] == source and r["n"] == n}
 
 
+def _span(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:,}" if low == high else f"{low:,}-{high:,}"
+
+
 def report(results: dict[str, Any], plot: Path) -> str:
     """The markdown section (figures from ``results`` only) and the plot at ``plot``."""
     teacher = results.get("teacher", {})
@@ -370,7 +375,7 @@ def report(results: dict[str, Any], plot: Path) -> str:
             ratio_text = f" ({teacher_flops / flops:.1f}x fewer)" if teacher_flops else ""
             lines.append(f"| {ratio:.0%} | {', '.join(str(r['seed']) for r in rows)} | {rows[0]['params']:,} | "
                          f"{flops / 1e6:.2f} M{ratio_text} | {_cell([r['renorm_top1'] for r in rows])} | {_cell(kd)} | "
-                         f"{_cell(gap)} | {rows[0]['steps']:,} | "
+                         f"{_cell(gap)} | {_span([r['steps'] for r in rows])} | "
                          + ", ".join(f"{r['seconds'] / 60:.1f} ({r['load'][0]:.1f})" for r in rows) + " |")
     if results.get("timing"):
         lines += [""] + [f"- {t['what']}: {t['seconds']:.1f} s with {t['threads']} thread(s), load average "

@@ -44,6 +44,7 @@ __all__ = [
     "load_model",
     "save_model",
     "sidecar_config_path",
+    "student_provenance",
     "check_architecture",
     "weights_digest",
 ]
@@ -68,17 +69,21 @@ class ModelConfig:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     crop_pct: float = 1.0
+    crop_mode: str = "center"
     label_names: tuple[str, ...] | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
 
     def data_config(self) -> dict[str, Any]:
-        """timm-style data config (``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``)."""
+        """The preprocessing in timm's data-config form (``input_size``, ``mean``, ``std``,
+        ``interpolation``, ``crop_pct``, ``crop_mode``): what ``timm.data.resolve_model_data_config``
+        gives for this model and what :class:`pucli.data.loading.Preprocess` applies."""
         return {
             "input_size": self.input_size,
             "mean": self.mean,
             "std": self.std,
             "interpolation": self.interpolation,
             "crop_pct": self.crop_pct,
+            "crop_mode": self.crop_mode,
         }
 
 
@@ -160,11 +165,13 @@ def load_model(path: str | os.PathLike[str], arch: str | None = None, *, option:
     if not path.is_file():
         what = "is a folder, not a weights file" if path.is_dir() else "does not exist"
         raise UsageError(f"{option} {path} {what}: give a .safetensors, .pth or .pth.tar file")
-    from pucli.compress.formats import is_compressed, load_compressed_model  # pruned / quantized files
+    from pucli.compress.stored import is_compressed, read_compressed, rebuild  # pruned / quantized (docs/compress.md)
 
+    compression = None
     if is_compressed(path):
-        return load_compressed_model(path, arch, option=option)
-    if path.name.endswith(SAFETENSORS_SUFFIX):
+        state_dict, raw_config, compression = read_compressed(path, option=option)
+        config_dict, source_format = _parse_config(raw_config, path), "pucli-compressed"
+    elif path.name.endswith(SAFETENSORS_SUFFIX):
         state_dict, config_dict, source_format = _read_safetensors(path)
     else:
         state_dict, config_dict, source_format = _read_torch_file(path)
@@ -175,7 +182,9 @@ def load_model(path: str | os.PathLike[str], arch: str | None = None, *, option:
         raise UsageError(f"{path} does not name its architecture: pass --arch NAME (a timm model name)")
     check_architecture(architecture)
     config = _resolve_config(architecture, config_dict, state_dict, path)
-    model = build_model(config)
+    model = build_model(config, path=path)
+    if compression is not None:
+        rebuild(model, config.input_size, compression)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
@@ -190,18 +199,54 @@ def load_model(path: str | os.PathLike[str], arch: str | None = None, *, option:
             if part
         )
         raise TeacherFormatError(
-            f"weights in {path} do not fit architecture '{architecture}' ({detail}): check --arch"
+            f"weights in {path} do not fit architecture '{architecture}'{_described(config)} ({detail}): "
+            f"{_fit_advice(path, arch, source_format)}"
         ) from exc
     model.eval()
+    from pucli.report import record_model_file
+
+    record_model_file(path, "read", architecture, config.data_config())
     return LoadedModel(model, config, path, path.stat().st_size, source_format)
 
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """A freshly initialised timm model for ``config`` (no weights loaded)."""
+def build_model(config: ModelConfig, *, path: Path | None = None) -> nn.Module:
+    """A freshly initialised timm model for ``config`` (no weights loaded): ``timm.create_model``
+    with the architecture, class count, input channels and ``model_args``.
+
+    Raises:
+        TeacherFormatError: ``model_args`` the architecture does not take (``path``: the file
+            they came from, for the message).
+    """
     import timm
 
     kwargs = {k: v for k, v in config.model_args.items() if k not in {"num_classes", "in_chans"}}
-    return timm.create_model(config.architecture, num_classes=config.num_classes, in_chans=config.in_chans, **kwargs)
+    try:
+        return timm.create_model(config.architecture, num_classes=config.num_classes, in_chans=config.in_chans, **kwargs)
+    except TypeError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise TeacherFormatError(
+            f"{where}architecture '{config.architecture}' does not take model_args {_json(kwargs)} "
+            f"({_first_line(exc)}): fix model_args in its config"
+        ) from exc
+
+
+def _described(config: ModelConfig) -> str:
+    return f" with model_args {_json(config.model_args)}" if config.model_args else ""
+
+
+def _fit_advice(path: Path, arch: str | None, source_format: str) -> str:
+    """What to do when weights do not fit: depends on who named the architecture."""
+    if arch:
+        return "check --arch"
+    sidecar = sidecar_config_path(path.with_name(output_stem(path) + SAFETENSORS_SUFFIX))
+    if source_format == "timm-checkpoint":
+        return (f"the checkpoint's args do not say everything the model was built with; give the rest under "
+                f"model_args in {sidecar} (docs/models.md#timm-trainpy-checkpoints)")
+    return f"the file's config does not describe these weights; fix architecture or model_args in {sidecar}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def save_model(
@@ -210,12 +255,18 @@ def save_model(
     *,
     label_names: Sequence[str] | None = None,
     data_config: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model``'s weights to ``path`` (.safetensors) and its timm config beside it.
 
     The config (timm's export format, written by timm's own ``save_config_for_hf``) goes both into
     the safetensors metadata and into :func:`sidecar_config_path`. ``data_config`` overrides the
-    preprocessing (a student inherits its teacher's). Both files are written atomically.
+    preprocessing (a student declares the one it was trained with: its teacher's). ``provenance``
+    (:func:`student_provenance`) marks weights pucli trained: the architecture's own weight
+    provenance (``tag``, ``license``, papers, notes: those of its ImageNet weights) is left out,
+    and the config says where these weights come from instead (``pretrained_cfg.description``,
+    ``notes`` and a ``pucli`` section). Both files are written atomically with the mode a plain
+    ``open`` gives (0666 less the umask).
 
     Raises:
         UsageError: ``path`` does not end in .safetensors, or its folder is missing / read-only.
@@ -239,11 +290,47 @@ def save_model(
     with tempfile.TemporaryDirectory() as scratch:
         save_config_for_hf(model, f"{scratch}/config.json", model_config=model_config, data_config=data)
         config_text = Path(scratch, "config.json").read_text()
+    if provenance is not None:
+        config_text = _with_provenance(config_text, provenance)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", "architecture": json.loads(config_text)["architecture"], CONFIG_METADATA_KEY: config_text}
     replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     replace_atomically(sidecar_config_path(path), lambda tmp: tmp.write_text(config_text))
+    from pucli.report import record_model_file
+
+    written = _parse_config(json.loads(config_text), path)
+    record_model_file(path, "written", metadata["architecture"],
+                      {k: written.get(k) for k in ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")})
     return path
+
+
+# What an architecture's pretrained config says about its published weights, not about weights
+# trained by pucli: left out of a student's config.
+_WEIGHT_PROVENANCE_KEYS = ("tag", "license", "description", "origin_url", "paper_name", "paper_ids", "notes", "url",
+                           "hf_hub_id", "hf_hub_filename")
+
+
+def student_provenance(*, student: str, teacher: str | os.PathLike[str], teacher_digest: str,
+                       data: str | os.PathLike[str], loss: str) -> dict[str, Any]:
+    """Where a student's weights come from, for :func:`save_model`'s ``provenance``."""
+    from pucli import __version__
+
+    return {"made_by": f"pucli {__version__} distill", "student": student, "teacher": str(teacher),
+            "teacher_digest": teacher_digest, "data": str(data), "loss": loss}
+
+
+def _with_provenance(config_text: str, provenance: Mapping[str, Any]) -> str:
+    config = json.loads(config_text)
+    pretrained = config.setdefault("pretrained_cfg", {})
+    for key in _WEIGHT_PROVENANCE_KEYS:
+        pretrained.pop(key, None)
+    teacher = Path(str(provenance["teacher"])).name
+    pretrained["description"] = (f"{provenance['student']} student of teacher {teacher}, trained by "
+                                 f"{provenance['made_by']} ({provenance['loss']}) on {provenance['data']}")
+    pretrained["notes"] = [f"teacher: {provenance['teacher']} ({provenance['teacher_digest']})",
+                           f"data: {provenance['data']}", f"made by: {provenance['made_by']}"]
+    config["pucli"] = dict(provenance)
+    return json.dumps(config, indent=2)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -298,18 +385,60 @@ def _read_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         arch = getattr(args, "model", None) or obj.get("arch")
         if arch:
             config["architecture"] = arch
-        for key in ("num_classes", "in_chans", "input_size", "mean", "std", "interpolation", "crop_pct"):
-            value = getattr(args, key, None)
-            if value is not None:
-                config[key] = value
+        config.update(_train_args_config(args))
         obj = obj["state_dict"]
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise TeacherFormatError(f"{path} holds no weight tensors: save model.state_dict()")
     sidecar = sidecar_config_path(path.with_name(output_stem(path) + SAFETENSORS_SUFFIX))
     if sidecar.is_file():
-        config = {**_read_json_config(sidecar), **config}
+        # The sidecar adds what the checkpoint's args do not record; its model_args win (they are
+        # the user's fix for a build the args describe wrongly or not at all).
+        written = _read_json_config(sidecar)
+        model_args = {**(config.get("model_args") or {}), **(written.get("model_args") or {})}
+        config = {**written, **config}
+        if model_args:
+            config["model_args"] = model_args
     return tensors, config, source_format
+
+
+# timm train.py's arguments that it passes to timm.create_model, and the keyword each becomes;
+# args.model_kwargs (--model-kwargs) is passed as it is. None means "not set" (train.py's default).
+_TRAIN_MODEL_ARGS = {
+    "gp": "global_pool",
+    "drop": "drop_rate",
+    "drop_path": "drop_path_rate",
+    "drop_block": "drop_block_rate",
+    "bn_momentum": "bn_momentum",
+    "bn_eps": "bn_eps",
+}
+# train.py's arguments that describe the data (resolve_data_config reads them the same way).
+_TRAIN_DATA_ARGS = ("num_classes", "in_chans", "input_size", "mean", "std", "interpolation", "crop_pct")
+
+
+def _train_args_config(args: Any) -> dict[str, Any]:
+    """The config part of a timm ``train.py`` checkpoint's ``args`` (an ``argparse.Namespace``):
+    its data arguments, ``img_size`` as ``input_size``, and ``model_args``, the keywords train.py
+    gave ``timm.create_model`` (``--model-kwargs``, ``--gp``, ``--drop*``, ``--bn-*``)."""
+    if args is None:
+        return {}
+    config: dict[str, Any] = {}
+    for key in _TRAIN_DATA_ARGS:
+        value = getattr(args, key, None)
+        if value is not None and value != "":
+            config[key] = value
+    img_size = getattr(args, "img_size", None)
+    if "input_size" not in config and isinstance(img_size, int):
+        config["input_size"] = (config.get("in_chans") or 3, img_size, img_size)
+    model_args = dict(getattr(args, "model_kwargs", None) or {})
+    for name, keyword in _TRAIN_MODEL_ARGS.items():
+        value = getattr(args, name, None)
+        # A drop rate of 0 is every timm model's default (and no rate acts in eval mode): left out.
+        if value is not None and not (keyword.endswith("_rate") and value == 0) and keyword not in model_args:
+            model_args[keyword] = value
+    if model_args:
+        config["model_args"] = model_args
+    return config
 
 
 def _read_json_config(path: Path) -> dict[str, Any]:
@@ -371,11 +500,22 @@ def _resolve_config(architecture: str, raw: dict[str, Any], state_dict: Mapping[
         input_size=input_size,
         mean=mean,
         std=std,
-        interpolation=str(raw.get("interpolation") or default_cfg.get("interpolation") or "bilinear"),
-        crop_pct=float(raw.get("crop_pct") or default_cfg.get("crop_pct") or 1.0),
+        # With neither the file nor timm saying, timm's own defaults (resolve_data_config).
+        interpolation=str(raw.get("interpolation") or default_cfg.get("interpolation") or "bicubic"),
+        crop_pct=float(raw.get("crop_pct") or default_cfg.get("crop_pct") or 0.875),
+        crop_mode=_crop_mode(raw.get("crop_mode") or default_cfg.get("crop_mode") or "center", path),
         label_names=tuple(str(n) for n in labels) if labels is not None else None,
         model_args={k: v for k, v in model_args.items() if k not in {"num_classes", "in_chans"}},
     )
+
+
+def _crop_mode(value: Any, path: Path) -> str:
+    if value not in _CROP_MODES:
+        raise TeacherFormatError(f"{path}: crop_mode {value!r} is not one of timm's {', '.join(_CROP_MODES)}; fix the config")
+    return str(value)
+
+
+_CROP_MODES = ("center", "squash", "border")
 
 
 def _classifier_width(classifier: str | Sequence[str] | None, state_dict: Mapping[str, torch.Tensor]) -> int | None:

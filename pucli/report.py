@@ -10,8 +10,15 @@ Format (``format_version`` 1)::
     {"format_version": 1, "command": "select", "pucli": "0.1.0", "torch": ..., "torchvision": ...,
      "timm": ..., "python": ..., "platform": ..., "started_at": ISO-8601 UTC, "arguments": {...},
      "seed": int|null, "device": "cpu", "threads": int, "counts": {...}, "results": {...},
+     "preprocessing": [{"file": ..., "role": "read"|"written", "architecture": ...,
+                        "input_size": [C, H, W], "interpolation": ..., "crop_pct": ...,
+                        "crop_mode": ..., "mean": [...], "std": [...]}],
      "skipped": {"count": int, "files": [{"path": ..., "reason": ...}]},
      "timings_s": {"stage": seconds, ..., "total": seconds}}
+
+``preprocessing`` lists every model file the run read or wrote (:mod:`pucli.checkpoints` records
+them with :func:`record_model_file`) and the evaluation transform its config declares: the one
+pucli fed it and the one ``timm.data.resolve_model_data_config`` gives.
 """
 
 from __future__ import annotations
@@ -31,13 +38,25 @@ from typing import Any
 from pucli import __version__
 from pucli.paths import atomic_write, output_stem, state_dir
 
-__all__ = ["REPORT_FORMAT_VERSION", "RunReport", "report_location", "report_path_for", "side_file"]
+__all__ = ["REPORT_FORMAT_VERSION", "RunReport", "record_model_file", "report_location", "report_path_for", "side_file"]
 
 REPORT_FORMAT_VERSION = 1
 # How a run shows its results: they change no result, so the report leaves them out.
 _OUTPUT_SETTINGS = frozenset({"json", "quiet", "force", "report"})
 # Listing every bad file of a huge crawl would make the report huge; the count stays exact.
 MAX_SKIPPED_LISTED = 10_000
+# Model files read or written in this process, in order (record_model_file); a report lists those
+# of its own run: the ones recorded after it was made.
+_MODEL_FILES: list[dict[str, Any]] = []
+
+
+def record_model_file(path: str | os.PathLike[str], role: str, architecture: str,
+                      data_config: Mapping[str, Any]) -> None:
+    """Note that this run read (``role`` "read") or wrote ("written") the model file ``path`` of
+    ``architecture`` whose config declares the preprocessing ``data_config`` (timm's data-config
+    form); every run report made before lists it under ``preprocessing``."""
+    _MODEL_FILES.append({"file": str(path), "role": role, "architecture": architecture,
+                         **{k: _jsonable(v) for k, v in data_config.items()}})
 
 
 def report_path_for(output: str | os.PathLike[str]) -> Path:
@@ -89,6 +108,7 @@ class RunReport:
         self.timings: dict[str, float] = {}
         self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self._start = time.perf_counter()
+        self._model_files_from = len(_MODEL_FILES)
 
     @classmethod
     def from_arguments(cls, command: str, arguments: Mapping[str, Any]) -> RunReport:
@@ -129,6 +149,7 @@ class RunReport:
             "threads": self.threads,
             "counts": self.counts,
             "results": _jsonable(self.results),
+            "preprocessing": _MODEL_FILES[self._model_files_from:],
             "skipped": {"count": len(self.skipped), "files": listed},
             "timings_s": {**{k: round(v, 4) for k, v in self.timings.items()},
                           "total": round(time.perf_counter() - self._start, 4)},

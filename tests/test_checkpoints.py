@@ -156,3 +156,51 @@ def test_output_stem_keeps_inner_dots_and_treats_pth_tar_as_one_suffix() -> None
     assert output_stem("runs/model_best.pth.tar") == "model_best"
     assert output_stem("teacher.v2.pth") == "teacher.v2"
     assert report_path_for(Path("out/index.v2.tsv")) == Path("out/index.v2.report.json")
+
+
+def _train_py_args(**overrides: object) -> argparse.Namespace:
+    """The args timm's train.py stores in its checkpoints (the ones pucli reads), at their defaults."""
+    args = {"model": "test_resnet", "num_classes": 3, "in_chans": 1, "input_size": None, "img_size": None, "mean": None,
+            "std": None, "interpolation": "", "crop_pct": None, "gp": None, "drop": 0.0, "drop_path": None,
+            "drop_block": None, "bn_momentum": None, "bn_eps": None, "model_kwargs": {}}
+    return argparse.Namespace(**{**args, **overrides})
+
+
+def _train_py_checkpoint(path: Path, model: torch.nn.Module, args: argparse.Namespace) -> Path:
+    torch.save({"epoch": 3, "arch": type(model).__name__, "state_dict": model.state_dict(), "args": args,
+                "version": 2}, path)
+    return path
+
+
+def test_train_py_checkpoint_is_built_with_its_model_kwargs_and_gp(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trained = timm.create_model("test_resnet", num_classes=3, in_chans=1, global_pool="max", stem_width=24).eval()
+    path = _train_py_checkpoint(tmp_path / "model_best.pth.tar", trained,
+                                _train_py_args(gp="max", model_kwargs={"stem_width": 24}, img_size=40, crop_pct=0.9,
+                                               drop_path=0.1))
+    loaded = load_model(path)
+    assert loaded.config.model_args == {"stem_width": 24, "global_pool": "max", "drop_path_rate": 0.1}
+    assert loaded.model.global_pool.pool_type == "max"
+    assert loaded.config.input_size == (1, 40, 40) and loaded.config.crop_pct == 0.9
+    images = torch.rand(2, 1, 40, 40)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.model(images), trained(images))
+
+
+def test_train_py_checkpoint_built_with_unrecorded_arguments_says_to_write_a_sidecar(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trained = timm.create_model("test_resnet", num_classes=3, in_chans=1, stem_width=24).eval()
+    path = _train_py_checkpoint(tmp_path / "model_best.pth.tar", trained, _train_py_args())  # stem_width not in args
+    with pytest.raises(TeacherFormatError, match=r"model_best\.config\.json") as info:
+        load_model(path)
+    assert "--arch" not in str(info.value) and "\n" not in str(info.value)
+    # The sidecar config gives the rest, and then it loads.
+    (tmp_path / "model_best.config.json").write_text(json.dumps({"model_args": {"stem_width": 24}}))
+    assert load_model(path).config.model_args["stem_width"] == 24
+
+
+def test_model_args_an_architecture_does_not_take_are_a_clear_error(tmp_path: Path, lenet: torch.nn.Module) -> None:
+    path = _train_py_checkpoint(tmp_path / "m.pth.tar", lenet,
+                                _train_py_args(model="lenet5", num_classes=10, model_kwargs={"no_such_arg": 1}))
+    with pytest.raises(TeacherFormatError, match="does not take model_args"):
+        load_model(path)

@@ -141,9 +141,9 @@ def test_quantized_model_streams_through_stdout_and_stdin(tmp_path: Path) -> Non
 
 def test_recalibrating_a_quantized_model_changes_batchnorm_only_and_keeps_the_codes(tmp_path: Path) -> None:
     import timm
+    from conftest import write_png
     from safetensors import safe_open
 
-    from conftest import write_png
     from pucli.checkpoints import save_model
     from pucli.compress.steps import quantize, recalibrate
 

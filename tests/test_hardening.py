@@ -361,7 +361,8 @@ def _pucli(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"", ti
 def test_in_a_pipeline_a_missing_option_is_an_error_never_a_prompt(inputs) -> None:
     done = _pucli("select", str(inputs["teacher"]), "--positive", str(inputs["positive"]), "--prior", "0.3", timeout=60)
     assert done.returncode == 2
-    assert b"Missing option '--unlabeled'" in done.stderr and done.stdout == b""
+    # Every missing option in one line (issue 14), never a prompt.
+    assert b"Missing options '--unlabeled' and '--out'" in done.stderr and done.stdout == b""
     # One line, like pucli's own errors, and it says where the help is.
     assert done.stderr.decode().strip().count("\n") == 0
     assert b"pucli select --help" in done.stderr

@@ -23,8 +23,8 @@ from pucli.cli._output import current_context
 
 __all__ = [
     "ArchOption", "BatchSizeOption", "ClassesOption", "DeviceOption", "ForceOption", "JsonOption",
-    "PositiveOption", "QuietOption", "ReportOption", "SeedOption", "StateReportOption", "TeacherArgument",
-    "TeacherCommand", "ThreadsOption", "UnlabeledOption", "WorkersOption", "load_pu_inputs", "load_teacher_and_positives",
+    "PositiveOption", "QuietOption", "ReportOption", "ReportsMissingTogether", "SeedOption", "StateReportOption",
+    "TeacherArgument", "TeacherCommand", "ThreadsOption", "UnlabeledOption", "WorkersOption", "load_pu_inputs", "load_teacher_and_positives",
     "teacher_label",
 ]
 
@@ -53,7 +53,7 @@ WorkersOption = Annotated[
     typer.Option("--workers", min=0, help="Data-loading processes \\[default: one per CPU, at most 8; 0 for tiny inputs].", rich_help_panel=_RUN),
 ]
 ThreadsOption = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads for the network \\[default: CPUs available].", rich_help_panel=_RUN)
+    int | None, typer.Option("--threads", min=1, help="CPU threads for the network \\[default: CPUs available; on a busy CPU, 1 is often many times faster].", rich_help_panel=_RUN)
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed: same inputs and seed give the same result.", rich_help_panel=_RUN)]
 
@@ -78,7 +78,43 @@ _TEACHER_FLAG = "--teacher"
 _SPELLING = "pucli.teacher_spelling"
 
 
-class TeacherCommand(TyperCommand):
+class ReportsMissingTogether(TyperCommand):
+    """A command that names every required option left out in one error, not one per attempt
+    (click stops at the first): ``Missing options '--data', '--student' and '--out'.`` A missing
+    argument (``TEACHER``) is reported alone, as click does: it comes first on the line."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:  # Typer >= 0.20 ships its own copy of click; older releases use click itself.
+            from typer._click.exceptions import MissingParameter, UsageError
+        except ImportError:  # pragma: no cover
+            from click.exceptions import MissingParameter, UsageError
+
+        try:
+            return super().parse_args(ctx, list(args))
+        except MissingParameter as exc:
+            if getattr(exc.param, "param_type_name", "") != "option":
+                raise
+            missing = missing_options(self, ctx, args)
+            if len(missing) < 2:
+                raise
+            names = ", ".join(f"'{name}'" for name in missing[:-1]) + f" and '{missing[-1]}'"
+            raise UsageError(f"Missing options {names}.", ctx=ctx) from None
+
+
+def missing_options(command: Any, ctx: Any, args: list[str]) -> list[str]:
+    """The required options of ``command`` that ``args`` (a command line after the command's
+    name) leave without a value, in the order of ``--help``."""
+    opts, _, _ = command.make_parser(ctx).parse_args(args=list(args))
+    missing = []
+    for param in command.get_params(ctx):
+        if getattr(param, "param_type_name", "") == "option" and param.required:
+            value, _ = param.consume_value(ctx, opts)
+            if param.value_is_missing(value):
+                missing.append(param.opts[0])
+    return missing
+
+
+class TeacherCommand(ReportsMissingTogether):
     """A command whose first positional argument is the teacher, also accepted as ``--teacher
     FILE`` (or ``--teacher=FILE``) anywhere before ``--``: the flag's value is moved to the front
     of the positional arguments before click parses the line."""

@@ -143,7 +143,23 @@ def start_run(*, device: str | None = None, threads: int | None = None, torchrun
 
         run_device = distributed.setup(resolve_device(device)) if torchrun else resolve_device(device)
         report.device, report.threads = str(run_device), configure_threads(threads)
+        if threads is None and run_device.type == "cpu":
+            _warn_busy_cpu(report.threads, quiet=bool(context is not None and context.params.get("quiet")))
     return report, run_device
+
+
+def _warn_busy_cpu(threads: int, *, quiet: bool) -> None:
+    """The default ``--threads`` (every CPU) on a CPU that other work already fills: say so, on a
+    terminal (a log or a test's stderr should not change with the machine's load; the report
+    records the threads)."""
+    from pucli.device import cpu_overload
+
+    if threads <= 1 or not console.is_terminal:
+        return
+    load = cpu_overload()
+    if load is not None:
+        info(f"[yellow]warning:[/] the CPU is busy (load {load:.1f} on {threads} CPUs): {threads} threads can run many "
+             "times slower than one; pass --threads 1 (docs/troubleshooting.md#a-busy-cpu)", quiet=quiet)
 
 
 def _recorded_name(param: Any) -> str:

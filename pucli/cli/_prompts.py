@@ -1,8 +1,11 @@
 """Questions on a terminal, never anywhere else: required inputs left out, outputs to replace.
 
-A question goes to stderr and its answer comes from stdin, so stdout stays clean for data. In a
-pipeline, a cron job, CI or under torchrun pucli never asks: it decides by the options or fails
-with one line.
+A question goes to stderr and its answer comes from stdin, so stdout stays clean for data. An
+answer the option rejects (its type or its check, e.g. a student ``--out`` not named
+``*.safetensors``) is asked for again, with the reason. Once everything is answered, the whole
+command line is printed (``same as: pucli distill ...``), the one to repeat with ``--resume`` or
+put in a script. In a pipeline, a cron job, CI or under torchrun pucli never asks: it decides by
+the options or fails with one line, naming every required option left out.
 """
 
 from __future__ import annotations
@@ -10,15 +13,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from pucli.cli._output import error, escape
+from pucli.cli._output import error, escape, info
 
-__all__ = ["check_output_path", "confirm_overwrite", "enable_prompts", "guard_output", "is_interactive"]
+__all__ = ["check_output_path", "checked_answer", "confirm_overwrite", "enable_prompts", "equivalent_command",
+           "guard_output", "is_interactive"]
 
 
 def is_interactive() -> bool:
@@ -76,6 +82,27 @@ def guard_output(out: str | Path, *, force: bool, option: str = "--out") -> None
         confirm_overwrite(Path(out), force=force, option=option)
 
 
+_ASKING = "pucli.asking"
+
+
+def checked_answer(check: Callable[[Any], None]) -> Callable[[Any, Any, Any], Any]:
+    """An option callback that runs ``check(value)`` on an answer typed at a question, so that an
+    answer it rejects (a :class:`pucli.errors.PucliError`) is asked for again. A value given on the
+    command line passes through: the command checks it itself, with its one-line error."""
+
+    def callback(ctx: Any, param: Any, value: Any) -> Any:
+        from pucli.errors import PucliError
+
+        if value is not None and ctx.meta.get(_ASKING):
+            try:
+                check(value)
+            except PucliError as exc:
+                raise typer.BadParameter(str(exc)) from None
+        return value
+
+    return callback
+
+
 def _ask(question: str) -> str:
     """Print ``question`` on stderr (as is: no markup, no wrapping) and read one line of stdin.
 
@@ -96,6 +123,9 @@ def enable_prompts(command: Any) -> Any:
     built (a group: its subcommands too)."""
     for sub in getattr(command, "commands", {}).values():
         enable_prompts(sub)
+    if not hasattr(command, "commands") and not getattr(command, "_pucli_echoes", False):
+        command.parse_args = functools.partial(_parse_then_echo, command.parse_args)  # type: ignore[method-assign]
+        command._pucli_echoes = True
     for param in getattr(command, "params", []):
         # Typer ships its own copy of click: tell parameters by their attributes, not by class.
         kind = getattr(param, "param_type_name", "")
@@ -105,6 +135,34 @@ def enable_prompts(command: Any) -> Any:
         elif kind == "argument" and param.required and param.nargs == 1:
             param.consume_value = functools.partial(_consume_or_ask, param, param.consume_value)  # type: ignore[method-assign]
     return command
+
+
+_ANSWERS = "pucli.prompt_answers"
+
+
+def _parse_then_echo(parse_args: Any, ctx: Any, args: list[str]) -> list[str]:
+    """Parse ``args`` (questions asked for what is missing), then, if anything was asked, print
+    the equivalent command line on stderr (not with ``--quiet``)."""
+    given = list(args)
+    rest = parse_args(ctx, args)
+    answers = ctx.meta.pop(_ANSWERS, [])
+    if answers and not ctx.params.get("quiet"):
+        info(f"same as: {escape(equivalent_command(ctx.command_path, given, answers))}")
+    return rest
+
+
+def equivalent_command(command_path: str, given: list[str], answers: list[tuple[Any, str]]) -> str:
+    """The command line that gives, without questions, what ``given`` plus the ``answers``
+    (``(param, text)``, as asked) gave: asked arguments first, then the line as typed, then the
+    asked options.
+
+    >>> equivalent_command("pucli distill", ["t.pt"], [])
+    'pucli distill t.pt'
+    """
+    arguments = [text for param, text in answers if getattr(param, "param_type_name", "") != "option"]
+    options = [part for param, text in answers if getattr(param, "param_type_name", "") == "option"
+               for part in (param.opts[0], text)]
+    return " ".join([command_path, *(shlex.quote(part) for part in [*arguments, *given, *options])])
 
 
 def _consume_or_ask(param: Any, consume: Any, ctx: Any, opts: Any) -> Any:
@@ -126,7 +184,13 @@ def _prompt_for_value(param: Any, ctx: Any) -> Any:
             raise typer.Abort() from None
         if not answer:
             continue
+        ctx.meta[_ASKING] = True
         try:
-            return param.process_value(ctx, answer)
-        except typer.BadParameter as exc:
-            error(escape(exc.format_message()))
+            value = param.process_value(ctx, answer)
+        except typer.BadParameter as exc:  # the type or the option's check said no: ask again
+            error(escape(exc.format_message()) + "; try again")
+            continue
+        finally:
+            ctx.meta[_ASKING] = False
+        ctx.meta.setdefault(_ANSWERS, []).append((param, answer))
+        return value

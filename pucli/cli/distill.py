@@ -23,8 +23,8 @@ from pucli.cli._options import (
     WorkersOption,
     teacher_label,
 )
-from pucli.cli._output import command_help, console, info, progress_bars, show_result, start_run, warn_skipped
-from pucli.cli._prompts import guard_output
+from pucli.cli._output import command_help, console, escape, info, progress_bars, show_result, start_run, warn_skipped
+from pucli.cli._prompts import checked_answer, guard_output
 
 HELP = """Train a smaller student on an expanded set with robust knowledge distillation.
 
@@ -41,6 +41,19 @@ TEACHER may also be given as --teacher FILE.
 _RUN = "Training"
 
 
+def _check_student_file(out: Path) -> None:
+    from pucli.errors import UsageError
+
+    if not out.name.endswith(".safetensors"):
+        raise UsageError(f"--out {out}: the student is written as safetensors, name the file *.safetensors")
+
+
+def _check_student(name: str) -> None:
+    from pucli.checkpoints import check_architecture
+
+    check_architecture(name)
+
+
 def register(app: typer.Typer) -> None:
     app.command("distill", cls=TeacherCommand, help=command_help(HELP), no_args_is_help=True)(distill)
 
@@ -49,8 +62,8 @@ def register(app: typer.Typer) -> None:
 def distill(
     teacher: TeacherArgument,
     data: Annotated[Path, typer.Option("--data", help="Expanded-set folder written by `pucli expand`.", show_default=False)],
-    student: Annotated[str, typer.Option("--student", help="Student architecture: any timm name (lenet5_half, resnet18, ...).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", help="Student weights to write (*.safetensors).", show_default=False)],
+    student: Annotated[str, typer.Option("--student", callback=checked_answer(_check_student), help="Student architecture: any timm name (lenet5_half, resnet18, ...).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", callback=checked_answer(_check_student_file), help="Student weights to write (*.safetensors).", show_default=False)],
     arch: ArchOption = None,
     loss: Annotated[str, typer.Option("--loss", help="robust-kd (Eq. 10), weighted-kd (Eq. 8) or kd (Eq. 1).", rich_help_panel=_RUN)] = "robust-kd",
     temperature: Annotated[float | None, typer.Option("--temperature", help="KD temperature T \\[default: the expanded set's].", rich_help_panel=_RUN)] = None,
@@ -87,11 +100,11 @@ def distill(
                            weighting=weighting, checkpoint_interval=checkpoint_interval)
     guard_output(out, force=force or resume)
     from pucli import distributed
-    from pucli.checkpoints import check_architecture, save_model
+    from pucli.checkpoints import save_model, student_provenance
     from pucli.device import default_workers
     from pucli.kd.distill import distill as train_student
 
-    check_architecture(student)
+    _check_student(student)
     checkpoint = checkpoint or side_file(out, ".ckpt.pt")
     # Under torchrun every rank trains (DistributedDataParallel); only rank 0 reports and writes.
     report, run_device = start_run(device=device, threads=threads, torchrun=True, checkpoint=checkpoint)
@@ -101,13 +114,16 @@ def distill(
         result = train_student(
             loaded, expanded, student, config=config, checkpoint_path=checkpoint, resume=resume, val_set=val_set,
             device=run_device, workers=workers if workers is not None else default_workers(len(expanded)),
-            skipped=report.skipped, progress=progress,
+            skipped=report.skipped, progress=progress, plan=lambda plan: _say_plan(plan, quiet=quiet),
         )
     if not distributed.is_main():
         return
     with report.stage("save"):
+        # The student declares the preprocessing it was trained with: its teacher's (docs/models.md).
         save_model(result.student, out, label_names=loaded.config.label_names or expanded.class_names,
-                   data_config=loaded.config.data_config())
+                   data_config=loaded.config.data_config(),
+                   provenance=student_provenance(student=student, teacher=teacher, teacher_digest=loaded.digest,
+                                                 data=data, loss=loss))
     summary = _summary(result, out)
     written = _record(report, result, summary).write(report_location("distill", out, report_path))
     if not result.teacher_matches_data:
@@ -126,11 +142,34 @@ def _record(report: Any, result: Any, summary: dict[str, Any]) -> Any:
     return report
 
 
-def _check_student_file(out: Path) -> None:
-    from pucli.errors import UsageError
+def _say_plan(plan: Any, *, quiet: bool) -> None:
+    """Before training: epochs and steps; after the first epoch: the time the rest will take.
 
-    if not out.name.endswith(".safetensors"):
-        raise UsageError(f"--out {out}: the student is written as safetensors, name the file *.safetensors")
+    Off a terminal the plan is the distill stage's first log line (the per-epoch lines that follow
+    carry the ETA); on a terminal, where the bar counts steps only, two sentences."""
+    default = " (the default for this set: --epochs N to change)" if plan.epochs_defaulted else ""
+    what = (f"{plan.epochs} epochs{default} of {plan.steps_per_epoch:,} steps ({plan.batch_size} images each, "
+            f"{plan.items:,} images)")
+    if not console.is_terminal:
+        if plan.epoch_s is None:
+            done, total = (plan.first_epoch - 1) * plan.steps_per_epoch, plan.epochs * plan.steps_per_epoch
+            info(escape(f"distill: {done:,}/{total:,} ({100 * done // total} %), plan {what}, elapsed 0:00:00"),
+                 quiet=quiet)
+    elif plan.epoch_s is None:
+        start = f", from epoch {plan.first_epoch}" if plan.first_epoch > 1 else ""
+        info(escape(f"plan: {what}{start}, {plan.steps:,} steps; the time it takes after the first epoch"), quiet=quiet)
+    else:
+        info(f"epoch {plan.first_epoch} took {_duration(plan.epoch_s)}: about {_duration(plan.remaining_s)} "
+             f"for the other {plan.epochs - plan.first_epoch} epochs", quiet=quiet)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _load_inputs(teacher: Path, arch: str | None, data: Path, val: Path | None) -> Any:

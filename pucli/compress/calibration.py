@@ -91,17 +91,18 @@ def calibration_batches(
     batch_size: int = 100,
     seed: int = 0,
     augment: str = "none",
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     workers: int = 0,
     skipped: list[SkippedFile] | None = None,
 ) -> Iterator[Tensor]:
-    """Normalised batches, float32 (per_batch, C, H, W) on ``device``, of ``images`` images drawn
+    """Normalised batches, float32 (per_batch, C, H, W) on ``device`` (default CPU), of ``images`` images drawn
     from ``paths`` in a seeded random order (:func:`calibration_plan`); ``augment="flip-crop"``
     pads, crops and flips each image at random (``pucli.data.augment.FlipCrop``), else the
     deterministic evaluation transform alone. Unreadable files go to ``skipped`` and are replaced
     by the next paths of the order; when the source runs out of readable images, the batches are
     planned on the images it had.
     """
+    device = device or torch.device("cpu")
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(paths), generator=generator).tolist()
     wanted = min(images, len(paths))

@@ -74,7 +74,7 @@ def recalibrate(
     batch_size: int = 100,
     augment: str = "none",
     seed: int = 0,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     workers: int = 0,
     skipped: list[SkippedFile] | None = None,
     progress: ProgressCallback = no_progress,
@@ -104,6 +104,7 @@ def recalibrate(
     check_batchnorm(loaded.model, f"MODEL {model_source}")
     paths = calibration_paths(data, stdin=stdin_text, option="--data")
     started = time.perf_counter()
+    device = device or torch.device("cpu")
     model = loaded.model.to(device)
     total = calibration_plan(len(paths), images, batch_size)
     batches = calibration_batches(paths, Preprocess(loaded.config), images=images, batch_size=batch_size, seed=seed,

@@ -4,10 +4,22 @@ torchvision decodes PNG/JPEG/GIF/WEBP; PIL takes whatever else it can open. Head
 before torchvision sees the bytes (a truncated PNG or an oversized JPEG goes to PIL, whose
 decompression-bomb guard applies). A file that cannot be decoded (corrupt, truncated, empty, not an
 image) raises :class:`BadImageError`, which the loaders turn into a skipped file.
+
+Reduced-size JPEG decoding: given ``draft`` (the side the evaluation transform needs,
+:func:`draft_side`), a JPEG at least twice that size on both sides is decoded by PIL with
+``Image.draft`` (libjpeg's DCT scaling by 1/2, 1/4 or 1/8, the largest that keeps both sides at
+least ``draft``), so a 256-pixel photo for a 32-pixel teacher is decoded at 32 pixels, not 256.
+The pixels differ slightly from a full decode followed by the resize (DCT scaling is its own
+low-pass filter; the difference and the speed-up are measured in docs/benchmarks.md, section
+"Reduced-size JPEG decoding (issue 20)");
+every other image (PNG, small JPEGs, other formats) decodes exactly as without ``draft``. The
+decompression-bomb guards apply as before (a JPEG over PIL's limit never takes this path).
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -19,17 +31,23 @@ from torchvision.io import ImageReadMode, decode_image
 from pucli.data.shards import read_member, split_member
 from pucli.errors import DataError
 
-__all__ = ["BadImageError", "decode_image_file", "decode_images", "check_channels"]
+__all__ = ["BadImageError", "check_channels", "decode_image_file", "decode_images", "draft_side"]
 
 
 class BadImageError(Exception):
     """Internal: one file could not be decoded (caught per item)."""
 
 
-def decode_image_file(path: Path, channels: int) -> torch.Tensor:
+def decode_image_file(path: Path, channels: int, *, draft: int | None = None) -> torch.Tensor:
     """Decode an image file to uint8 (channels, H, W), EXIF orientation applied.
 
     torchvision decodes PNG/JPEG/GIF/WEBP; PIL takes whatever else it can open.
+
+    Args:
+        path: an image file or a tar-shard member path.
+        channels: 1 (grey) or 3 (RGB).
+        draft: pixels; a JPEG at least twice this on both sides is decoded at a reduced size
+            whose sides stay >= ``draft`` (the module docstring); None decodes at full size.
 
     Raises:
         BadImageError: empty, truncated, corrupt or not an image.
@@ -38,8 +56,44 @@ def decode_image_file(path: Path, channels: int) -> torch.Tensor:
     data = _read_encoded(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        image = _decode_with_torchvision(data, channels)
+        image = _decode_reduced(data, channels, draft) if draft else None
+        if image is None:
+            image = _decode_with_torchvision(data, channels)
     return _finish_decode(path, data, image, channels)
+
+
+def draft_side(size: tuple[int, int], crop_pct: float) -> int:
+    """The side a decoded image may be reduced to before the evaluation transform resizes it to
+    ``size`` (H, W) pixels: ``max(floor(s / crop_pct))``, the larger side of the transform's
+    scale step (:class:`pucli.data.loading.Preprocess`), so no mode of it (centre crop, squash,
+    border) upsamples what the reduced decode gives."""
+    return max(math.floor(s / crop_pct) for s in size)
+
+
+def _decode_reduced(data: torch.Tensor, channels: int, draft: int) -> torch.Tensor | None:
+    """A JPEG of at least ``2 * draft`` pixels on both sides, decoded by PIL at the reduced size
+    ``Image.draft`` picks (both sides >= ``draft``), EXIF orientation applied; None for anything
+    else (not a JPEG, smaller, over PIL's pixel limit, unreadable), which then decodes as usual."""
+    from PIL import Image, ImageOps
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    view = memoryview(data.numpy())
+    if view[:2] != b"\xff\xd8":
+        return None
+    size = _jpeg_size(view)
+    limit = Image.MAX_IMAGE_PIXELS
+    if size is None or min(size) < 2 * draft or (limit is not None and size[0] * size[1] > limit):
+        return None
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        with Image.open(io.BytesIO(view)) as opened:
+            if opened.format != "JPEG":
+                return None
+            opened.draft(mode, (draft, draft))
+            opened.load()
+            return pil_to_tensor(ImageOps.exif_transpose(opened).convert(mode))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None  # the usual path reports it
 
 
 def _check_channels(channels: int) -> None:
@@ -237,9 +291,11 @@ def check_channels(channels: int) -> None:
     _check_channels(channels)
 
 
-def decode_images(paths: Sequence[Path], channels: int) -> list[tuple[torch.Tensor | None, str | None]]:
+def decode_images(paths: Sequence[Path], channels: int, *,
+                  draft: int | None = None) -> list[tuple[torch.Tensor | None, str | None]]:
     """Decode several files at once: per path ``(image, None)`` with a uint8 (channels, H, W)
-    image, or ``(None, reason)`` for a file that cannot be decoded.
+    image, or ``(None, reason)`` for a file that cannot be decoded; ``draft`` as
+    :func:`decode_image_file`.
 
     The same pixels as :func:`decode_image_file` per file, with one warnings context for the
     torchvision pass over all of them (PIL's fallback runs outside it, as in
@@ -258,7 +314,8 @@ def decode_images(paths: Sequence[Path], channels: int) -> list[tuple[torch.Tens
             except BadImageError as exc:
                 encoded.append((None, None, str(exc)))
                 continue
-            encoded.append((data, _decode_with_torchvision(data, channels), None))
+            image = _decode_reduced(data, channels, draft) if draft else None
+            encoded.append((data, image if image is not None else _decode_with_torchvision(data, channels), None))
     decoded: list[tuple[torch.Tensor | None, str | None]] = []
     for path, (data, image, reason) in zip(paths, encoded):
         if data is None:

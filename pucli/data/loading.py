@@ -9,15 +9,15 @@ model's device. Unreadable files are reported in each batch's ``failed`` list an
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pucli.data.decode import BadImageError, decode_image_file, decode_images
+from pucli.data.decode import BadImageError, decode_image_file, decode_images, draft_side
 from pucli.data.files import SkippedFile
 
 if TYPE_CHECKING:
@@ -27,11 +27,16 @@ __all__ = ["Batch", "ImageDataset", "Preprocess", "collate", "iterate_batches"]
 
 
 class Preprocess:
-    """The deterministic evaluation transform of a model's config (timm's eval recipe).
+    """The deterministic evaluation transform of a model's config: timm's own, so a model means the
+    same in pucli and in timm (``timm.data.create_transform(**resolve_model_data_config(model))``).
 
     :meth:`resize` works per image in the loader workers: uint8 (C, H, W) -> uint8 (C, h, w) at the
-    model's input size (shorter side to ``size / crop_pct``, then centre crop). :meth:`normalize`
-    works per batch on the model's device: uint8 (B, C, h, w) -> float32, ``(x/255 - mean) / std``.
+    model's input size, by timm's eval transform on a PIL image (``crop_mode`` ``center``: shorter
+    side to ``floor(size / crop_pct)``, then centre crop; ``squash``, ``border`` as timm), with every
+    ``crop_pct`` applied, also to images already at the input size. An image the transform would
+    leave as it is (at the input size with ``floor(size / crop_pct) == size``) is passed through.
+    :meth:`normalize` works per batch on the model's device: uint8 (B, C, h, w) -> float32,
+    ``(x/255 - mean) / std``.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -40,21 +45,43 @@ class Preprocess:
         self.channels = config.in_chans
         self.size = (config.input_size[1], config.input_size[2])
         self.crop_pct = config.crop_pct
+        self.crop_mode = config.crop_mode
+        # "random" is a training-time choice; timm's eval transform takes bilinear for it too.
         self.interpolation = InterpolationMode(config.interpolation if config.interpolation != "random" else "bilinear")
         self.mean = torch.tensor(config.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(config.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self._mean, self._std = tuple(config.mean), tuple(config.std)
+        scale = tuple(math.floor(s / self.crop_pct) for s in self.size)
+        self._unchanged_at_size = scale == self.size and self.crop_mode in ("center", "squash")
+        self._transform: Callable[[Any], torch.Tensor] | None = None  # built on first use, in the worker
+
+    def data_config(self) -> dict[str, Any]:
+        """This transform in timm's data-config form, as run reports record it."""
+        return {
+            "input_size": [self.channels, *self.size],
+            "interpolation": str(self.interpolation.value),
+            "crop_pct": self.crop_pct,
+            "crop_mode": self.crop_mode,
+            "mean": list(self._mean),
+            "std": list(self._std),
+        }
 
     def resize(self, image: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F
-
-        if tuple(image.shape[-2:]) == self.size:
+        if self._unchanged_at_size and tuple(image.shape[-2:]) == self.size:
             return image
-        scale = [math.floor(s / self.crop_pct) for s in self.size]
-        if self.size[0] == self.size[1]:
-            image = F.resize(image, scale[0], interpolation=self.interpolation, antialias=True)
-        else:
-            image = F.resize(image, scale, interpolation=self.interpolation, antialias=True)
-        return F.center_crop(image, list(self.size))
+        from PIL import Image
+
+        if self._transform is None:
+            from timm.data import create_transform
+
+            # use_prefetcher: stop at uint8 pixels (normalize runs per batch, on the device).
+            self._transform = create_transform(
+                (self.channels, *self.size), is_training=False, interpolation=str(self.interpolation.value),
+                mean=self._mean, std=self._std, crop_pct=self.crop_pct, crop_mode=self.crop_mode,
+                use_prefetcher=True,
+            )
+        pixels = image[0] if self.channels == 1 else image.permute(1, 2, 0)
+        return self._transform(Image.fromarray(pixels.contiguous().numpy()))
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         mean = self.mean.to(batch.device)
@@ -72,6 +99,8 @@ class ImageDataset(Dataset):
         self.paths = list(paths)
         self.labels = list(labels) if labels is not None else None
         self.preprocess = preprocess
+        # JPEGs twice this size or more are decoded at reduced size (pucli.data.decode, draft).
+        self.draft = draft_side(preprocess.size, preprocess.crop_pct)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -79,7 +108,8 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, int, str | None]:
         label = self.labels[index] if self.labels is not None else -1
         try:
-            image = self.preprocess.resize(decode_image_file(self.paths[index], self.preprocess.channels))
+            image = self.preprocess.resize(decode_image_file(self.paths[index], self.preprocess.channels,
+                                                             draft=self.draft))
         except BadImageError as exc:
             return index, None, label, str(exc)
         return index, image, label, None
@@ -91,7 +121,7 @@ class ImageDataset(Dataset):
         DataLoader calls this once per batch in the worker: one warnings context, one stack and
         one set of index/label tensors per batch instead of per image.
         """
-        decoded = decode_images([self.paths[index] for index in indices], self.preprocess.channels)
+        decoded = decode_images([self.paths[index] for index in indices], self.preprocess.channels, draft=self.draft)
         samples: list[tuple[int, torch.Tensor | None, int, str | None]] = []
         for index, (image, reason) in zip(indices, decoded):
             label = self.labels[index] if self.labels is not None else -1

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from pucli.errors import DataError, UsageError
+from pucli.paths import replace_atomically
 
 __all__ = [
     "MANIFEST_FORMAT_VERSION",
@@ -195,7 +196,9 @@ def write_expanded_set(expanded: ExpandedSet, folder: str | os.PathLike[str]) ->
         "teacher_digest": expanded.teacher_digest,
         "num_items": str(len(expanded)),
     }
-    save_file({SOFT_TARGETS_KEY: expanded.soft_targets.contiguous()}, str(folder / SOFT_TARGETS_NAME), metadata=metadata)
+    soft_targets = {SOFT_TARGETS_KEY: expanded.soft_targets.contiguous()}
+    # Through replace_atomically for its file mode: save_file makes 0600 files, not the umask's.
+    replace_atomically(folder / SOFT_TARGETS_NAME, lambda tmp: save_file(soft_targets, str(tmp), metadata=metadata))
     classes = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "temperature": expanded.temperature,

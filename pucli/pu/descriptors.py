@@ -39,7 +39,7 @@ __all__ = ["Descriptors", "DESCRIPTOR_CACHE_VERSION", "DESCRIPTOR_PART_IMAGES", 
            "extract_descriptors_in_parts"]
 
 
-DESCRIPTOR_CACHE_VERSION = 3  # 2: augmented positives stored beside the plain ones; 3: pucli.cache entries
+DESCRIPTOR_CACHE_VERSION = 4  # 2: augmented positives beside the plain ones; 3: pucli.cache entries; 4: timm eval transform
 
 
 @dataclass
@@ -127,7 +127,7 @@ def descriptor_cache_key(
         "model_args": json.dumps(config.model_args, sort_keys=True, default=str),
         "positive": _file_identities(positive_paths),
         "unlabeled": _file_identities(unlabeled_paths),
-        "preprocess": [preprocess.channels, list(preprocess.size), preprocess.crop_pct,
+        "preprocess": [preprocess.channels, list(preprocess.size), preprocess.crop_pct, preprocess.crop_mode,
                        str(preprocess.interpolation.value), list(config.mean), list(config.std)],
         "scales": scales.describe(),
         "augment": augmentation.describe() if augmentation is not None else "none",

@@ -27,6 +27,18 @@ docs/scaling.md), run in row blocks so memory stays near ``block_elements`` floa
 cached on disk (:func:`pool_graph`).
 Descriptors wider than :data:`MAX_GRAPH_CHANNELS` are first projected onto their leading principal
 components (``torch.pca_lowrank``), which bounds C.
+
+Pools larger than :data:`GRAPH_EXACT_MAX` images (an option: ``SelectorOptions.graph_exact_max``)
+are searched approximately instead (:func:`approximate_knn_graph`): an inverted-file index with
+exact distances inside the probed lists (IVF-Flat, faiss: Johnson, Douze, Jégou, "Billion-scale
+similarity search with GPUs", IEEE Trans. Big Data 2019), whose cost grows as
+``N * (lists + N * probes / lists) * C`` instead of ``N^2 C``. IVF-Flat rather than a graph index
+(HNSW: Malkov & Yashunin, "Efficient and robust approximate nearest neighbor search using
+Hierarchical Navigable Small World graphs", IEEE TPAMI 2018) because its one random step, the
+k-means training, is seeded, so the same features give the same graph; its recall@10 against the
+exact graph is measured in docs/benchmarks.md, section "Approximate neighbours (issue 20)".
+faiss is the optional ``scale`` extra: without it every pool gets the exact search, and the graph
+metadata carries a one-line warning.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -138,6 +151,139 @@ def knn_graph(
     return out
 
 
+GRAPH_EXACT_MAX = 200_000
+"""Pools of up to this many images get the exact search (:func:`knn_graph`), larger ones the
+approximate index (:func:`approximate_knn_graph`); the default of ``SelectorOptions.graph_exact_max``."""
+
+
+@dataclass(frozen=True)
+class ApproximateSearch:
+    """The settings of the IVF-Flat index :func:`approximate_knn_graph` searches.
+
+    Attributes:
+        lists: inverted lists (k-means centroids); :func:`ivf_settings` picks ``~ sqrt(N)``.
+        probes: lists searched per query (``nprobe``); more is slower and closer to exact.
+        seed: seeds the k-means training (and its sample of training points).
+        train_per_list: training points per list (a seeded sample of the pool; faiss's
+            ``max_points_per_centroid``), which bounds the training cost at large N.
+    """
+
+    lists: int
+    probes: int
+    seed: int = 0
+    train_per_list: int = 64
+
+    def describe(self) -> str:
+        """The method as the graph cache key and the run report name it."""
+        return f"ivf-flat:lists={self.lists},probes={self.probes},seed={self.seed},train={self.train_per_list}"
+
+
+IVF_PROBES = 16
+"""Lists each query probes by default (chosen by recall@10 on mnist-pu: docs/benchmarks.md)."""
+
+
+def ivf_settings(count: int, *, seed: int = 0) -> ApproximateSearch:
+    """The default IVF-Flat settings for a pool of ``count`` images: ``round(sqrt(count))`` lists
+    (at least 1; at most ``count / 39``, faiss's minimum of training points per centroid) and
+    :data:`IVF_PROBES` probes (at most the lists)."""
+    lists = max(1, min(round(math.sqrt(max(1, count))), count // 39))
+    return ApproximateSearch(lists=lists, probes=min(IVF_PROBES, lists), seed=seed)
+
+
+def load_faiss() -> ModuleType | None:
+    """The ``faiss`` module, or None when it is not installed (``pip install 'pucli[scale]'``)."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+_SEARCH_ROWS = 8192  # queries per faiss call: progress between them, bounded result buffers
+
+
+def approximate_knn_graph(
+    features: torch.Tensor,
+    neighbors: int,
+    *,
+    search: ApproximateSearch | None = None,
+    progress: ProgressCallback = no_progress,
+) -> torch.Tensor:
+    """Approximate k nearest neighbours of every row of ``features`` (Euclidean), by an IVF-Flat
+    index (faiss; Johnson, Douze & Jégou 2019): the rows are clustered by k-means into
+    ``search.lists`` lists, and each row is compared, with exact distances, with the rows of its
+    ``search.probes`` nearest lists only.
+
+    Deterministic: the k-means training is seeded (``search.seed``), so the same features, settings
+    and number of threads give the same graph. faiss runs on as many OpenMP threads as
+    ``torch.get_num_threads()`` (one with ``--threads 1``); the previous count is restored after.
+    A row whose probed lists hold fewer than k other rows gets its neighbours from the exact search.
+
+    Args:
+        features: (N, C) float32 (CPU; faiss-cpu).
+        neighbors: k >= 1; fewer than k other rows gives every other row.
+        search: the index settings; None: :func:`ivf_settings` of N.
+        progress: called as ``progress("graph", rows_done, N)``.
+
+    Returns:
+        (N, min(k, N - 1)) int64 row indices into ``features``, nearest first; a row is never its
+        own neighbour (as :func:`knn_graph`).
+
+    Raises:
+        UsageError: ``neighbors`` < 1.
+        ImportError: faiss is not installed (:func:`pool_graph` checks first and searches exactly).
+    """
+    if neighbors < 1:
+        raise OptionError("graph_neighbors", neighbors, "must be >= 1 (or 0 to turn graph smoothing off)")
+    faiss = load_faiss()
+    if faiss is None:
+        raise ImportError("approximate neighbours need faiss: pip install 'pucli[scale]'")
+    n = len(features)
+    k = min(neighbors, n - 1)
+    if k <= 0:
+        return torch.empty(n, max(0, k), dtype=torch.int64)
+    search = search or ivf_settings(n)
+    points = features.detach().cpu().to(torch.float32).contiguous().numpy()
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    try:
+        quantizer = faiss.IndexFlatL2(points.shape[1])
+        index = faiss.IndexIVFFlat(quantizer, points.shape[1], search.lists)
+        index.cp.seed = search.seed % (1 << 31)
+        index.cp.max_points_per_centroid = search.train_per_list
+        index.cp.min_points_per_centroid = 1  # ivf_settings keeps >= 39 per list; no stderr warning on tiny pools
+        index.train(points)
+        index.add(points)
+        index.nprobe = search.probes
+        out = torch.empty(n, k, dtype=torch.int64)
+        for start in range(0, n, _SEARCH_ROWS):
+            stop = min(n, start + _SEARCH_ROWS)
+            _, found = index.search(points[start:stop], k + 1)  # k + 1: the row itself comes back too
+            out[start:stop] = _drop_self(torch.from_numpy(found), start, k, features)
+            progress("graph", stop, n)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return out
+
+
+def _drop_self(found: torch.Tensor, start: int, k: int, features: torch.Tensor) -> torch.Tensor:
+    """(B, k + 1) int64 faiss results of rows ``start..start+B`` (-1 where a list ran short) -> (B, k):
+    the first k that are neither the row itself nor -1, in faiss's order (nearest first). Rows left
+    with fewer than k are searched exactly."""
+    rows = torch.arange(start, start + len(found))[:, None]
+    valid = (found != rows) & (found >= 0)
+    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :k]  # valid ones first
+    chosen = found.gather(1, order)
+    short = (valid.sum(1) < k).nonzero().flatten()
+    if len(short):
+        points = features.to(torch.float32)
+        queries = points[start + short]
+        distances = torch.cdist(queries, points).square()
+        distances[torch.arange(len(short)), start + short] = math.inf
+        chosen[short] = distances.topk(k, dim=1, largest=False, sorted=True).indices
+    return chosen
+
+
 def spread_scores(scores: torch.Tensor, neighbors: torch.Tensor, *, alpha: float, steps: int) -> torch.Tensor:
     """Label spreading of ``scores`` over a k-NN graph (Zhou et al. 2003, Eq. (1), ``S = D^-1 W``).
 
@@ -221,9 +367,13 @@ def smooth_scores(scores: torch.Tensor, neighbors: torch.Tensor, *, alpha: float
 GRAPH_CACHE_VERSION = 2  # 2: a pucli.cache entry
 
 
-def _graph_cache_file(features: torch.Tensor, neighbors: int) -> Path:
+def _graph_cache_file(features: torch.Tensor, neighbors: int, method: ApproximateSearch | None = None) -> Path:
     digest = hashlib.sha256()
+    # The exact search's key is the one it always had (its cached graphs stay valid); an
+    # approximate graph's key adds the method and its settings.
     digest.update(f"v{GRAPH_CACHE_VERSION}-k{neighbors}-{tuple(features.shape)}".encode())
+    if method is not None:
+        digest.update(f"-{method.describe()}".encode())
     digest.update(memoryview(features.detach().cpu().contiguous().numpy()))  # no copy of the bytes
     return cache_dir() / "graphs" / f"{digest.hexdigest()[:32]}.safetensors"
 
@@ -244,40 +394,70 @@ def _write_graph_cache(path: Path, graph: torch.Tensor) -> None:
 
 @dataclass
 class PoolGraph:
-    """The pool's k-NN graph ((N, k) int64), the width of the space it was searched in, and
-    whether it came from the cache."""
+    """The pool's k-NN graph ((N, k) int64), the width of the space it was searched in, whether it
+    came from the cache, how it was searched (``"exact"`` or :meth:`ApproximateSearch.describe`),
+    and a one-line warning when the search is not the one asked for (None otherwise)."""
 
     neighbors: torch.Tensor
     channels: int
     from_cache: bool
+    method: str = "exact"
+    warning: str | None = None
+
+
+def search_method(count: int, *, exact_max: int, seed: int) -> tuple[ApproximateSearch | None, str | None]:
+    """How a pool of ``count`` images is searched: None (exact) up to ``exact_max`` images, the
+    IVF-Flat settings (:func:`ivf_settings`, seeded) above it; and a warning when faiss is
+    missing above it (then the search is exact)."""
+    if count <= exact_max:
+        return None, None
+    if load_faiss() is None:
+        return None, (f"faiss is not installed: the {count:,}-image pool (above graph_exact_max {exact_max:,}) "
+                      "gets the slower exact neighbour search; pip install 'pucli[scale]'")
+    return ivf_settings(count, seed=seed), None
 
 
 def pool_graph(pool_descriptors: torch.Tensor | None, *, neighbors: int, seed: int, device: torch.device,
-               use_cache: bool, progress: ProgressCallback = no_progress) -> PoolGraph | None:
+               use_cache: bool, exact_max: int = GRAPH_EXACT_MAX,
+               progress: ProgressCallback = no_progress) -> PoolGraph | None:
     """The pool's k-NN graph (:mod:`pucli.pu.graph`), from the cache when these exact features were seen.
 
+    Pools of up to ``exact_max`` images get the exact search (:func:`knn_graph`), larger ones the
+    approximate one (:func:`approximate_knn_graph`, seeded with ``seed``) when faiss is installed
+    (:func:`search_method`; without it the exact search, and the graph carries a warning).
+
     Under torchrun every rank must call this (rank 0 with the gathered descriptors, the others
-    with None): rank 0 shares the search features, each rank searches a contiguous run of whole
-    blocks of rows (the blocks of a one-process search, so the same bits), and the rows are
-    gathered on rank 0, which gets the graph; the other ranks get None. One process: the search
-    runs here. None also when the pool has fewer than 2 images (nothing to smooth).
+    with None). Exact search: rank 0 shares the search features, each rank searches a contiguous
+    run of whole blocks of rows (the blocks of a one-process search, so the same bits), and the
+    rows are gathered on rank 0. Approximate search: rank 0 builds and searches the index alone
+    (the same graph as one process) while the others wait. Rank 0 gets the graph, the other ranks
+    None. One process: the search runs here. None also when the pool has fewer than 2 images
+    (nothing to smooth).
     """
     main = distributed.is_main()
     features = graph_features(pool_descriptors, seed=seed) if pool_descriptors is not None else None
     path = cached = None
+    method, warning = (search_method(len(features), exact_max=exact_max, seed=seed) if features is not None
+                       else (None, None))
     if features is not None and len(features) > 1:
-        path = _graph_cache_file(features, neighbors) if use_cache else None
+        path = _graph_cache_file(features, neighbors, method) if use_cache else None
         cached = _read_graph_cache(path, len(features), neighbors) if path is not None else None
-    # Rank 0 decides: (count, channels) to search, or None when there is nothing to build.
-    plan = (tuple(features.shape) if features is not None and len(features) > 1 and cached is None else None)
+    described = method.describe() if method is not None else "exact"
+    # Rank 0 decides: (count, channels, approximate?) to search, or None when there is nothing to build.
+    plan = ((*features.shape, method is not None) if features is not None and len(features) > 1 and cached is None
+            else None)
     plan = distributed.broadcast_object(plan) if distributed.is_distributed() else plan
     if cached is not None:
         progress("graph", len(cached), len(cached), cached=1)
-        return PoolGraph(cached, int(features.shape[1]), True)  # type: ignore[union-attr]
+        return PoolGraph(cached, int(features.shape[1]), True, described, warning)  # type: ignore[union-attr]
     if plan is None:
         return None
-    count, channels = plan
-    if distributed.is_distributed():
+    count, channels, approximate = plan
+    if approximate:
+        if not main:
+            return None
+        graph = approximate_knn_graph(features, neighbors, search=method, progress=progress)  # type: ignore[arg-type]
+    elif distributed.is_distributed():
         mine = features if main else torch.empty(0, channels)
         _, shared = distributed.gather_rows(torch.arange(len(mine), dtype=torch.int64), mine, to_all=True)
         first, last = distributed.batch_block(count, block_rows(count))
@@ -293,12 +473,15 @@ def pool_graph(pool_descriptors: torch.Tensor | None, *, neighbors: int, seed: i
         graph = knn_graph(features, neighbors, device=device, progress=progress)  # type: ignore[arg-type]
     if path is not None:
         _write_graph_cache(path, graph)
-    return PoolGraph(graph, channels, False)
+    return PoolGraph(graph, channels, False, described, warning)
 
 
 def smooth_over_graph(scores: torch.Tensor, graph: PoolGraph, *, alpha: float, steps: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """Head scores (N,) float32 -> graph-smoothed scores (N,) float32 with the same count above
     zero (:func:`smooth_scores`), and what the run report records of the graph."""
     smoothed = smooth_scores(scores, graph.neighbors, alpha=alpha, steps=steps)
-    return smoothed, {"neighbors": int(graph.neighbors.shape[1]), "alpha": alpha,
-                      "steps": steps, "channels": graph.channels, "cache_hit": graph.from_cache}
+    metadata: dict[str, Any] = {"neighbors": int(graph.neighbors.shape[1]), "alpha": alpha, "steps": steps,
+                                "channels": graph.channels, "cache_hit": graph.from_cache, "method": graph.method}
+    if graph.warning:
+        metadata["warning"] = graph.warning
+    return smoothed, metadata

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pucli.errors import OptionError, UsageError
 
-__all__ = ["Scales", "SelectorOptions", "OPTIMIZERS", "RISKS", "SURROGATES"]
+__all__ = ["OPTIMIZERS", "RISKS", "SURROGATES", "Scales", "SelectorOptions"]
 
 OPTIMIZERS = ("adamw", "sgd")
 RISKS = ("nnpu", "upu")
@@ -69,6 +69,9 @@ class SelectorOptions:
             are smoothed (:mod:`pucli.pu.graph`); 0 turns graph smoothing off (scores are the head's
             ``F(x)``).
         graph_alpha, graph_steps: label spreading's ``alpha`` and number of iterations.
+        graph_exact_max: pools of up to this many images get the exact k-NN search, larger ones
+            the approximate IVF-Flat index (faiss, the ``scale`` extra; :mod:`pucli.pu.graph`);
+            0 searches every pool approximately.
         seed: seeds every random draw.
     """
 
@@ -95,6 +98,7 @@ class SelectorOptions:
     graph_neighbors: int = 10
     graph_alpha: float = 0.99
     graph_steps: int = 200
+    graph_exact_max: int = 200_000  # pucli.pu.graph.GRAPH_EXACT_MAX (not imported: it imports torch)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -118,6 +122,8 @@ class SelectorOptions:
             ("graph_neighbors", self.graph_neighbors >= 0, "must be >= 0 (0 turns it off)"),
             ("graph_alpha", 0.0 <= self.graph_alpha < 1.0, "must be in [0, 1)"),
             ("graph_steps", self.graph_steps >= 0, "must be >= 0"),
+            ("graph_exact_max", self.graph_exact_max >= 0,
+             "must be >= 0 (the largest pool that gets the exact neighbour search; 0: always approximate)"),
         )
         for parameter, ok, problem in checks:
             if not ok:

@@ -365,7 +365,7 @@ def run_selection(
         with _timed(timings, "graph"):
             graph = trained.graph or pool_graph(trained.pool_descriptors, neighbors=options.graph_neighbors,
                                                 seed=options.seed, device=device, use_cache=use_cache,
-                                                progress=progress)
+                                                exact_max=options.graph_exact_max, progress=progress)
             assert graph is not None
             scores, graph_metadata = smooth_over_graph(head_scores, graph, alpha=options.graph_alpha,
                                                        steps=options.graph_steps)
@@ -482,7 +482,7 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
         with _timed(run.timings, "graph"):
             graph = pool_graph(descriptors.unlabeled if descriptors is not None else None,
                                neighbors=options.graph_neighbors, seed=options.seed, device=run.device,
-                               use_cache=run.use_cache, progress=run.progress)
+                               use_cache=run.use_cache, exact_max=options.graph_exact_max, progress=run.progress)
     if descriptors is None:
         return None
     extractor.cpu()

@@ -160,7 +160,7 @@ def training_state_path(descriptor_cache: Path, options: SelectorOptions) -> Pat
     """Where :func:`train_frozen` keeps finished members for these descriptors and options:
     ``cache_dir()/selector-runs/<key>.safetensors`` (:mod:`pucli.cache`); the key changes with any option but the budget and
     the graph smoothing (which only act on the trained heads' scores)."""
-    after_training = {"budget", "graph_neighbors", "graph_alpha", "graph_steps"}
+    after_training = {"budget", "graph_neighbors", "graph_alpha", "graph_steps", "graph_exact_max"}
     settings = {k: v for k, v in asdict(options).items() if k not in after_training}
     text = json.dumps({"descriptors": descriptor_cache.stem, "options": settings}, sort_keys=True, default=str)
     return cache_dir() / "selector-runs" / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.safetensors"

@@ -16,7 +16,7 @@ _LAZY = {
                      "WEIGHT_DECAY", "DEFAULT_MEMORY_BUDGET_BYTES", "default_epochs", "steps_per_epoch"), "config"),
     **dict.fromkeys(("sampling_weights", "epoch_generator", "InMemorySource", "StreamingSource"), "data"),
     **dict.fromkeys(("CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION", "EpochStats"), "checkpoint"),
-    **dict.fromkeys(("distill", "DistillResult", "TrainingInterrupted", "training_bound_throughput"), "loop"),
+    **dict.fromkeys(("distill", "DistillResult", "TrainingInterrupted", "TrainingPlan", "training_bound_throughput"), "loop"),
 }
 
 __all__ = sorted(_LAZY)

@@ -59,7 +59,7 @@ from pucli.kd.distill.data import (
 from pucli.kd.losses import class_weights, kd_loss, make_objective
 from pucli.progress import ProgressCallback, no_progress
 
-__all__ = ["DistillResult", "TrainingInterrupted", "distill", "training_bound_throughput"]
+__all__ = ["DistillResult", "TrainingInterrupted", "TrainingPlan", "distill", "training_bound_throughput"]
 
 
 class TrainingInterrupted(Interrupted):
@@ -90,6 +90,35 @@ class DistillResult:
     settings: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a :func:`distill` run is about to do, for the front end to say before it takes long.
+
+    ``epochs`` in all (``config.epochs`` or :func:`~pucli.kd.distill.config.default_epochs`),
+    ``first_epoch`` the one this call starts at (past 1 when resumed), ``steps_per_epoch`` optimizer
+    steps of ``batch_size`` images over ``items`` images. ``epoch_s``: seconds the first epoch of
+    this call took (validation included), None before it ran; ``remaining_s`` the estimate for
+    the epochs after it at that pace.
+    """
+
+    epochs: int
+    first_epoch: int
+    steps_per_epoch: int
+    batch_size: int
+    items: int
+    epochs_defaulted: bool
+    epoch_s: float | None = None
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps left to run in this call."""
+        return (self.epochs - self.first_epoch + 1) * self.steps_per_epoch
+
+    @property
+    def remaining_s(self) -> float | None:
+        return None if self.epoch_s is None else self.epoch_s * (self.epochs - self.first_epoch)
+
+
 @dataclass
 class _Run:
     """What every epoch of one :func:`distill` run reads, built once."""
@@ -108,6 +137,7 @@ class _Run:
     epochs: int
     steps_per_epoch: int
     progress: ProgressCallback
+    plan: Callable[[TrainingPlan], None] | None = None
 
 
 def distill(
@@ -123,6 +153,7 @@ def distill(
     workers: int = 0,
     skipped: list[SkippedFile] | None = None,
     progress: ProgressCallback = no_progress,
+    plan: Callable[[TrainingPlan], None] | None = None,
 ) -> DistillResult:
     """Train a fresh ``student_arch`` student on ``expanded`` (Eq. 1, 8 or 10, per ``config.loss``).
 
@@ -137,6 +168,8 @@ def distill(
         checkpoint_path: written after epochs (see ``config.checkpoint_interval``); read when ``resume``.
         val_set: labeled folder evaluated after every epoch (selects the model when ``keep=best``).
         progress: called as ``progress("distill", step, total_steps, epoch=, loss=, img_s=)``.
+        plan: called with the :class:`TrainingPlan` before the first epoch, and again with its
+            ``epoch_s`` once that epoch is done (the time the rest will take).
 
     Returns:
         :class:`DistillResult`; ``student`` is the kept model, in eval mode on the CPU.
@@ -190,13 +223,16 @@ def distill(
         source=source, soft_targets=soft_targets, preprocess=preprocess,
         flip_crop=FlipCrop(*preprocess.size) if augment == "flip-crop" else None, amp_dtype=amp_dtype,
         memory_format=memory_format, device=device, seed=config.seed, epochs=epochs, steps_per_epoch=run_steps,
-        progress=progress,
+        progress=progress, plan=plan,
     )
 
     state = TrainingState()
     resumed_from = load_checkpoint(checkpoint_path, settings, trainables, state) if resume else None
     if resumed_from is None:
         save_checkpoint(checkpoint_path, 0, settings, trainables, state)
+    if plan is not None:
+        plan(TrainingPlan(epochs=epochs, first_epoch=1 + (resumed_from or 0), steps_per_epoch=run_steps,
+                          batch_size=config.batch_size, items=len(source), epochs_defaulted=config.epochs is None))
     images_trained, train_seconds = _train_epochs(run, config, settings, checkpoint_path, state,
                                                   first_epoch=1 + (resumed_from or 0), val_images=val_images)
 
@@ -238,7 +274,12 @@ def _train_epochs(run: _Run, config: DistillConfig, settings: dict[str, Any], ch
     epoch = first_epoch
     saved_epoch, saved_at = first_epoch - 1, time.monotonic()
     try:
+        # The stage starts now, not at its first step report: its rate, hence the time left,
+        # then counts the whole first epoch.
+        run.progress("distill", (first_epoch - 1) * run.steps_per_epoch, run.epochs * run.steps_per_epoch,
+                     epoch=first_epoch)
         for epoch in range(first_epoch, run.epochs + 1):
+            epoch_start = time.monotonic()
             if config.redraw_weight_set and epoch > 1:
                 run.trainables.objective.redraw(epoch_generator(config.seed, epoch, "weights"))
             stats = _train_epoch(run, epoch)
@@ -251,6 +292,10 @@ def _train_epochs(run: _Run, config: DistillConfig, settings: dict[str, Any], ch
                     state.best_top1, state.best_epoch = stats.val_top1, epoch
                     state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()}
             state.history.append(stats)
+            if epoch == first_epoch and run.plan is not None:
+                run.plan(TrainingPlan(epochs=run.epochs, first_epoch=first_epoch, steps_per_epoch=run.steps_per_epoch,
+                                      batch_size=config.batch_size, items=len(run.source),
+                                      epochs_defaulted=config.epochs is None, epoch_s=time.monotonic() - epoch_start))
             if epoch == run.epochs or time.monotonic() - saved_at >= config.checkpoint_interval:
                 save_checkpoint(checkpoint_path, epoch, settings, run.trainables, state)
                 saved_epoch, saved_at = epoch, time.monotonic()
