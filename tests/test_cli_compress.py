@@ -198,3 +198,27 @@ def test_an_existing_output_is_kept_without_force(bn_teacher: Path, tmp_path: Pa
     one_line_error(result, 2, "exists: pass --force")
     assert out.read_bytes() == b"keep me"
     assert runner.invoke(app, ["prune", str(bn_teacher), "--ratio", "0.5", "--out", str(out), "--force", "-q"]).exit_code == 0
+
+
+def test_distill_fine_tunes_a_pruned_student_and_saves_it_pruned(bn_teacher: Path, make_class_folder, make_pool,
+                                                                 tmp_path: Path) -> None:
+    from pucli.data.index import IndexEntry, format_index
+
+    pruned = tmp_path / "pruned.safetensors"
+    assert runner.invoke(app, ["prune", str(bn_teacher), "--ratio", "0.5", "--out", str(pruned), "--quiet"]).exit_code == 0
+    positive = make_class_folder("pos", per_class=2)
+    pool = sorted(make_pool("pool", count=6).rglob("*.png"))
+    index = "".join(format_index([IndexEntry(p, 1.0 - 0.1 * i) for i, p in enumerate(pool)]))
+    expanded = tmp_path / "expanded"
+    done = runner.invoke(app, ["expand", str(bn_teacher), "--positive", str(positive), "--index", "-", "--out",
+                               str(expanded), "--threads", "1", "--workers", "0", "--quiet"], input=index)
+    assert done.exit_code == 0, done.output
+    student = tmp_path / "student.safetensors"
+    done = runner.invoke(app, ["distill", str(bn_teacher), "--data", str(expanded), "--student", str(pruned),
+                               "--epochs", "1", "--batch-size", "4", "--out", str(student), "--threads", "1",
+                               "--workers", "0", "--quiet"])
+    assert done.exit_code == 0, done.output
+    start, tuned = load_model(pruned).model, load_model(student).model
+    assert tuned.layer1[0].conv1.out_channels == start.layer1[0].conv1.out_channels == 16  # still pruned
+    assert not torch.equal(tuned.layer1[0].conv1.weight, start.layer1[0].conv1.weight)  # and trained
+    assert json.loads((tmp_path / "student.report.json").read_text())["results"]["student"] == "test_resnet"

@@ -199,3 +199,38 @@ def test_select_with_graph_exact_max_0_records_the_approximate_method(
     assert result.exit_code == 0, result.output
     method = json.loads(result.stdout)["graph"]["method"]
     assert method == ("exact" if graph.load_faiss() is None else ivf_settings(20).describe())
+
+
+_TORCHRUN_SCRIPT = '''
+import sys, torch
+from pucli import distributed
+from pucli.pu.graph import approximate_knn_graph, graph_features, ivf_settings, pool_graph
+
+distributed.setup(torch.device("cpu"))
+descriptors = torch.randn(400, 5, generator=torch.Generator().manual_seed(0))
+graph = pool_graph(descriptors if distributed.is_main() else None, neighbors=4, seed=3, device=torch.device("cpu"),
+                   use_cache=False, exact_max=0, progress=lambda *a, **k: None)
+if distributed.is_main():
+    expected = approximate_knn_graph(graph_features(descriptors), 4, search=ivf_settings(400, seed=3))
+    assert graph is not None and torch.equal(graph.neighbors, expected), "graph differs from one process"
+    assert graph.method == ivf_settings(400, seed=3).describe()
+    open(sys.argv[1], "w").write("ok")
+else:
+    assert graph is None
+'''
+
+
+@needs_faiss
+def test_under_torchrun_rank_0_builds_the_approximate_graph_of_one_process(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "approximate_ranks.py"
+    script.write_text(_TORCHRUN_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path / "result")], check=False, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "result").read_text() == "ok"

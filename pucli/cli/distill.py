@@ -49,9 +49,22 @@ def _check_student_file(out: Path) -> None:
 
 
 def _check_student(name: str) -> None:
+    """A timm architecture name, or a model file to fine-tune (a pruned teacher: docs/compress.md)."""
     from pucli.checkpoints import check_architecture
 
-    check_architecture(name)
+    if not name.endswith(".safetensors"):
+        check_architecture(name)
+
+
+def _student_init(student: str) -> tuple[str, Any, Any]:
+    """``(architecture, (network, config) or None, compression or None)`` for ``--student``: a
+    file starts training from its network (and is saved again in its compressed format)."""
+    if not student.endswith(".safetensors"):
+        return student, None, None
+    from pucli.compress.formats import load_student_init
+
+    network, config, compression = load_student_init(student, option="--student")
+    return config.architecture, (network, config), compression
 
 
 def register(app: typer.Typer) -> None:
@@ -62,7 +75,7 @@ def register(app: typer.Typer) -> None:
 def distill(
     teacher: TeacherArgument,
     data: Annotated[Path, typer.Option("--data", help="Expanded-set folder written by `pucli expand`.", show_default=False)],
-    student: Annotated[str, typer.Option("--student", callback=checked_answer(_check_student), help="Student architecture: any timm name (lenet5_half, resnet18, ...).", show_default=False)],
+    student: Annotated[str, typer.Option("--student", callback=checked_answer(_check_student), help="Student architecture: any timm name (lenet5_half, resnet18, ...), or a model file to fine-tune (a pruned teacher from `pucli prune`).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", callback=checked_answer(_check_student_file), help="Student weights to write (*.safetensors).", show_default=False)],
     arch: ArchOption = None,
     loss: Annotated[str, typer.Option("--loss", help="robust-kd (Eq. 10), weighted-kd (Eq. 8) or kd (Eq. 1).", rich_help_panel=_RUN)] = "robust-kd",
@@ -100,7 +113,6 @@ def distill(
                            weighting=weighting, checkpoint_interval=checkpoint_interval)
     guard_output(out, force=force or resume)
     from pucli import distributed
-    from pucli.checkpoints import save_model, student_provenance
     from pucli.device import default_workers
     from pucli.kd.distill import distill as train_student
 
@@ -110,20 +122,17 @@ def distill(
     report, run_device = start_run(device=device, threads=threads, torchrun=True, checkpoint=checkpoint)
     with report.stage("load"):
         loaded, expanded, val_set = _load_inputs(teacher, arch, data, val)
+        architecture, init, compression = _student_init(student)
     with progress_bars(quiet=quiet) as progress, report.stage("train"):
         result = train_student(
-            loaded, expanded, student, config=config, checkpoint_path=checkpoint, resume=resume, val_set=val_set,
+            loaded, expanded, architecture, config=config, checkpoint_path=checkpoint, resume=resume, val_set=val_set,
             device=run_device, workers=workers if workers is not None else default_workers(len(expanded)),
-            skipped=report.skipped, progress=progress, plan=lambda plan: _say_plan(plan, quiet=quiet),
+            skipped=report.skipped, progress=progress, plan=lambda plan: _say_plan(plan, quiet=quiet), student_init=init,
         )
     if not distributed.is_main():
         return
     with report.stage("save"):
-        # The student declares the preprocessing it was trained with: its teacher's (docs/models.md).
-        save_model(result.student, out, label_names=loaded.config.label_names or expanded.class_names,
-                   data_config=loaded.config.data_config(),
-                   provenance=student_provenance(student=student, teacher=teacher, teacher_digest=loaded.digest,
-                                                 data=data, loss=loss))
+        _save_student(result, out, compression, loaded, expanded, student=student, teacher=teacher, data=data, loss=loss)
     summary = _summary(result, out)
     written = _record(report, result, summary).write(report_location("distill", out, report_path))
     if not result.teacher_matches_data:
@@ -132,6 +141,23 @@ def distill(
     summary.update(history=[vars(h) for h in result.history], report=str(written))
     show_result(summary, json_output=json_output, quiet=quiet, table=_print_summary)
     info(f"student: {out}; checkpoint: {checkpoint}; report: {written}", quiet=quiet)
+
+
+def _save_student(result: Any, out: Path, compression: Any, loaded: Any, expanded: Any, *, student: str,
+                  teacher: Any, data: Path, loss: str) -> None:
+    """Write the student: a pruned start is saved in its compressed format (so it loads again),
+    any other as a timm model with the preprocessing it was trained with, its teacher's (docs/models.md)."""
+    from pucli.checkpoints import save_model, student_provenance
+
+    if compression is not None and not compression.is_empty():
+        from pucli.compress.formats import save_compressed
+
+        save_compressed(result.student, out, result.student_config, compression)
+        return
+    save_model(result.student, out, label_names=loaded.config.label_names or expanded.class_names,
+               data_config=loaded.config.data_config(),
+               provenance=student_provenance(student=student, teacher=teacher, teacher_digest=loaded.digest,
+                                             data=data, loss=loss))
 
 
 def _record(report: Any, result: Any, summary: dict[str, Any]) -> Any:

@@ -154,6 +154,7 @@ def distill(
     skipped: list[SkippedFile] | None = None,
     progress: ProgressCallback = no_progress,
     plan: Callable[[TrainingPlan], None] | None = None,
+    student_init: tuple[nn.Module, ModelConfig] | None = None,
 ) -> DistillResult:
     """Train a fresh ``student_arch`` student on ``expanded`` (Eq. 1, 8 or 10, per ``config.loss``).
 
@@ -170,6 +171,9 @@ def distill(
         progress: called as ``progress("distill", step, total_steps, epoch=, loss=, img_s=)``.
         plan: called with the :class:`TrainingPlan` before the first epoch, and again with its
             ``epoch_s`` once that epoch is done (the time the rest will take).
+        student_init: a network to start from instead of a fresh ``student_arch`` (e.g. a pruned
+            teacher, :func:`pucli.compress.formats.load_student_init`), and its config (whose
+            ``model_args`` the student keeps); it is copied, never modified.
 
     Returns:
         :class:`DistillResult`; ``student`` is the kept model, in eval mode on the CPU.
@@ -194,10 +198,11 @@ def distill(
     temperature = config.temperature or expanded.temperature
     augment = resolve_augment(teacher_config, config.augment)
     preprocess = Preprocess(teacher_config)
-    student_config = dataclasses.replace(teacher_config, architecture=student_arch, model_args={})
+    student_config = dataclasses.replace(teacher_config, architecture=student_arch,
+                                         model_args=dict(student_init[1].model_args) if student_init else {})
 
     torch.manual_seed(config.seed)
-    student = build_model(student_config).to(device)
+    student = (copy.deepcopy(student_init[0]) if student_init else build_model(student_config)).to(device)
     use_cuda = device.type == "cuda"
     # channels_last speeds up convolutions on tensor cores; on the CPU it only adds copies.
     memory_format = torch.channels_last if use_cuda else torch.contiguous_format
