@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from pucli.cli._common import (
+from pucli.cli._errors import handles_errors
+from pucli.cli._options import (
     ArchOption,
     DeviceOption,
     ForceOption,
@@ -18,15 +19,9 @@ from pucli.cli._common import (
     SeedOption,
     ThreadsOption,
     WorkersOption,
-    check_output_path,
-    command_help,
-    confirm_overwrite,
-    console,
-    emit_json,
-    handles_errors,
-    info,
-    progress_bars,
 )
+from pucli.cli._output import command_help, console, emit_json, info, progress_bars
+from pucli.cli._prompts import check_output_path, confirm_overwrite
 
 RECALIBRATE_HELP = """Re-estimate a model's BatchNorm statistics on unlabeled images (no labels, no training).
 

@@ -77,7 +77,7 @@ def select(
     graph_neighbors: Annotated[int, typer.Option("--graph-neighbors", help="Smooth the scores over the pool's k-nearest-neighbour graph with this k (label spreading; keeps as many images as the head's score > 0, but picks them by their neighbourhood); 0 turns it off.", rich_help_panel=_PU)] = 10,
     graph_alpha: Annotated[float, typer.Option("--graph-alpha", help="Label spreading's alpha in [0, 1): the share of each step taken from the neighbours (higher reaches further along the graph).", rich_help_panel=_PU)] = 0.99,
     graph_steps: Annotated[int, typer.Option("--graph-steps", help="Label-spreading iterations over the graph.", rich_help_panel=_PU)] = 200,
-    graph_exact_max: Annotated[int, typer.Option("--graph-exact-max", help="Pools of up to this many images get the exact neighbour search; larger ones an approximate index (faiss IVF-Flat, seeded; pip install 'pucli[scale]', else exact with a warning). 0: always approximate.", rich_help_panel=_PU)] = 200_000,
+    graph_exact_max: Annotated[int, typer.Option("--graph-exact-max", help="Pools of up to this many images get the exact neighbour search; larger ones an approximate index (faiss IVF-Flat, seeded; pip install 'pucli\\[scale]', else exact with a warning). 0: always approximate.", rich_help_panel=_PU)] = 200_000,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the descriptor and graph caches.", rich_help_panel=_PU)] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (same command): reuse the descriptors and ensemble members it finished; same index as an uninterrupted run.", rich_help_panel=_PU)] = False,
     force: ForceOption = False,
