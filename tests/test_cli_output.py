@@ -22,7 +22,7 @@ from pucli.errors import OptionError
 from pucli.report import report_location, side_file
 
 # The shape of a log line, as docs/troubleshooting.md describes it.
-PROGRESS_LINE = re.compile(r"^[\w .-]+: [\d,]+(/[\d,]+ \(\d+ %\))?, (.+, )?elapsed \d+:\d\d:\d\d(, ETA \d+:\d\d:\d\d)?$")
+PROGRESS_LINE = re.compile(r"^[\w .-]+: (started|[\d,]+(/[\d,]+ \(\d+ %\))?), (.+, )?elapsed \d+:\d\d:\d\d(, ETA \d+:\d\d:\d\d)?$")
 
 
 class FakeClock:
@@ -78,7 +78,7 @@ def test_cached_and_unknown_totals_and_a_stage_run_again() -> None:
     log("train", 0, 10)  # a second pass under the same name starts afresh
     log("train", 10, 10)
     assert lines[0] == "extract: 30/30 (100 %), cached, elapsed 0:00:00"
-    assert lines[1] == "speed teacher.safetensors: 0, elapsed 0:00:00"
+    assert lines[1] == "speed teacher.safetensors: started, elapsed 0:00:00"
     assert [line.split(",")[0] for line in lines[2:]] == ["train: 10/10 (100 %)"] * 2
     assert all(PROGRESS_LINE.match(line) for line in lines)
 

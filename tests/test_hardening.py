@@ -50,7 +50,7 @@ def _select(inputs: dict[str, Path], *extra: str, **override: Path | str) -> lis
 
 
 # A progress log line (stderr not a terminal): "stage: 12/30 (40 %), ..., elapsed 0:00:01[, ETA ...]".
-PROGRESS_LINE = re.compile(r"^[\w .-]+: [\d,]+(/[\d,]+ \(\d+ %\))?, (.+, )?elapsed \d+:\d\d:\d\d(, ETA \d+:\d\d:\d\d)?$")
+PROGRESS_LINE = re.compile(r"^[\w .-]+: (started|[\d,]+(/[\d,]+ \(\d+ %\))?), (.+, )?elapsed \d+:\d\d:\d\d(, ETA \d+:\d\d:\d\d)?$")
 
 
 def _message_lines(stderr: str) -> list[str]:

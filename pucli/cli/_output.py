@@ -296,8 +296,10 @@ class ProgressLog:
     @staticmethod
     def _line(stage: str, state: _Stage, completed: int, total: int | None, metrics: dict[str, float],
               now: float) -> str:
-        parts = [f"{stage}: {completed:,}" if total is None else
-                 f"{stage}: {completed:,}/{total:,} ({100 * completed / total if total else 100:.0f} %)"]
+        if total is None:
+            parts = [f"{stage}: started" if completed == 0 else f"{stage}: {completed:,}"]
+        else:
+            parts = [f"{stage}: {completed:,}/{total:,} ({100 * completed / total if total else 100:.0f} %)"]
         parts += [f"{name} {_number(value)}" for name, value in metrics.items() if name != "cached"]
         if metrics.get("cached"):
             parts.append("cached")
