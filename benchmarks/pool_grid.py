@@ -30,7 +30,9 @@ Axes of a cell
               ============  ===========================================================================
               as-is         28 x 28 grayscale PNG, the IDX pixels
               jpeg          grayscale, resized (bicubic) to a side of 64-240 px, JPEG quality 70-95
-              tint          28 x 28 RGB PNG: ink in one random colour on a background in another
+              tint          28 x 28 RGB PNG: ink in one random bright colour (each channel 150-255)
+                            on a background in a random dark one (each channel 0-80), so the digits
+                            keep their polarity (bright on dark)
               mixed         per image: a side of 28-240 px, tinted or not (1/2), PNG / JPEG / WebP
               ============  ===========================================================================
 
@@ -69,10 +71,10 @@ Per cell (one JSON file under ``<work>/cells/``)
 * ``pvu``: a plain class-balanced P-vs-U logistic classifier (``pucli.pu.prior.logistic_fit``) on
   the same frozen descriptors, 5-fold cross-fitted (each pool image scored by a fold that did not
   train on it), keeping its top ``pi * N``;
-* ``bound``: the supervised bound: the same linear classifier trained on the pool's *true* labels
-  (positives vs negatives of the pool) of the same descriptors, 5-fold cross-fitted, keeping the
-  images it calls positive. The classifier is class-balanced, so "positive" is logit >
-  ``log(n_neg / n_pos)`` of its training folds (the balanced logit shifted back to the pool's odds).
+* ``bound``: the supervised bound: a linear classifier (plain logistic regression on standardised
+  descriptors, full batch, L-BFGS, L2 1e-4, no class weights) trained on the pool's *true* labels
+  of the same descriptors, 5-fold cross-fitted, keeping the images it calls positive (logit > 0);
+  ``top_k_f1`` is the F1 of the same held-out scores keeping their top ``pi * N``.
 
 Precision / recall / F1 come from ``_common.prf`` against the ground truth, which pucli never sees.
 The load average is recorded before and after each cell (the machine is shared).
@@ -97,7 +99,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -106,9 +107,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import Stopwatch, load_average, machine, prf, write_json_atomic
-from mnist_pu_data import (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, INPUT_FILES, default_data_dir, load_split, read_idx,
-                           verify_inputs)
+from _common import Stopwatch, kept_by_source, load_average, machine, prf, write_json_atomic
+from mnist_pu_data import (
+    IDX_IMAGES_MAGIC,
+    IDX_LABELS_MAGIC,
+    INPUT_FILES,
+    default_data_dir,
+    load_split,
+    read_idx,
+    verify_inputs,
+)
 from mnist_pu_data import default_out_dir as default_root
 
 from pucli.paths import cache_dir
@@ -257,10 +265,11 @@ def _style(capture: str, source: str, index: int) -> dict[str, Any]:
         return {"side": 28, "tint": None, "format": "png"}
     if capture == "jpeg":
         return {"side": int(rng.integers(64, 241)), "tint": None, "format": "jpeg", "quality": int(rng.integers(70, 96))}
+    # Tints keep the polarity of the digits (bright ink on a darker background), so a tinted image
+    # converted to grey is still light-on-dark; only colour and contrast change.
+    ink, paper = rng.integers(150, 256, 3), rng.integers(0, 81, 3)
     if capture == "tint":
-        ink, paper = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
         return {"side": 28, "tint": (ink.tolist(), paper.tolist()), "format": "png"}
-    ink, paper = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
     return {"side": int(rng.integers(28, 241)), "tint": (ink.tolist(), paper.tolist()) if rng.random() < 0.5 else None,
             "format": ("png", "jpeg", "webp")[int(rng.integers(0, 3))], "quality": int(rng.integers(70, 96))}
 
@@ -333,34 +342,53 @@ def _top(scores: Any, k: int) -> Any:
     return select_indices(scores, k)
 
 
-def _cross_fitted_supervised(descriptors: Any, truth: Any, seed: int) -> Any:
-    """The supervised bound's mask: a class-balanced linear classifier on the true labels, 5-fold cross-fitted."""
+def _fit_linear(x: Any, y: Any, *, l2: float = 1e-4, iterations: int = 300) -> Any:
+    """A plain (unweighted) logistic regression on standardised descriptors, full batch, L-BFGS:
+    the supervised bound's classifier. Returns a function descriptors -> logits."""
     import torch
 
-    from pucli.pu.prior import logistic_fit
+    mean, std = x.mean(0), x.std(0, correction=0).clamp_min(1e-6)
+    z = (x - mean) / std
+    weight = torch.zeros(x.shape[1], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=iterations, history_size=20, line_search_fn="strong_wolfe")
+    target = y.float()
 
-    fit = logistic_fit()
+    def closure() -> Any:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ weight + bias, target) + l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    weight, bias = weight.detach(), bias.detach()
+    return lambda d: ((d - mean) / std) @ weight + bias
+
+
+def _cross_fitted_supervised(descriptors: Any, truth: Any, seed: int) -> Any:
+    """The supervised bound's held-out logits: a linear classifier on the pool's true labels of the
+    same descriptors, 5-fold cross-fitted (each image scored by the fold that did not train on it)."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     fold = torch.randperm(len(truth), generator=generator) % FOLDS
-    keep = torch.zeros(len(truth), dtype=torch.bool)
+    logits = torch.empty(len(truth))
     for k in range(FOLDS):
         train = fold != k
-        pos, neg = descriptors[train & truth], descriptors[train & ~truth]
-        head = fit(pos, neg, seed * 1000 + k).eval()
-        with torch.inference_mode():
-            logits = head(descriptors[fold == k]).float()
-        keep[fold == k] = logits > math.log(max(1, len(neg)) / max(1, len(pos)))
-    return keep
+        head = _fit_linear(descriptors[train], truth[train])
+        with torch.no_grad():
+            logits[fold == k] = head(descriptors[fold == k])
+    return logits
 
 
 def run_cell(cell: Cell, args: argparse.Namespace, sources: Sources) -> dict[str, Any]:
     import torch
 
     from pucli.checkpoints import load_model
+    from pucli.data.loading import Preprocess
     from pucli.kd.expand import teacher_soft_targets
     from pucli.pu.descriptors import load_or_extract_descriptors, resolve_positive_augmentation
     from pucli.pu.network import MultiScaleExtractor
-    from pucli.data.loading import Preprocess
     from pucli.pu.options import SelectorOptions
     from pucli.pu.prior import cross_fitted_scores
     from pucli.pu.selection import run_selection
@@ -390,7 +418,8 @@ def run_cell(cell: Cell, args: argparse.Namespace, sources: Sources) -> dict[str
         if len(result.paths) != len(pool):
             raise SystemExit(f"{cell.name}: {len(pool) - len(result.paths)} unreadable pool images")
         timings[label] = round(watch.seconds, 2)
-        entry = {**prf(result.selected, truth), "class_prior": result.class_prior,
+        entry = {**prf(result.selected, truth), "kept_by_source": kept_by_source(result.selected, roles),
+                 "class_prior": result.class_prior,
                  "timings_s": {n: round(v, 2) for n, v in result.timings.items()},
                  "final_risk": result.history[-1] if result.history else None,
                  "descriptor_cache_hit": result.from_cache}
@@ -416,7 +445,8 @@ def run_cell(cell: Cell, args: argparse.Namespace, sources: Sources) -> dict[str
         _, pvu_scores = cross_fitted_scores(descriptors.positive, pool_desc, folds=FOLDS,
                                             positive_labels=torch.tensor(positive_labels), seed=cell.seed)
         selections["pvu"] = {**prf(_top(pvu_scores, k), truth), "budget": k}
-        selections["bound"] = prf(_cross_fitted_supervised(pool_desc, truth, cell.seed), truth)
+        bound_logits = _cross_fitted_supervised(pool_desc, truth, cell.seed)
+        selections["bound"] = {**prf(bound_logits > 0, truth), "top_k_f1": prf(_top(bound_logits, k), truth)["f1"]}
     timings["pvu_and_bound"] = round(watch.seconds, 2)
     with Stopwatch() as watch:
         kept, soft = teacher_soft_targets(teacher, pool, workers=0)
