@@ -20,8 +20,8 @@ from pucli.cli._options import (
     ThreadsOption,
     WorkersOption,
 )
-from pucli.cli._output import command_help, console, emit_json, info, progress_bars
-from pucli.cli._prompts import check_output_path, confirm_overwrite
+from pucli.cli._output import command_help, console, emit_json, info, progress_bars, start_run
+from pucli.cli._prompts import guard_output
 
 RECALIBRATE_HELP = """Re-estimate a model's BatchNorm statistics on unlabeled images (no labels, no training).
 
@@ -84,13 +84,11 @@ def recalibrate(
     quiet: QuietOption = False,
     report_path: ReportOption = None,
 ) -> None:
-    arguments = dict(locals())
     from pucli.compress.steps import recalibrate as recalibrate_model
-    from pucli.device import configure_threads, default_workers, resolve_device
+    from pucli.device import default_workers
 
-    report = _start("recalibrate", arguments, out, force, json_output, seed=seed)
-    run_device = resolve_device(device)
-    report.device, report.threads = str(run_device), configure_threads(threads)
+    _check_out(out, force=force, json_output=json_output)
+    report, run_device = start_run(device=device, threads=threads)
     with progress_bars(quiet=quiet) as progress, report.stage("re-estimate"):
         result = recalibrate_model(model, data, out, arch=arch, images=images, batch_size=batch_size, augment=augment,
                                    seed=seed, device=run_device, workers=default_workers(images) if workers is None else workers,
@@ -120,12 +118,10 @@ def prune(
     quiet: QuietOption = False,
     report_path: ReportOption = None,
 ) -> None:
-    arguments = dict(locals())
     from pucli.compress.steps import prune as prune_model
-    from pucli.device import configure_threads
 
-    report = _start("prune", arguments, out, force, json_output)
-    report.device, report.threads = "cpu", configure_threads(threads)
+    _check_out(out, force=force, json_output=json_output)
+    report, _ = start_run(device="cpu", threads=threads)
     with report.stage("prune"):
         result = prune_model(model, out, ratio=ratio, importance=importance, ignore=tuple(ignore or ()), arch=arch)
     report.counts = {"layers_pruned": len(result.channels)}
@@ -148,10 +144,10 @@ def quantize(
     quiet: QuietOption = False,
     report_path: ReportOption = None,
 ) -> None:
-    arguments = dict(locals())
     from pucli.compress.steps import quantize as quantize_model
 
-    report = _start("quantize", arguments, out, force, json_output)
+    _check_out(out, force=force, json_output=json_output)
+    report, _ = start_run()
     with report.stage("quantize"):
         result = quantize_model(model, out, bits=weight_bits, first_last_bits=first_last_bits, arch=arch)
     report.counts = {"layers": result.layers}
@@ -162,34 +158,29 @@ def quantize(
     info(f"model: {_where(out)}; report: {written}{next_step}", quiet=quiet)
 
 
-def _start(command: str, arguments: dict[str, Any], out: str, force: bool, json_output: bool, *, seed: int | None = None) -> Any:
-    """Check the output before any work and open the run report."""
+def _check_out(out: str, *, force: bool, json_output: bool) -> None:
+    """Before any work: ``--out`` names a safetensors file that may be written, or is ``-``.
+
+    Raises:
+        UsageError: ``--json`` with ``--out -`` (both on stdout), or a name not ending in .safetensors.
+    """
     from pucli.errors import UsageError
-    from pucli.report import RunReport
 
     if json_output and out == "-":
         raise UsageError("--json and --out - both write to stdout: write the model to a file, or drop --json")
-    if out != "-":
-        if not out.endswith(".safetensors"):
-            raise UsageError(f"--out {out}: weights are written as safetensors, name the file *.safetensors")
-        check_output_path(Path(out))
-        confirm_overwrite(Path(out), force=force)
-    return RunReport(command, {k: v for k, v in arguments.items() if k != "report_path"}, seed=seed)
+    if out != "-" and not out.endswith(".safetensors"):
+        raise UsageError(f"--out {out}: weights are written as safetensors, name the file *.safetensors")
+    guard_output(out, force=force)
 
 
 def _finish(report: Any, result: Any, out: str, report_path: Path | None, json_output: bool) -> Path:
     """Write the run report (beside the model, or in the state folder for --out -); JSON on stdout."""
-    import datetime as dt
     from dataclasses import asdict
 
-    from pucli.paths import state_dir
-    from pucli.report import report_path_for
+    from pucli.report import report_location
 
     report.results = asdict(result)
-    if report_path is None:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        report_path = report_path_for(out) if out != "-" else state_dir() / "runs" / f"{report.command}-{stamp}.report.json"
-    written = report.write(report_path)
+    written = report.write(report_location(report.command, out, report_path))
     if json_output:
         emit_json({**report.results, "skipped": len(report.skipped), "report": str(written)})
     return written

@@ -26,12 +26,12 @@ import torch
 from torch import Tensor
 
 from pucli.data.files import SkippedFile
+from pucli.data.index import INDEX_TAG_PREFIX
 from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
 
 __all__ = ["AUGMENTATIONS", "calibration_batches", "calibration_paths", "calibration_plan"]
 
 AUGMENTATIONS = ("none", "flip-crop")
-_INDEX_TAG = "#pucli-index"
 
 
 def calibration_paths(source: str, *, stdin: TextIO | None = None, option: str = "--data") -> list[Path]:
@@ -50,7 +50,7 @@ def calibration_paths(source: str, *, stdin: TextIO | None = None, option: str =
         stream = stdin or sys.stdin
         binary = getattr(stream, "buffer", None)
         text = binary.read().decode("utf-8", errors="surrogateescape") if binary is not None else stream.read()
-        if text.startswith(_INDEX_TAG):
+        if text.startswith(INDEX_TAG_PREFIX):
             return _selected(read_index("-", stdin=io.StringIO(text), option=option), option, "stdin")
         return UnlabeledPool.from_source("-", stdin=io.StringIO(text), option=option).paths
     path = Path(source)
@@ -63,7 +63,7 @@ def calibration_paths(source: str, *, stdin: TextIO | None = None, option: str =
 
 def _starts_with_index_tag(path: Path) -> bool:
     with path.open("rb") as handle:
-        return handle.read(len(_INDEX_TAG)) == _INDEX_TAG.encode()
+        return handle.read(len(INDEX_TAG_PREFIX)) == INDEX_TAG_PREFIX.encode()
 
 
 def _selected(entries: list, option: str, where: str) -> list[Path]:

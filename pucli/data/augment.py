@@ -13,19 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
 if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
     from pucli.checkpoints import ModelConfig
 
 __all__ = ["FlipCrop", "PositiveAugmentation", "resolve_augment", "AUGMENTATIONS"]
 
 AUGMENTATIONS = ("auto", "none", "flip-crop")
-
-# Inputs at most this many pixels a side with one channel (digits, characters) get no flip-crop
-# under "auto": a flip changes their class.
-
 
 # Images with one channel and at most this many pixels a side are treated as digits / characters:
 # flips and crops change their meaning (a flipped 2 is not a 2), so auto augmentation is off.
@@ -54,6 +50,8 @@ class FlipCrop:
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         # torchvision draws from the global RNG: seed a forked copy of it from our generator.
+        import torch
+
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -94,6 +92,8 @@ class PositiveAugmentation:
     def draw(self, count: int, size: tuple[int, int]) -> torch.Tensor:
         """Parameters of every copy of ``count`` images of ``size`` (H, W): (copies, count, 5)
         float32 columns angle (degrees), shift x, shift y (pixels), scale, flip (0/1)."""
+        import torch
+
         generator = torch.Generator().manual_seed(self.seed)
         shape = (self.copies, count)
         shift_x, shift_y = round(self.max_shift * size[1]), round(self.max_shift * size[0])
@@ -114,4 +114,6 @@ class PositiveAugmentation:
             image = TF.horizontal_flip(image) if flip else image
             out.append(TF.affine(image, angle=angle, translate=[int(dx), int(dy)], scale=zoom, shear=[0.0, 0.0],
                                  interpolation=InterpolationMode.BILINEAR))
+        import torch
+
         return torch.stack(out) if out else images

@@ -31,9 +31,10 @@ from typing import TextIO
 from pucli.errors import DataError, UsageError
 from pucli.paths import atomic_write
 
-__all__ = ["INDEX_TAG", "IndexEntry", "write_index", "read_index", "format_index", "check_files_exist"]
+__all__ = ["INDEX_TAG", "INDEX_TAG_PREFIX", "IndexEntry", "write_index", "read_index", "format_index", "check_files_exist"]
 
-INDEX_TAG = "#pucli-index v1"
+INDEX_TAG_PREFIX = "#pucli-index"
+INDEX_TAG = f"{INDEX_TAG_PREFIX} v1"
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def _parse(lines: Iterable[str], *, base: Path, name: str, option: str) -> list[
         if "\x00" in line:
             raise DataError(f"{option} {name} line {number} holds a NUL byte: not a text index; give the file `pucli select` wrote")
         if not line.strip() or line.startswith("#"):
-            if number == 1 and line.startswith("#pucli-index") and line != INDEX_TAG:
+            if number == 1 and line.startswith(INDEX_TAG_PREFIX) and line != INDEX_TAG:
                 raise DataError(f"{option} {name}: unsupported index version {line[1:]!r}; upgrade pucli")
             continue
         fields = line.split("\t")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pucli.data.augment import AUGMENTATIONS  # torch-free at import; ``auto`` resolved by resolve_augment
 from pucli.errors import OptionError
 
 __all__ = [
@@ -32,9 +33,6 @@ LOSSES = ("robust-kd", "weighted-kd", "kd")
 OPTIMIZERS = ("sgd", "adamw")
 KEEP = ("last", "best")
 WEIGHTINGS = ("uniform", "pu-score")
-#: ``augment`` choices; ``auto`` is resolved by :func:`pucli.data.augment.resolve_augment` (the
-#: same names as ``pucli.data.augment.AUGMENTATIONS``, kept here so this module loads without torch).
-AUGMENTATIONS = ("auto", "none", "flip-crop")
 DEFAULT_MEMORY_BUDGET_BYTES = 2 * 2**30
 #: Peak learning rate per optimizer when ``lr`` is None: the paper's SGD 0.1, AdamW's usual 1e-3.
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
