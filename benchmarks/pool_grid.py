@@ -62,11 +62,14 @@ axes at the low priors where the selector is weakest:
   prior 0.30 (mnist-pu's composition, from other files);
 * the issue's worst case: 34,000 images, prior 0.03, fashion-heavy, as-is, n_l 10, seeds 0-2.
 
-Per cell (one JSON file under ``<work>/cells/``)
+Per cell (one JSON file under ``<work>/cells-v2/``; version 1, before the propagation ranking, in ``cells/``)
 ------------------------------------------------
-* ``pu_given``: PU-s1 of ``run_selection`` with the true prior (pucli's defaults, graph smoothing on);
+* ``pu_given``: PU-s1 of ``run_selection`` with the true prior (pucli's defaults: ``ranking="auto"``,
+  i.e. label propagation keeping the top ``pi * N`` at n_l 10, the nnPU head at n_l 1);
 * ``pu_auto``: PU-s1 with the prior estimated (``--prior auto``), and the estimate's absolute and
   relative error;
+* ``pu_nnpu``: PU-s1 with the true prior and ``ranking="nnpu"`` (the nnPU head smoothed over the
+  pool's graph, keeping the head's ``F(x) > 0`` count: pucli's default before 2026-12-01);
 * ``confidence``: the top ``pi * N`` of the pool by the teacher's max softmax (``pi`` the true prior);
 * ``pvu``: a plain class-balanced P-vs-U logistic classifier (``pucli.pu.prior.logistic_fit``) on
   the same frozen descriptors, 5-fold cross-fitted (each pool image scored by a fold that did not
@@ -124,7 +127,7 @@ from pucli.paths import cache_dir
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results" / "pool_grid.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the propagation ranking (pucli's default since 2026-12-01) and the nnpu row
 NEGATIVE_MIXES = {"fashion": {"fashion": 7 / 8, "kmnist": 1 / 8}, "kmnist": {"fashion": 2 / 5, "kmnist": 3 / 5},
                   "even": {"fashion": 1 / 2, "kmnist": 1 / 2}, "near": {"mnist-other": 1.0}}
 CAPTURES = ("as-is", "jpeg", "tint", "mixed")
@@ -411,8 +414,9 @@ def run_cell(cell: Cell, args: argparse.Namespace, sources: Sources) -> dict[str
     k = round(cell.prior * len(pool))
     timings: dict[str, float] = {}
     selections: dict[str, Any] = {}
-    for label, prior in (("pu_given", cell.prior), ("pu_auto", None)):
-        options = SelectorOptions(class_prior=prior, seed=cell.seed)
+    for label, prior, ranking in (("pu_given", cell.prior, "auto"), ("pu_auto", None, "auto"),
+                                  ("pu_nnpu", cell.prior, "nnpu")):
+        options = SelectorOptions(class_prior=prior, seed=cell.seed, ranking=ranking)
         with Stopwatch() as watch:
             result = run_selection(teacher, positive_paths, pool, options, workers=0, positive_labels=positive_labels)
         if len(result.paths) != len(pool):
@@ -422,6 +426,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, sources: Sources) -> dict[str
                  "class_prior": result.class_prior,
                  "timings_s": {n: round(v, 2) for n, v in result.timings.items()},
                  "final_risk": result.history[-1] if result.history else None,
+                 "ranking": result.metadata["graph"].get("ranking", "nnpu"),
                  "descriptor_cache_hit": result.from_cache}
         if result.prior_estimate is not None:
             estimate = result.prior_estimate.class_prior
@@ -465,30 +470,37 @@ def run_cell(cell: Cell, args: argparse.Namespace, sources: Sources) -> dict[str
 # --- the report --------------------------------------------------------------------------------------
 
 
-METRICS = (("pu_given", "PU-s1 (pi given)"), ("pu_auto", "PU-s1 (auto)"), ("confidence", "confidence"),
+METRICS = (("pu_given", "PU-s1 (pi given)"), ("pu_auto", "PU-s1 (auto)"), ("pu_nnpu", "nnPU ranking (pi given)"),
+           ("confidence", "confidence"),
            ("pvu", "P-vs-U logistic"), ("bound", "supervised bound"))
 
 
-def load_cells(work: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((work / "cells").glob("*.json"))]
+def cells_dir(work: Path, version: int = CACHE_VERSION) -> Path:
+    """Where the cells of this harness version live (version 1, the nnPU ranking alone: ``cells/``)."""
+    return work / ("cells" if version == 1 else f"cells-v{version}")
+
+
+def load_cells(work: Path, version: int = CACHE_VERSION) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(cells_dir(work, version).glob("*.json"))]
 
 
 def markdown_table(records: list[dict[str, Any]]) -> str:
     head = ("| cell (size, prior, negatives, capture, teacher, n_l, seed) | PU-s1 F1 (pi given) | PU-s1 F1 (auto) "
-            "| prior estimate (error) | confidence F1 | P-vs-U F1 | bound F1 | wall s | load before / after |")
-    lines = [head, "|" + "---|" * 9]
+            "| prior estimate (error) | nnPU ranking F1 (pi given) | confidence F1 | P-vs-U F1 | bound F1 | wall s "
+            "| load before / after |")
+    lines = [head, "|" + "---|" * 10]
     for r in records:
         c = r["cell"]
         label = f"{c['size']:,}, {c['prior']:g}, {c['neg']}, {c['capture']}, {c['teacher']}, {c['nl']}, {c['seed']}"
         if "pu_given" not in r:
-            lines.append(f"| {label} | " + " | ".join(["not run"] * 6) + f" | - | {r.get('infeasible') or r.get('not_run')} |")
+            lines.append(f"| {label} | " + " | ".join(["not run"] * 7) + f" | - | {r.get('infeasible') or r.get('not_run')} |")
             continue
         g, a = r["pu_given"], r["pu_auto"]
         est = a.get("prior_estimate", {}).get("class_prior", a["class_prior"])
         lines.append(
             f"| {label} | {g['f1']:.3f} (P {g['precision']:.3f}, R {g['recall']:.3f}, {g['selected']:,} kept) "
             f"| {a['f1']:.3f} (P {a['precision']:.3f}, R {a['recall']:.3f}) | {est:.4f} ({a['prior_error_abs']:+.4f}, "
-            f"{100 * a['prior_error_rel']:+.0f} %) | {r['confidence']['f1']:.3f} | {r['pvu']['f1']:.3f} "
+            f"{100 * a['prior_error_rel']:+.0f} %) | {r['pu_nnpu']['f1']:.3f} | {r['confidence']['f1']:.3f} | {r['pvu']['f1']:.3f} "
             f"| {r['bound']['f1']:.3f} | {r['wall_s']:.0f} | {r['load_avg_before'][0]:.2f} / {r['load_avg_after'][0]:.2f} |")
     return "\n".join(lines)
 
@@ -594,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = [Cell.parse(spec) for spec in args.cell] or design()
     sources = Sources(args.data_dir)
     for cell in cells:
-        out = args.work / "cells" / f"{cell.name}.json"
+        out = cells_dir(args.work) / f"{cell.name}.json"
         if out.is_file() and not args.force:
             log(f"{cell.name}: done (cached)")
             continue

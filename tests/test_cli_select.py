@@ -102,6 +102,7 @@ def test_json_summary_and_cache_hit_on_second_run(inputs: dict[str, str], tmp_pa
         (["--prior", "0.3", "--graph-neighbors", "-1", "--out", "x.tsv"], "--graph-neighbors"),
         (["--prior", "0.3", "--graph-steps", "-1", "--out", "x.tsv"], "--graph-steps"),
         (["--prior", "0.3", "--graph-alpha", "1.5", "--out", "x.tsv"], "--graph-alpha"),
+        (["--prior", "0.3", "--ranking", "head", "--out", "x.tsv"], "--ranking"),
     ],
 )
 def test_bad_options_exit_2_with_one_line_and_no_traceback(inputs: dict[str, str], extra: list[str], message: str) -> None:

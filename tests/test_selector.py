@@ -3,6 +3,7 @@ seeded training, PU-s1 / PU-s2 selection."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -344,12 +345,13 @@ def test_selector_finds_mnist_digits_in_a_mixed_pool_at_nl10(mnist_pu: Path, mni
         recall = len(kept & positives) / len(positives)
         return 2 * precision * recall / (precision + recall)
 
-    head, smoothed = f1(select_indices(result.head_scores)), f1(result.selected)
-    print(f"PU-s1 F1 on an 8,000-image slice: head {head:.4f}, with graph smoothing {smoothed:.4f}")
+    head, propagated = f1(select_indices(result.head_scores)), f1(result.selected)
+    print(f"PU-s1 F1 on an 8,000-image slice: nnPU head {head:.4f}, label propagation (the default) {propagated:.4f}")
     assert head > 0.9
-    # Graph smoothing (the default) keeps the same number of images and picks better ones.
-    assert int(result.selected.sum()) == int((result.head_scores > 0).sum())
-    assert smoothed > head + 0.005 and smoothed > 0.96
+    # The propagation ranking (the default) keeps the top class_prior * N and picks better ones than the head.
+    assert result.metadata["graph"]["ranking"] == "propagation"
+    assert int(result.selected.sum()) == round(0.3 * len(result.paths))
+    assert propagated > head + 0.005 and propagated > 0.96
 
 
 # --- augmented positives ---------------------------------------------------------------------------
@@ -448,10 +450,12 @@ def _graph_files() -> list[Path]:
 
 def test_graph_smoothing_keeps_the_heads_count_and_caches_the_graph(scenario: dict) -> None:
     teacher, positive, pool = scenario["teacher"], scenario["positive"], scenario["pool"]
-    options = SelectorOptions(class_prior=0.3, epochs=2, batch_size=8, ensemble=1, graph_neighbors=4, graph_steps=30)
+    options = SelectorOptions(class_prior=0.3, epochs=2, batch_size=8, ensemble=1, graph_neighbors=4, graph_steps=30,
+                              ranking="nnpu")
     first = run_selection(teacher, positive, pool, options)
     graph = first.metadata["graph"]
     assert graph["neighbors"] == 4 and graph["steps"] == 30 and not graph["cache_hit"] and len(_graph_files()) == 1
+    assert graph["ranking"] == "nnpu"
     assert int(first.selected.sum()) == int((first.head_scores > 0).sum())
     assert not torch.equal(first.scores, first.head_scores)
     second = run_selection(teacher, positive, pool, options)
@@ -461,6 +465,14 @@ def test_graph_smoothing_keeps_the_heads_count_and_caches_the_graph(scenario: di
                                                                  graph_neighbors=0))
     assert off.metadata["graph"] == {"neighbors": 0} and off.scores is off.head_scores
     assert torch.equal(off.head_scores, first.head_scores)
+    # The default ranking: label propagation from the positives over the same (cached) graph,
+    # keeping the top class_prior * N; the head is trained the same way.
+    propagated = run_selection(teacher, positive, pool, dataclasses.replace(options, ranking="propagation"))
+    meta = propagated.metadata["graph"]
+    assert meta["ranking"] == "propagation" and meta["cache_hit"] and meta["seeds"] == len(positive)
+    assert int(propagated.selected.sum()) == round(0.3 * len(pool)) == meta["kept_by_prior"]
+    assert torch.equal(propagated.head_scores, first.head_scores)
+    assert torch.equal(propagated.selected, propagated.scores > 0)
 
 
 def test_graph_cache_misses_when_the_pool_changes_and_resume_state_ignores_graph_options(scenario: dict) -> None:
@@ -477,10 +489,14 @@ def test_graph_cache_misses_when_the_pool_changes_and_resume_state_ignores_graph
 
 
 def test_graph_smoothing_runs_after_fine_tuning(scenario: dict) -> None:
-    options = SelectorOptions(class_prior=0.3, finetune=True, epochs=1, batch_size=8, graph_neighbors=3, graph_steps=10)
+    options = SelectorOptions(class_prior=0.3, finetune=True, epochs=1, batch_size=8, graph_neighbors=3, graph_steps=10,
+                              ranking="propagation")
     result = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"], options, use_cache=False)
     assert result.metadata["graph"]["neighbors"] == 3 and not result.metadata["graph"]["cache_hit"]
-    assert int(result.selected.sum()) == int((result.head_scores > 0).sum())
+    # The positives are scored through the fine-tuned network too, as the propagation's seeds.
+    assert result.metadata["graph"]["ranking"] == "propagation"
+    assert result.metadata["graph"]["seeds"] == len(scenario["positive"])
+    assert int(result.selected.sum()) == round(0.3 * len(result.paths))
     assert _graph_files() == []  # --no-cache: nothing written
 
 

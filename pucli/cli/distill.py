@@ -39,6 +39,7 @@ TEACHER may also be given as --teacher FILE.
 """
 
 _RUN = "Training"
+_ALIGN = "Feature alignment (Tang et al. 2019)"
 
 
 def _check_student_file(out: Path) -> None:
@@ -94,6 +95,10 @@ def distill(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.", rich_help_panel=_RUN)] = False,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", dir_okay=False, help="Checkpoint file \\[default: OUT with .ckpt.pt].", rich_help_panel=_RUN)] = None,
     checkpoint_interval: Annotated[float, typer.Option("--checkpoint-interval", help="Seconds between checkpoints (at the end of an epoch; 0: every epoch).", rich_help_panel=_RUN)] = 30.0,
+    align: Annotated[str, typer.Option("--align", help="none, or adversarial: a domain discriminator tells the student's early features of the labeled positives from those of the unlabeled images, and the student learns through a gradient-reversal layer to make them alike.", rich_help_panel=_ALIGN)] = "none",
+    align_stage: Annotated[int, typer.Option("--align-stage", help="Student feature stage the discriminator reads (timm feature_info order; 0 = the first).", rich_help_panel=_ALIGN)] = 0,
+    align_weight: Annotated[float, typer.Option("--align-weight", help="lambda_max: the reversed gradient's scale, reached by DANN's warm-up 2/(1+exp(-10p))-1 over training.", rich_help_panel=_ALIGN)] = 0.1,
+    align_hidden: Annotated[str, typer.Option("--align-hidden", help="Discriminator hidden layer widths, comma-separated (Linear-BatchNorm-ReLU each).", rich_help_panel=_ALIGN)] = "256,256",
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
@@ -103,14 +108,16 @@ def distill(
     report_path: ReportOption = None,
     force: ForceOption = False,
 ) -> None:
-    from pucli.kd.distill import DistillConfig
+    from pucli.kd.distill import DistillConfig, parse_widths
     from pucli.report import report_location, side_file
 
     _check_student_file(out)
     config = DistillConfig(loss=loss, temperature=temperature, epochs=epochs, batch_size=batch_size, lr=lr,
                            optimizer=optimizer, eps=eps, num_weight_vectors=num_weight_vectors,
                            redraw_weight_set=not fixed_weight_set, augment=augment, keep=keep, seed=seed,
-                           weighting=weighting, checkpoint_interval=checkpoint_interval)
+                           weighting=weighting, checkpoint_interval=checkpoint_interval, align=align,
+                           align_stage=align_stage, align_weight=align_weight,
+                           align_hidden=parse_widths(align_hidden))
     guard_output(out, force=force or resume)
     from pucli import distributed
     from pucli.device import default_workers
@@ -218,7 +225,7 @@ def _load_inputs(teacher: Path, arch: str | None, data: Path, val: Path | None) 
 
 def _summary(result: Any, out: Path) -> dict[str, Any]:
     last = result.history[-1] if result.history else None
-    return {
+    summary = {
         "out": str(out),
         "student": result.student_config.architecture,
         "params": sum(p.numel() for p in result.student.parameters()),
@@ -233,6 +240,9 @@ def _summary(result: Any, out: Path) -> dict[str, Any]:
         "in_memory": result.in_memory,
         "resumed_from": result.resumed_from,
     }
+    if result.settings.get("align", "none") != "none":
+        summary.update(align=result.settings["align"], domain_accuracy=last.domain_accuracy if last else None)
+    return summary
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -251,6 +261,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("validation top-1", f"{summary['val_top1']:.2f} %" if summary["val_top1"] is not None else "-"),
         ("throughput", f"{summary['images_per_s']:,.0f} img/s"),
     ]
+    if summary.get("domain_accuracy") is not None:
+        rows.append(("discriminator accuracy", f"{summary['domain_accuracy']:.3f} (last epoch; 0.5 = aligned)"))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)

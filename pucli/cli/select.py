@@ -28,12 +28,12 @@ from pucli.cli._options import (
     WorkersOption,
     load_pu_inputs,
 )
-from pucli.cli._output import command_help, console, info, progress_bars, show_result, start_run, warn_skipped
+from pucli.cli._output import command_help, console, escape, info, progress_bars, show_result, start_run, warn_skipped
 from pucli.cli._prompts import guard_output
 
 HELP = """Select the unlabeled images that belong to the teacher's task, from a few labeled positives.
 
-Trains a positive-unlabeled (nnPU) selector on the teacher's multi-scale features (Xu et al. 2019, Eq. 3-6) and writes an index (TSV: path, score; best first). PU-s1 (default) keeps every image with score > 0; --budget N (PU-s2) keeps the N best. Also written beside the index: the selector's weights (<stem>.selector.safetensors) and the run report (<stem>.report.json).
+Ranks the pool by label propagation from the labeled positives over the k-nearest-neighbour graph of the teacher's multi-scale features (Zhou et al. 2003), trains the positive-unlabeled (nnPU) head of Xu et al. 2019 (Eq. 3-6) on the same features (--ranking nnpu ranks by it), and writes an index (TSV: path, score; best first). PU-s1 (default) keeps the top class prior x N (score > 0); --budget N (PU-s2) keeps the N best. Also written beside the index: the selector's weights (<stem>.selector.safetensors) and the run report (<stem>.report.json).
 
 [bold]Example[/]
 
@@ -41,7 +41,7 @@ Trains a positive-unlabeled (nnPU) selector on the teacher's multi-scale feature
   pucli select teacher.safetensors ... --prior 0.3 --budget 30000 --out - | pucli expand teacher.safetensors ... --index -   (a known prior; PU-s2)
   torchrun --nproc_per_node=8 -m pucli select ...   (one process per GPU; the same index)
 
-TEACHER may also be given as --teacher FILE. --positive has one subfolder per class; --unlabeled is a folder, a file listing image paths, - (a list on stdin), or WebDataset-style tar shards (a brace pattern such as 'pool-{000000..000099}.tar'; `pucli shards pack` makes them). Frozen descriptors are cached, so a second run on the same inputs trains in seconds. Ctrl-C or SIGTERM keeps the finished parts of the extraction and the trained ensemble members: the same command with --resume continues and writes the same index. An existing --out is replaced only with --force (or a yes on a terminal)."""
+TEACHER may also be given as --teacher FILE. --positive has one subfolder per class; --unlabeled is a folder, a file listing image paths, - (a list on stdin), or WebDataset-style tar shards (a brace pattern such as 'pool-{000000..000099}.tar'; `pucli shards pack` makes them). Frozen descriptors are cached, so a second run on the same inputs trains in seconds. Ctrl-C or SIGTERM keeps the finished parts of the extraction and the trained ensemble members: the same command with --resume continues and writes the same index. An existing --out is replaced only with --force (or a yes on a terminal). A degenerate selection (nothing or nearly the whole pool kept, a count far from the prior, a collapsed training) is reported by a warning on stderr, even with --quiet, and in the report; an empty one is an error (exit 1) unless --allow-empty."""
 
 _PU = "PU training"
 
@@ -62,7 +62,8 @@ def select(
     classes: ClassesOption = None,
     all_items: Annotated[bool, typer.Option("--all", help="Write every pool item with a selected column (1/0), not only the kept ones.", rich_help_panel="Output")] = False,
     preview: Annotated[Path | None, typer.Option("--preview", dir_okay=False, help="Also draw the selection's contact sheet here (.png or .html, as `pucli show`).", rich_help_panel="Output", show_default=False)] = None,
-    finetune: Annotated[bool, typer.Option("--finetune", help="Train the backbone end to end (slower) instead of caching frozen descriptors.", rich_help_panel=_PU)] = False,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Write the index even when the selection kept no image (without it an empty selection is an error, exit 1).", rich_help_panel="Output")] = False,
+    finetune: Annotated[bool, typer.Option("--finetune", help="Train the backbone end to end (slower; the paper's code path): the head is first trained on frozen descriptors, then head and backbone at low rates; a collapse (every score on one side of zero) goes back to the last healthy state.", rich_help_panel=_PU)] = False,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the pool.", rich_help_panel=_PU)] = 20,
     batch_size: BatchSizeOption = 256,
     train_batch_size: Annotated[int, typer.Option("--train-batch-size", help="Unlabeled descriptors per training step (frozen mode).", rich_help_panel=_PU)] = 4096,
@@ -74,7 +75,8 @@ def select(
     gamma: Annotated[float, typer.Option("--gamma", help="nnPU ascent step scale, in [0, 1].", rich_help_panel=_PU)] = 1.0,
     ensemble: Annotated[int, typer.Option("--ensemble", help="Heads trained from different seeds and averaged (frozen mode).", rich_help_panel=_PU)] = 3,
     augment_positives: Annotated[int | None, typer.Option("--augment-positives", help="Randomly augmented copies (small affine) of each labeled positive added to P, cached with the descriptors \\[default: 32 with at most 5 positives per class, else 0].", show_default=False, rich_help_panel=_PU)] = None,
-    graph_neighbors: Annotated[int, typer.Option("--graph-neighbors", help="Smooth the scores over the pool's k-nearest-neighbour graph with this k (label spreading; keeps as many images as the head's score > 0, but picks them by their neighbourhood); 0 turns it off.", rich_help_panel=_PU)] = 10,
+    ranking: Annotated[str, typer.Option("--ranking", help="How the pool is ranked: propagation (label propagation from the labeled positives over the k-nearest-neighbour graph of pool and positives; PU-s1 keeps the top prior x N), nnpu (the nnPU head's score smoothed over the pool's graph; PU-s1 keeps as many as the head's score > 0, the paper's rule), or auto: propagation when every class has at least 5 labeled positives, else nnpu.", rich_help_panel=_PU)] = "auto",
+    graph_neighbors: Annotated[int, typer.Option("--graph-neighbors", help="k of the k-nearest-neighbour graph the scores are ranked over (label spreading); 0 turns the graph off (the nnPU head's own score > 0).", rich_help_panel=_PU)] = 10,
     graph_alpha: Annotated[float, typer.Option("--graph-alpha", help="Label spreading's alpha in [0, 1): the share of each step taken from the neighbours (higher reaches further along the graph).", rich_help_panel=_PU)] = 0.99,
     graph_steps: Annotated[int, typer.Option("--graph-steps", help="Label-spreading iterations over the graph.", rich_help_panel=_PU)] = 200,
     graph_exact_max: Annotated[int, typer.Option("--graph-exact-max", help="Pools of up to this many images get the exact neighbour search; larger ones an approximate index (faiss IVF-Flat, seeded; pip install 'pucli\\[scale]', else exact with a warning). 0: always approximate.", rich_help_panel=_PU)] = 200_000,
@@ -97,7 +99,7 @@ def select(
         class_prior=_parse_prior(prior), budget=budget, finetune=finetune, epochs=epochs, batch_size=batch_size,
         train_batch_size=train_batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma,
         ensemble=ensemble, augment_positives=augment_positives, attention=attention, graph_neighbors=graph_neighbors,
-        graph_alpha=graph_alpha, graph_steps=graph_steps, graph_exact_max=graph_exact_max, seed=seed,
+        graph_alpha=graph_alpha, graph_steps=graph_steps, graph_exact_max=graph_exact_max, seed=seed, ranking=ranking,
     )
     guard_output(out, force=force or resume)
     _check_preview(preview, force=force)
@@ -119,6 +121,7 @@ def select(
                                use_cache=not no_cache, progress=progress, positive_labels=positive_set.labels)
     if not distributed.is_main():
         return
+    _guard_degenerate(result, allow_empty=allow_empty)
     report_file = report_location("select", out, report_path)
     with report.stage("write"):
         write_selection(result, out, all_items=all_items)
@@ -129,6 +132,22 @@ def select(
     summary = _summary(result, options, out, selector, report.write(report_file))
     show_result(summary, json_output=json_output, quiet=quiet, table=_print_table)
     _print_notes(result, summary, quiet=quiet)
+
+
+def _guard_degenerate(result: Any, *, allow_empty: bool) -> None:
+    """The collapse guard's warnings (:mod:`pucli.pu.degenerate`) on stderr, even with ``--quiet``
+    (a degenerate selection is never silent); then an empty selection is an error unless ``--allow-empty``.
+
+    Raises:
+        DataError: nothing was kept and ``--allow-empty`` was not given (no output is written).
+    """
+    from pucli.errors import DataError
+
+    for warning in result.warnings:
+        info(f"[yellow]warning:[/] {escape(warning)}")
+    if result.counts["selected"] == 0 and not allow_empty:
+        raise DataError(f"the selection is empty: none of the {result.counts['unlabeled']:,} pool images was kept, "
+                        "so no index was written; see the warnings above, or pass --allow-empty to write the empty index")
 
 
 def _check_preview(preview: Path | None, *, force: bool) -> None:
@@ -196,8 +215,13 @@ def _keeps_finished_work(nothing_kept: bool) -> Iterator[None]:
         )) from None
 
 
-def _rule(options: Any) -> str:
-    return f"PU-s2 (top {options.budget})" if options.budget is not None else "PU-s1 (score > 0)"
+def _rule(options: Any, result_ranking: str | None = None) -> str:
+    if options.budget is not None:
+        return f"PU-s2 (top {options.budget})"
+    ranking = (result_ranking or options.ranking) if options.graph_neighbors > 0 else "nnpu"
+    if ranking == "propagation":
+        return "PU-s1 (top class prior x N by label propagation; score > 0)"
+    return "PU-s1 (score > 0)"
 
 
 def _record(report: Any, result: Any, options: Any, selector: Path) -> None:
@@ -209,7 +233,8 @@ def _record(report: Any, result: Any, options: Any, selector: Path) -> None:
         "class_prior": result.class_prior,
         "class_prior_source": "given" if options.class_prior is not None else "estimated",
         "prior_estimate": result.prior_estimate.as_dict() if result.prior_estimate is not None else None,
-        "rule": _rule(options), "mode": result.metadata["mode"],
+        "rule": _rule(options, result.metadata["graph"].get("ranking")), "mode": result.metadata["mode"],
+        "ranking": result.metadata["graph"].get("ranking", "nnpu"),
         "descriptor_channels": result.metadata["scale_channels"], "scales": result.metadata["scales"],
         "positive_augmentation": result.metadata["positive_augmentation"],
         "positive_augmented": result.metadata["positive_augmented"],
@@ -217,6 +242,7 @@ def _record(report: Any, result: Any, options: Any, selector: Path) -> None:
         "graph": result.metadata["graph"],
         "risks_per_epoch": result.history,
         "selector": str(selector),
+        "warnings": list(result.warnings),
     }
 
 
@@ -250,7 +276,8 @@ def _parse_prior(value: str) -> float | None:
 
 def _summary(result: Any, options: Any, out: str, selector: Path, report: Path) -> dict[str, Any]:
     return {
-        "rule": _rule(options),
+        "rule": _rule(options, result.metadata["graph"].get("ranking")),
+        "ranking": result.metadata["graph"].get("ranking", "nnpu"),
         "class_prior": result.class_prior,
         "class_prior_source": "estimated" if result.prior_estimate is not None else "given",
         "prior_estimate": result.prior_estimate.as_dict() if result.prior_estimate is not None else None,
@@ -263,6 +290,7 @@ def _summary(result: Any, options: Any, out: str, selector: Path, report: Path) 
         "graph": result.metadata["graph"],
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "final_risk": result.history[-1]["risk"] if result.history else None,
+        "warnings": list(result.warnings),
         "index": out,
         "selector": str(selector),
         "report": str(report),

@@ -56,9 +56,10 @@ def decode_image_file(path: Path, channels: int, *, draft: int | None = None) ->
     data = _read_encoded(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        image = _decode_reduced(data, channels, draft) if draft else None
+        view = memoryview(data.numpy())
+        image = _decode_reduced(data, channels, draft) if draft and view[:2] == _JPEG_SOI else None
         if image is None:
-            image = _decode_with_torchvision(data, channels)
+            image = _decode_with_torchvision(data, channels, view)
     return _finish_decode(path, data, image, channels)
 
 
@@ -74,12 +75,12 @@ def _decode_reduced(data: torch.Tensor, channels: int, draft: int) -> torch.Tens
     """A JPEG of at least ``2 * draft`` pixels on both sides, decoded by PIL at the reduced size
     ``Image.draft`` picks (both sides >= ``draft``), EXIF orientation applied; None for anything
     else (not a JPEG, smaller, over PIL's pixel limit, unreadable), which then decodes as usual."""
+    view = memoryview(data.numpy())
+    if view[:2] != _JPEG_SOI:
+        return None
     from PIL import Image, ImageOps
     from torchvision.transforms.v2.functional import pil_to_tensor
 
-    view = memoryview(data.numpy())
-    if view[:2] != b"\xff\xd8":
-        return None
     size = _jpeg_size(view)
     limit = Image.MAX_IMAGE_PIXELS
     if size is None or min(size) < 2 * draft or (limit is not None and size[0] * size[1] > limit):
@@ -140,13 +141,14 @@ def _read_member(shard: Path, name: str) -> torch.Tensor:
     return torch.frombuffer(buffer, dtype=torch.uint8)
 
 
-def _decode_with_torchvision(data: torch.Tensor, channels: int) -> torch.Tensor | None:
-    """torchvision's decode of ``data``, or None when it cannot read it (PIL's turn).
+def _decode_with_torchvision(data: torch.Tensor, channels: int, view: memoryview | None = None) -> torch.Tensor | None:
+    """torchvision's decode of ``data``, or None when it cannot read it (PIL's turn); ``view``:
+    ``data``'s bytes, when the caller has them already.
 
     Callers silence warnings around it: torchvision warns of its own deprecation on every call,
     and a batch is cheaper to wrap once than each image.
     """
-    if not _safe_for_torchvision(data):
+    if not _safe_for_torchvision(data, view):
         return None
     try:
         return decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB,
@@ -156,12 +158,13 @@ def _decode_with_torchvision(data: torch.Tensor, channels: int) -> torch.Tensor 
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8"
 
 
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
 
 
-def _safe_for_torchvision(data: torch.Tensor) -> bool:
+def _safe_for_torchvision(data: torch.Tensor, view: memoryview | None = None) -> bool:
     """Whether torchvision may decode ``data``; False leaves the file to PIL, which checks it.
 
     torchvision has no decompression-bomb guard (a PNG or JPEG header of a few bytes can announce
@@ -172,11 +175,12 @@ def _safe_for_torchvision(data: torch.Tensor) -> bool:
     """
     from PIL import Image
 
-    view = memoryview(data.numpy())
+    if view is None:
+        view = memoryview(data.numpy())
     limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None  # PIL's error threshold
     if view[:8] == _PNG_SIGNATURE:
         return _png_is_whole(view, limit)
-    if view[:2] == b"\xff\xd8":
+    if view[:2] == _JPEG_SOI:
         size = _jpeg_size(view)
         return size is None or limit is None or size[0] * size[1] <= limit
     return True
@@ -314,8 +318,9 @@ def decode_images(paths: Sequence[Path], channels: int, *,
             except BadImageError as exc:
                 encoded.append((None, None, str(exc)))
                 continue
-            image = _decode_reduced(data, channels, draft) if draft else None
-            encoded.append((data, image if image is not None else _decode_with_torchvision(data, channels), None))
+            view = memoryview(data.numpy())  # one view for both checks: per image it is not free
+            image = _decode_reduced(data, channels, draft) if draft and view[:2] == _JPEG_SOI else None
+            encoded.append((data, image if image is not None else _decode_with_torchvision(data, channels, view), None))
     decoded: list[tuple[torch.Tensor | None, str | None]] = []
     for path, (data, image, reason) in zip(paths, encoded):
         if data is None:

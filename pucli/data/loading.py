@@ -172,9 +172,13 @@ def iterate_batches(
     workers: int = 0,
     pin_memory: bool = False,
     skipped: list[SkippedFile] | None = None,
+    keep_empty: bool = False,
 ) -> Iterator[Batch]:
     """Batches of ``dataset`` in order; unreadable files are appended to ``skipped`` and left out.
 
+    Batch ``b`` holds the readable items of positions ``b * batch_size`` to ``(b + 1) * batch_size - 1``;
+    a batch none of whose items could be read is dropped, unless ``keep_empty`` (then it comes
+    with 0 images and its ``failed`` list, so a caller can tell which batch it was).
     Memory stays flat in the size of the dataset: batches are produced and dropped one by one.
     """
     loader = DataLoader(
@@ -190,5 +194,5 @@ def iterate_batches(
     for batch in loader:
         if skipped is not None:
             skipped.extend(SkippedFile(str(dataset.paths[i]), reason) for i, reason in batch.failed)
-        if len(batch.indices):
+        if len(batch.indices) or keep_empty:
             yield batch

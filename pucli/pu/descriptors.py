@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +38,9 @@ __all__ = ["Descriptors", "DESCRIPTOR_CACHE_VERSION", "DESCRIPTOR_PART_IMAGES", 
            "extract_descriptors", "extract_augmented_descriptors", "load_or_extract_descriptors",
            "extract_descriptors_in_parts"]
 
+
+# (part number, positions of the readable images within the part, their descriptors, its unreadable files)
+PartCallback = Callable[[int, torch.Tensor, torch.Tensor, list[SkippedFile]], None]
 
 DESCRIPTOR_CACHE_VERSION = 4  # 2: augmented positives beside the plain ones; 3: pucli.cache entries; 4: timm eval transform
 
@@ -177,12 +180,19 @@ def extract_descriptors(
     stage: str = "extract",
     progress_offset: int = 0,
     progress_total: int | None = None,
+    part_size: int | None = None,
+    on_part: PartCallback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stream ``paths`` through ``extractor`` with the deterministic evaluation transform.
 
     Only one batch of decoded pixels is alive at a time; the (N', C) float32 descriptors of the
     readable images are collected on the CPU. Returns ``(index (N',) int64, descriptors (N', C))``;
     unreadable files go to ``skipped``.
+
+    With ``part_size`` (a multiple of ``batch_size``) and ``on_part``, each run of ``part_size``
+    positions (the last may be shorter) is handed to ``on_part(part, index, descriptors,
+    skipped)`` as soon as its last batch is in (``index``: positions within the part), from the
+    same loader: its workers start once for the whole list.
     """
     extractor.eval()
     # Filled in place: collecting chunks and concatenating would hold the descriptors twice.
@@ -190,15 +200,27 @@ def extract_descriptors(
     kept = torch.zeros(len(paths), dtype=torch.bool)
     total = progress_total if progress_total is not None else len(paths)
     started = time.perf_counter()
+    part_skipped: list[SkippedFile] = []
     dataset = ImageDataset(paths, preprocess)
-    for batch in iterate_batches(dataset, batch_size=batch_size, workers=workers,
-                                 pin_memory=device.type == "cuda", skipped=skipped):
-        images = preprocess.normalize(batch.images.to(device, non_blocking=True))
-        descriptors[batch.indices] = extractor(images).float().cpu()
-        kept[batch.indices] = True
-        done = int(batch.indices[-1]) + 1
-        elapsed = time.perf_counter() - started
-        progress(stage, progress_offset + done, total, img_s=done / elapsed if elapsed > 0 else 0.0)
+    for number, batch in enumerate(iterate_batches(dataset, batch_size=batch_size, workers=workers,
+                                                   pin_memory=device.type == "cuda", keep_empty=True)):
+        failed = [SkippedFile(str(paths[i]), reason) for i, reason in batch.failed]
+        part_skipped.extend(failed)
+        if skipped is not None:
+            skipped.extend(failed)
+        if len(batch.indices):
+            images = preprocess.normalize(batch.images.to(device, non_blocking=True))
+            descriptors[batch.indices] = extractor(images).float().cpu()
+            kept[batch.indices] = True
+            done = int(batch.indices[-1]) + 1
+            elapsed = time.perf_counter() - started
+            progress(stage, progress_offset + done, total, img_s=done / elapsed if elapsed > 0 else 0.0)
+        end = min(len(paths), (number + 1) * batch_size)
+        if on_part is not None and part_size and (end % part_size == 0 or end == len(paths)):
+            first = (end - 1) // part_size * part_size
+            index = kept[first:end].nonzero().flatten()
+            on_part(first // part_size, index, descriptors[first:end][index], part_skipped)
+            part_skipped = []
     index = kept.nonzero().flatten()
     if len(index) == len(paths):
         return index, descriptors
@@ -414,27 +436,49 @@ def extract_descriptors_in_parts(
                                    progress_offset=progress_offset, progress_total=progress_total)
     total = progress_total if progress_total is not None else len(paths)
     size = batch_size * max(1, round(DESCRIPTOR_PART_IMAGES / batch_size))
-    descriptors = torch.empty(len(paths), extractor.channels)
+    descriptors = torch.empty(len(paths), extractor.channels)  # pages are touched only when resuming
     kept = torch.zeros(len(paths), dtype=torch.bool)
+    missing: list[int] = []  # first pool positions of the parts to extract, in order
+    skipped_by_part: dict[int, list[SkippedFile]] = {}
     for start in range(0, len(paths), size):
-        chunk = paths[start:start + size]
-        part = parts / f"unlabeled-{start:010d}-{len(chunk)}.safetensors"
-        loaded = _read_part(part, extractor.channels)
+        loaded = _read_part(_part_file(parts, start, len(paths[start:start + size])), extractor.channels)
         if loaded is None:
-            part_skipped: list[SkippedFile] = []
-            index, values = extract_descriptors(extractor, chunk, preprocess, device=device, batch_size=batch_size,
-                                                workers=workers, skipped=part_skipped, progress=progress,
-                                                progress_offset=progress_offset + start, progress_total=total)
-            _write_part(part, index, values, part_skipped)
-        else:
-            index, values, part_skipped = loaded
-            progress("extract", progress_offset + start + len(chunk), total, cached=1)
+            missing.append(start)
+            continue
+        index, values, part_skipped = loaded
         descriptors[index + start] = values
         kept[index + start] = True
-        if skipped is not None:
-            skipped.extend(part_skipped)
+        skipped_by_part[start] = part_skipped
+        progress("extract", progress_offset + start + len(paths[start:start + size]), total, cached=1)
+    if missing:
+        # One loader over all the missing parts: its workers start once, not once a part. Parts
+        # are whole batches and only the pool's last part can be shorter, so the batches, and the
+        # bits, are those of one pass over the pool.
+        todo = [path for start in missing for path in paths[start:start + size]]
+
+        def save(part: int, index: torch.Tensor, values: torch.Tensor, part_skipped: list[SkippedFile]) -> None:
+            start = missing[part]
+            _write_part(_part_file(parts, start, len(paths[start:start + size])), index, values, part_skipped)
+            skipped_by_part[start] = list(part_skipped)
+
+        index, values = extract_descriptors(extractor, todo, preprocess, device=device, batch_size=batch_size,
+                                            workers=workers, progress=progress, progress_offset=progress_offset,
+                                            progress_total=total, part_size=size, on_part=save)
+        if len(todo) < len(paths):
+            positions = torch.cat([torch.arange(start, start + len(paths[start:start + size])) for start in missing])
+            descriptors[positions[index]] = values
+            kept[positions[index]] = True
+    if skipped is not None:
+        for start in sorted(skipped_by_part):  # pool order, resumed or not
+            skipped.extend(skipped_by_part[start])
+    if missing and len(todo) == len(paths):
+        return index, values  # nothing was cached: the pass was the whole pool, in pool order
     index = kept.nonzero().flatten()
     return index, (descriptors if len(index) == len(paths) else descriptors[index])
+
+
+def _part_file(parts: Path, start: int, count: int) -> Path:
+    return parts / f"unlabeled-{start:010d}-{count}.safetensors"
 
 
 def _read_part(path: Path, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[SkippedFile]] | None:

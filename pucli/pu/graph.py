@@ -1,4 +1,14 @@
-"""Graph smoothing of PU scores over the unlabeled pool (transductive refinement of stage 1).
+"""The pool's k-NN graph: label propagation from the labeled positives, and graph smoothing of PU scores.
+
+The default ranking (``SelectorOptions.ranking = "propagation"``, since 2026-12-01): the labeled
+positives join the pool's cached k-NN graph (:func:`join_positives`), the graph is symmetrised
+(:func:`symmetric_walk`), and label 1 on the positives spreads over it (:func:`propagate`, the
+same iteration as below from ``y_0`` = 1 on the positives, 0 on the pool). An image's score is how
+much of the positives' label reaches it. Unlike the nnPU head it needs no class prior to rank, so
+it holds at web-crawl priors of 2-5 %, under a capture shift between labeled and pool images, and
+with BatchNorm teachers, where the head's ranking fails (docs/benchmarks.md, section "Pool grid
+(issue 15)"). The rest of this docstring describes the smoothing of the head's scores, the
+``"nnpu"`` ranking.
 
 The nnPU head scores every pool image on its own. Images that look alike to the teacher, though,
 nearly always share their label: on mnist-pu a pool image's nearest neighbours (Euclidean,
@@ -45,6 +55,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -77,14 +88,42 @@ def graph_features(descriptors: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
     Returns:
         (N, min(C, MAX_GRAPH_CHANNELS)) float32.
     """
+    return graph_transform(descriptors, seed=seed)(descriptors)
+
+
+@dataclass(frozen=True)
+class GraphTransform:
+    """The map :func:`graph_features` applies, fitted on the pool, to apply to other images too
+    (the labeled positives joined to the graph: :func:`join_positives`).
+
+    Attributes:
+        mean, std: (C,) float32 the pool's channel statistics (std floored at 1e-6).
+        components: (C, MAX_GRAPH_CHANNELS) float32 principal directions, or None when C is small.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    components: torch.Tensor | None
+
+    def __call__(self, descriptors: torch.Tensor) -> torch.Tensor:
+        """(M, C) float32 descriptors -> (M, C') float32 graph features."""
+        features = (descriptors.float() - self.mean) / self.std
+        if self.components is not None:
+            features = features @ self.components
+        return features.contiguous()
+
+
+def graph_transform(descriptors: torch.Tensor, *, seed: int = 0) -> GraphTransform:
+    """Fit :class:`GraphTransform` on the pool's (N, C) float32 descriptors (seeded randomised PCA
+    when C > :data:`MAX_GRAPH_CHANNELS`)."""
     features = descriptors.float()
-    features = (features - features.mean(0)) / features.std(0).clamp(min=1e-6)
+    mean, std = features.mean(0), features.std(0).clamp(min=1e-6)
+    components = None
     if features.shape[1] > MAX_GRAPH_CHANNELS and len(features) > MAX_GRAPH_CHANNELS:
         with torch.random.fork_rng(devices=[]):  # pca_lowrank draws from the global CPU generator
             torch.default_generator.manual_seed(seed)
-            _, _, components = torch.pca_lowrank(features, q=MAX_GRAPH_CHANNELS, center=False)
-        features = features @ components
-    return features.contiguous()
+            _, _, components = torch.pca_lowrank((features - mean) / std, q=MAX_GRAPH_CHANNELS, center=False)
+    return GraphTransform(mean, std, components)
 
 
 BLOCK_ELEMENTS = 1 << 26
@@ -485,3 +524,117 @@ def smooth_over_graph(scores: torch.Tensor, graph: PoolGraph, *, alpha: float, s
     if graph.warning:
         metadata["warning"] = graph.warning
     return smoothed, metadata
+
+
+# --- label propagation from the labeled positives (the default ranking since 2026-12-01) ---
+
+
+def join_positives(pool_neighbors: torch.Tensor, pool_features: torch.Tensor, positive_features: torch.Tensor,
+                   *, block_elements: int | None = None) -> torch.Tensor:
+    """The k-NN graph of the pool and the labeled positives together, from the pool's own graph.
+
+    Nodes ``0..N-1`` are the pool, ``N..N+M-1`` the positives (their augmented copies included).
+    A pool row keeps its k nearest among its old neighbours and every positive (so with an exact
+    pool graph the joined graph is exact too; with the approximate one, as good as it was); a
+    positive's row is an exact search over all other nodes. The pool's graph is the cached one
+    (:func:`pool_graph`): joining costs ``N * M`` distances, not a second pool search.
+
+    Args:
+        pool_neighbors: (N, k) int64, the pool's graph.
+        pool_features, positive_features: (N, C) and (M, C) float32 graph features (the pool's
+            :func:`graph_transform` applied to both).
+        block_elements: about how many distances one block holds (default :data:`BLOCK_ELEMENTS`).
+
+    Returns:
+        (N + M, k) int64 neighbours, nearest first; no node is its own neighbour.
+    """
+    n, k = pool_neighbors.shape
+    m = len(positive_features)
+    if m == 0 or k == 0:
+        return pool_neighbors.clone()
+    nodes = torch.cat([pool_features.float(), positive_features.float()])
+    norms = (nodes * nodes).sum(1)
+    out = torch.empty(n + m, k, dtype=torch.int64)
+    budget = block_elements or BLOCK_ELEMENTS
+    step = max(1, budget // (k * nodes.shape[1] + m))  # rows per block: (rows, k, C) and (rows, M) floats
+    seed_ids = torch.arange(n, n + m)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        rows = nodes[start:stop]
+        old = pool_neighbors[start:stop]
+        old_d = ((rows[:, None, :] - nodes[old]) ** 2).sum(2)
+        new_d = torch.addmm(norms[None, n:], rows, nodes[n:].T, alpha=-2.0) + norms[start:stop, None]
+        candidates = torch.cat([old, seed_ids.expand(stop - start, m)], 1)
+        distances = torch.cat([old_d, new_d.clamp(min=0.0)], 1)
+        order = torch.sort(distances, dim=1, stable=True).indices[:, :k]
+        out[start:stop] = candidates.gather(1, order)
+    out[n:] = knn_graph(nodes, k, rows=(n, n + m), block_elements=block_elements)
+    return out
+
+
+@dataclass(frozen=True)
+class Walk:
+    """The symmetric k-NN graph as a sparse matrix: ``adjacency`` (V, V) float32 CSR of 0/1
+    (an edge where either node lists the other) and ``degree`` (V,) float32 its row sums."""
+
+    adjacency: torch.Tensor
+    degree: torch.Tensor
+
+
+def symmetric_walk(neighbors: torch.Tensor) -> Walk:
+    """(V, k) int64 k-NN lists -> :class:`Walk` of the symmetrised graph (``W = A or A^T``)."""
+    v, k = neighbors.shape
+    rows = torch.arange(v).repeat_interleave(k)
+    cols = neighbors.reshape(-1)
+    keys = torch.unique(torch.cat([rows * v + cols, cols * v + rows]))  # sorted: CSR order
+    rows, cols = keys // v, keys % v
+    crow = torch.zeros(v + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=v), 0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        adjacency = torch.sparse_csr_tensor(crow, cols, torch.ones(len(cols)), (v, v), check_invariants=False)
+    return Walk(adjacency, torch.bincount(rows, minlength=v).float().clamp(min=1.0))
+
+
+def propagate(initial: torch.Tensor, walk: Walk, *, alpha: float, steps: int) -> torch.Tensor:
+    """Label spreading of ``initial`` over the symmetric graph (Zhou et al. 2003, Eq. (1), with
+    ``S = D^-1 W``): ``y_{t+1} = alpha * S y_t + (1 - alpha) * y_0``.
+
+    Args:
+        initial: (V,) float32 ``y_0``; 1 on the labeled positives, 0 elsewhere for the ranking.
+        walk: :func:`symmetric_walk` of the graph.
+        alpha: in [0, 1); steps: >= 0.
+
+    Returns:
+        (V,) float32, each node's share of positive label reaching it (in [0, 1] for a 0/1 ``y_0``).
+
+    Raises:
+        OptionError: ``alpha`` outside [0, 1) or ``steps`` < 0.
+    """
+    if not 0.0 <= alpha < 1.0:
+        raise OptionError("graph_alpha", alpha, "must be in [0, 1)")
+    if steps < 0:
+        raise OptionError("graph_steps", steps, "must be >= 0")
+    base = initial.float()
+    current = base.clone()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        for _ in range(steps):
+            current = alpha * (walk.adjacency @ current[:, None])[:, 0] / walk.degree + (1.0 - alpha) * base
+    return current
+
+
+def positive_walk(graph: PoolGraph, pool_descriptors: torch.Tensor, positive_descriptors: torch.Tensor, *,
+                  seed: int = 0) -> Walk:
+    """The :class:`Walk` over the pool (nodes ``0..N-1``) and the labeled positives (``N..``):
+    the cached pool graph joined with the positives (:func:`join_positives`), symmetrised.
+
+    Args:
+        graph: the pool's :class:`PoolGraph`.
+        pool_descriptors: (N, C) float32; positive_descriptors: (M, C) float32 (augmented copies included).
+        seed: the seed the pool's graph features were made with (their PCA).
+    """
+    transform = graph_transform(pool_descriptors, seed=seed)
+    joined = join_positives(graph.neighbors, transform(pool_descriptors), transform(positive_descriptors))
+    return symmetric_walk(joined)
+

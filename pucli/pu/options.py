@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 from pucli.errors import OptionError, UsageError
 
-__all__ = ["OPTIMIZERS", "RISKS", "SURROGATES", "Scales", "SelectorOptions"]
+__all__ = ["OPTIMIZERS", "RANKINGS", "RISKS", "SURROGATES", "Scales", "SelectorOptions"]
 
 OPTIMIZERS = ("adamw", "sgd")
+RANKINGS = ("auto", "propagation", "nnpu")
 RISKS = ("nnpu", "upu")
 SURROGATES = ("sigmoid", "logistic")
 
@@ -72,6 +73,15 @@ class SelectorOptions:
         graph_exact_max: pools of up to this many images get the exact k-NN search, larger ones
             the approximate IVF-Flat index (faiss, the ``scale`` extra; :mod:`pucli.pu.graph`);
             0 searches every pool approximately.
+        ranking: how the pool is ranked. ``"propagation"``: label propagation from the labeled
+            positives over the k-NN graph of pool and positives (Zhou et al. 2003), PU-s1 keeping
+            the top ``class_prior * N``; ``"nnpu"``: the nnPU head's ``F(x)`` smoothed over the
+            pool's graph, PU-s1 keeping as many as ``F(x) > 0`` (the paper's rule); ``"auto"``
+            (default): propagation when every class has at least 5 labeled positives
+            (``pucli.pu.prior.propagation_applies``, the rule of the class-prior estimate), else
+            nnpu (with 1-4 per class the seeds miss too much of each class; docs/benchmarks.md,
+            section "Pool grid (issue 15)"). Without the graph (``graph_neighbors`` 0) the head
+            ranks either way.
         seed: seeds every random draw.
     """
 
@@ -100,6 +110,7 @@ class SelectorOptions:
     graph_steps: int = 200
     graph_exact_max: int = 200_000  # pucli.pu.graph.GRAPH_EXACT_MAX (not imported: it imports torch)
     seed: int = 0
+    ranking: str = "auto"
 
     def __post_init__(self) -> None:
         """Raises OptionError naming the first parameter out of range (UsageError for a bad pair)."""
@@ -116,6 +127,7 @@ class SelectorOptions:
             ("beta", self.beta >= 0.0, "must be >= 0"),
             ("gamma", 0.0 <= self.gamma <= 1.0, "must be in [0, 1]"),
             ("optimizer", self.optimizer in OPTIMIZERS, "use adamw or sgd"),
+            ("ranking", self.ranking in RANKINGS, "use auto, propagation or nnpu"),
             ("ensemble", self.ensemble >= 1, "must be >= 1"),
             ("reduction", self.reduction >= 1, "must be >= 1"),
             ("augment_positives", self.augment_positives is None or self.augment_positives >= 0, "must be >= 0"),

@@ -44,6 +44,8 @@ __all__ = [
     "bootstrap_best_bin",
     "cross_fitted_scores",
     "estimate_class_prior",
+    "estimate_prior_by_propagation",
+    "propagation_applies",
     "Fit",
     "logistic_fit",
 ]
@@ -330,21 +332,30 @@ def estimate_class_prior(positive: torch.Tensor, unlabeled: torch.Tensor, *, fol
         raise UsageError(f"prior bootstrap replicates {bootstrap}: must be >= 0")
     if refine < 0:
         raise UsageError(f"prior refinement passes {refine}: must be >= 0")
-
-    def clip(value: float) -> float:
-        return min(PRIOR_CEILING, max(PRIOR_FLOOR, value))
-
     positive_scores, unlabeled_scores = cross_fitted_scores(positive, unlabeled, folds=folds, seed=seed,
                                                             positive_labels=positive_labels, progress=progress)
     estimate, threshold, q_p, q_u = best_bin_estimate(positive_scores, unlabeled_scores, delta=delta, gamma=gamma)
-    initial = clip(estimate)
+    initial = _clip(estimate)
     passes = refine if refine_fit is not None else 0
     for _ in range(passes):
         positive_scores, unlabeled_scores = cross_fitted_scores(
-            positive, unlabeled, folds=folds, fit=refine_fit(clip(estimate)), positive_augmented=positive_augmented,
+            positive, unlabeled, folds=folds, fit=refine_fit(_clip(estimate)), positive_augmented=positive_augmented,
             positive_labels=positive_labels, seed=seed, progress=progress, stage="prior (refine)")
         estimate, threshold, q_p, q_u = best_bin_estimate(positive_scores, unlabeled_scores, delta=delta, gamma=gamma)
+    return _with_uncertainty(positive_scores, unlabeled_scores, estimate, threshold, q_p, q_u, bootstrap=bootstrap,
+                             level=level, seed=seed, delta=delta, gamma=gamma, folds=min(folds, len(positive)),
+                             initial=initial, refined=passes)
 
+
+def _clip(value: float) -> float:
+    return min(PRIOR_CEILING, max(PRIOR_FLOOR, value))
+
+
+def _with_uncertainty(positive_scores: torch.Tensor, unlabeled_scores: torch.Tensor, estimate: float, threshold: float,
+                      q_p: float, q_u: float, *, bootstrap: int, level: float, seed: int, delta: float, gamma: float,
+                      folds: int, initial: float, refined: int, method: str | None = None) -> PriorEstimate:
+    """The :class:`PriorEstimate` of a BBE point estimate, with its bootstrap interval."""
+    clip = _clip
     if bootstrap:
         replicates = bootstrap_best_bin(positive_scores, unlabeled_scores, replicates=bootstrap, seed=seed,
                                         delta=delta, gamma=gamma).clamp(PRIOR_FLOOR, PRIOR_CEILING)
@@ -357,5 +368,84 @@ def estimate_class_prior(positive: torch.Tensor, unlabeled: torch.Tensor, *, fol
     return PriorEstimate(
         class_prior=clip(estimate), std=std, low=low, high=high, level=level, threshold=threshold,
         positive_in_bin=q_p, unlabeled_in_bin=q_u, positive=len(positive_scores), unlabeled=len(unlabeled_scores),
-        folds=min(folds, len(positive)), bootstrap=bootstrap, initial=initial, refined=passes,
+        folds=folds, bootstrap=bootstrap, initial=initial, refined=refined,
+        **({"method": method} if method is not None else {}),
     )
+
+
+#: The propagation estimate needs at least this many labeled positives in every class (each
+#: held-out positive needs same-class positives left among the seeds of its fold); with fewer,
+#: or without class labels and fewer than :data:`MIN_RELIABLE_POSITIVES`, the P-vs-U estimate
+#: (:func:`estimate_class_prior`) is used.
+PROPAGATION_MIN_PER_CLASS = 5
+
+PROPAGATION_METHOD = ("best-bin estimation (Garg et al. 2021) on cross-fitted label-propagation scores "
+                      "(Zhou et al. 2003) over the pool's k-NN graph")
+
+
+def propagation_applies(positive_count: int, positive_labels: torch.Tensor | None) -> bool:
+    """Whether the labeled positives suffice for :func:`estimate_prior_by_propagation`
+    (:data:`PROPAGATION_MIN_PER_CLASS` per class; without labels, :data:`MIN_RELIABLE_POSITIVES`)."""
+    if positive_labels is None or len(positive_labels) != positive_count:
+        return positive_count >= MIN_RELIABLE_POSITIVES
+    counts = torch.bincount(positive_labels.long())
+    counts = counts[counts > 0]
+    return len(counts) > 0 and int(counts.min()) >= PROPAGATION_MIN_PER_CLASS
+
+
+def estimate_prior_by_propagation(score: Callable[[torch.Tensor], torch.Tensor], pool_size: int, positive_count: int,
+                                  copies: int = 0, *, folds: int = 5, bootstrap: int = 200, level: float = 0.9,
+                                  seed: int = 0, delta: float = 0.1, gamma: float = 0.01,
+                                  positive_labels: torch.Tensor | None = None,
+                                  progress: ProgressCallback = no_progress) -> PriorEstimate:
+    """The class prior by BBE on cross-fitted label-propagation scores.
+
+    The graph's nodes are the pool (``0..N-1``), the plain positives (``N..N+N_P-1``) and their
+    augmented copies (copy-major after them). Fold ``k`` seeds the positives outside it (and their
+    copies) with label 1 and propagates (``score``); its held-out positives' scores and the pool's
+    (averaged over the folds) feed BBE (:func:`best_bin_estimate`), as the P-vs-U scores do in
+    :func:`estimate_class_prior`. The held-out positives are nodes of the same graph as the pool's
+    positives, scored the same way, which is what BBE needs; a P-vs-U classifier trained on 10
+    images per class ranks the pool's positives below its held-out ones, and over-estimates
+    low priors (docs/benchmarks.md, section "Pool grid (issue 15)").
+
+    Args:
+        score: (V,) bool seeds -> (V,) float32 propagated scores, V = N + N_P * (1 + copies).
+        pool_size, positive_count, copies: N, N_P and the augmented copies per positive.
+        folds, bootstrap, level, seed, delta, gamma: as in :func:`estimate_class_prior`.
+        positive_labels: (N_P,) int64 classes of the positives, to stratify the folds.
+
+    Returns:
+        A :class:`PriorEstimate` (``method`` names this estimator; ``initial`` equals the estimate).
+
+    Raises:
+        NoImagesError: fewer than 2 positives or fewer than ``2 * folds`` pool images.
+        UsageError: ``folds`` < 2.
+    """
+    if folds < 2:
+        raise UsageError(f"prior estimation folds {folds}: must be >= 2")
+    if positive_count < 2 or pool_size < 2 * folds:
+        raise NoImagesError("estimating the class prior needs at least 2 readable positives and "
+                            f"{2 * folds} unlabeled images; give --prior instead")
+    folds = min(folds, positive_count)
+    generator = torch.Generator().manual_seed(seed)
+    fold_p = _positive_folds(positive_count, folds, positive_labels, generator)
+    nodes = pool_size + positive_count * (1 + copies)
+    positive_scores = torch.empty(positive_count)
+    unlabeled_scores = torch.zeros(pool_size, dtype=torch.float64)
+    for k in range(folds):
+        progress("prior", k, folds)
+        train = torch.nonzero(fold_p != k)[:, 0]
+        seeds = torch.zeros(nodes, dtype=torch.bool)
+        for copy in range(1 + copies):
+            seeds[pool_size + copy * positive_count + train] = True
+        scores = score(seeds)
+        held = torch.nonzero(fold_p == k)[:, 0]
+        positive_scores[held] = scores[pool_size + held]
+        unlabeled_scores += scores[:pool_size].double()
+    progress("prior", folds, folds)
+    unlabeled_scores = (unlabeled_scores / folds).float()
+    estimate, threshold, q_p, q_u = best_bin_estimate(positive_scores, unlabeled_scores, delta=delta, gamma=gamma)
+    return _with_uncertainty(positive_scores, unlabeled_scores, estimate, threshold, q_p, q_u, bootstrap=bootstrap,
+                             level=level, seed=seed, delta=delta, gamma=gamma, folds=folds, initial=_clip(estimate),
+                             refined=0, method=PROPAGATION_METHOD)

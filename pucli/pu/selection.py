@@ -43,11 +43,20 @@ weight decay and a cosine schedule (the rates and the jitter tried: see docs/ben
 section "`pucli select` on mnist-pu", "Against the targets"); several heads trained from
 different seeds are averaged (an ensemble lowers the variance that a 10-image P brings).
 
-Selection: by default the head's scores are first smoothed over the pool's k-nearest-neighbour
-graph (label spreading, :mod:`pucli.pu.graph`) and shifted so that as many images score above zero
-as ``F(x) > 0`` keeps: the head decides how many images belong to the task, their neighbourhoods
-decide which (what it gains: see docs/benchmarks.md, section "Graph smoothing: the default since
-2026-11-21, and the F1 targets").
+Selection (:attr:`SelectorOptions.ranking`): with ``"propagation"`` (what the default ``"auto"``
+picks, since 2026-12-01, when every class has at least 5 labeled positives) the labeled positives (and their augmented copies) join the pool's k-nearest-neighbour graph, carry
+label 1, and the label spreads over the symmetrised graph (Zhou et al. 2003; :mod:`pucli.pu.graph`);
+the pool's spread scores are shifted so that the top ``round(class_prior * N)`` score above zero,
+the class prior given or estimated on the same propagation (:func:`estimate_prior_from_descriptors`).
+The nnPU head is still trained (its scores are ``head_scores``; the saved selector), but at the
+low class priors of a web crawl, under a capture shift, or with a BatchNorm teacher, its ranking
+falls far below the propagation's (docs/benchmarks.md, section "Pool grid (issue 15)").
+``"nnpu"`` ranks by the head: its scores smoothed over the pool's graph and shifted so that as
+many images score above zero as ``F(x) > 0`` keeps (the paper's rule; pucli's default from
+2026-11-21 to 2026-12-01, section "Graph smoothing: the default since 2026-11-21, and the F1
+targets"); it is what ``"auto"`` picks with 1-4 labeled positives per class, where the
+propagation's few seeds miss too much of each class. Without the graph (``graph_neighbors`` 0)
+the head's ``F(x)`` ranks.
 PU-s1 then keeps every unlabeled image with a score > 0; PU-s2 keeps the top ``budget``.
 Everything random draws from ``torch.Generator`` objects seeded by :attr:`SelectorOptions.seed`,
 so the same inputs and seed give the same scores. No ground truth is ever read here.
@@ -78,10 +87,16 @@ from pucli.errors import DataError, NoImagesError, UsageError
 from pucli.paths import replace_atomically
 from pucli.progress import ProgressCallback, no_progress
 from pucli.pu.descriptors import Descriptors, load_or_extract_descriptors, resolve_positive_augmentation
-from pucli.pu.graph import PoolGraph, pool_graph, smooth_over_graph
+from pucli.pu.graph import PoolGraph, match_count, pool_graph, positive_walk, propagate, smooth_over_graph
 from pucli.pu.network import AttentionScoreHead, MultiScaleExtractor, PUSelectorNet
 from pucli.pu.options import Scales, SelectorOptions
-from pucli.pu.prior import Fit, PriorEstimate, estimate_class_prior
+from pucli.pu.prior import (
+    Fit,
+    PriorEstimate,
+    estimate_class_prior,
+    estimate_prior_by_propagation,
+    propagation_applies,
+)
 from pucli.pu.training import train_finetune, train_frozen, training_state_path
 
 __all__ = ["SelectionResult", "PriorResult", "run_selection", "estimate_prior", "estimate_prior_from_descriptors",
@@ -97,9 +112,11 @@ class SelectionResult:
 
     Attributes:
         paths: the readable unlabeled images, in pool order.
-        scores: (len(paths),) float32, the scores selection keeps by: the head's ``F(x)`` smoothed
-            over the pool's k-NN graph (:mod:`pucli.pu.graph`), or ``F(x)`` itself with graph
-            smoothing off. Either way PU-s1 keeps ``scores > 0``.
+        scores: (len(paths),) float32, the scores selection keeps by: label propagation from the
+            positives shifted to keep the top ``class_prior * N`` (the default ranking), the
+            head's ``F(x)`` smoothed over the pool's k-NN graph (``ranking="nnpu"``;
+            :mod:`pucli.pu.graph`), or ``F(x)`` itself with the graph off. Either way PU-s1 keeps
+            ``scores > 0``.
         head_scores: (len(paths),) float32, the head's own ``F(x)`` (the same tensor as ``scores``
             with graph smoothing off).
         selected: (len(paths),) bool, the images kept (PU-s1 or PU-s2).
@@ -128,6 +145,7 @@ class SelectionResult:
     class_prior: float | None = None
     prior_estimate: PriorEstimate | None = None
     head_scores: torch.Tensor | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.head_scores is None:
@@ -157,13 +175,18 @@ def _nnpu_fit(options: SelectorOptions) -> Callable[[float], Fit]:
 
 def estimate_prior_from_descriptors(descriptors: Descriptors, options: SelectorOptions, *,
                                     positive_labels: Sequence[int] | None = None,
-                                    progress: ProgressCallback = no_progress) -> PriorEstimate:
+                                    progress: ProgressCallback = no_progress,
+                                    graph: PoolGraph | None = None) -> PriorEstimate:
     """The class prior of the pool, estimated from frozen descriptors (:mod:`pucli.pu.prior`).
 
-    Best-bin estimation on cross-fitted P-vs-U logistic scores, refined once with cross-fitted
-    nnPU heads trained at that first estimate (Garg et al. 2021's alternation of estimation and
-    PU training). The augmented copies of the positives, if any, join the training folds only.
-    ``positive_labels`` (the class of each input positive, in input order) stratify the folds.
+    With the pool's k-NN ``graph`` and the ``propagation`` ranking (or ``auto`` with enough labeled
+    positives, :func:`pucli.pu.prior.propagation_applies`: 5 per class): best-bin estimation on cross-fitted
+    label-propagation scores (:func:`pucli.pu.prior.estimate_prior_by_propagation`), the scores
+    the default ranking selects by. Otherwise best-bin estimation on cross-fitted P-vs-U logistic
+    scores, refined once with cross-fitted nnPU heads trained at that first estimate (Garg et al.
+    2021's alternation of estimation and PU training). The augmented copies of the positives, if
+    any, join the training folds (seeds) only. ``positive_labels`` (the class of each input
+    positive, in input order) stratify the folds.
 
     Raises:
         NoImagesError: fewer than 2 readable positives, or no unlabeled image.
@@ -174,6 +197,13 @@ def estimate_prior_from_descriptors(descriptors: Descriptors, options: SelectorO
     labels = None
     if positive_labels is not None:
         labels = torch.as_tensor(list(positive_labels), dtype=torch.long)[descriptors.positive_index]
+    if graph is not None and options.ranking != "nnpu" and propagation_applies(len(descriptors.positive), labels):
+        walk = positive_walk(graph, descriptors.unlabeled, descriptors.positive_set, seed=options.seed)
+        copies = len(descriptors.positive_augmented) // max(1, len(descriptors.positive))
+        return estimate_prior_by_propagation(
+            lambda seeds: propagate(seeds.float(), walk, alpha=options.graph_alpha, steps=options.graph_steps),
+            len(descriptors.unlabeled), len(descriptors.positive), copies, seed=options.seed, positive_labels=labels,
+            progress=progress)
     return estimate_class_prior(descriptors.positive, descriptors.unlabeled, seed=options.seed,
                                 refine_fit=_nnpu_fit(options), positive_augmented=augmented, positive_labels=labels,
                                 progress=progress)
@@ -182,7 +212,7 @@ def estimate_prior_from_descriptors(descriptors: Descriptors, options: SelectorO
 @dataclass
 class PriorResult:
     """What :func:`estimate_prior` produced: the estimate, the unreadable files left out, seconds
-    per stage (``extract``, ``prior``) and the descriptor cache used."""
+    per stage (``extract``, ``graph``, ``prior``) and the descriptor cache used."""
 
     estimate: PriorEstimate
     skipped: list[SkippedFile]
@@ -207,8 +237,9 @@ def estimate_prior(
 ) -> PriorResult:
     """Estimate the class prior of ``unlabeled_paths`` (what ``pucli prior`` runs).
 
-    Extracts (or loads from the cache shared with ``pucli select``) the frozen descriptors, then
-    :func:`estimate_prior_from_descriptors` with the selector's default options.
+    Extracts (or loads from the cache shared with ``pucli select``) the frozen descriptors and
+    the pool's k-NN graph (cached too), then :func:`estimate_prior_from_descriptors` with the
+    selector's default options.
     ``positive_labels`` (class of each positive) stratify the cross-fitting folds.
 
     Raises:
@@ -232,9 +263,15 @@ def estimate_prior(
     extractor.cpu()
     if descriptors is None:
         raise UsageError("pucli prior runs in one process: launch it without torchrun")
+    graph = None
+    if len(descriptors.unlabeled) > 1:
+        # The same cached graph `pucli select` builds, so both give the same estimate.
+        with _timed(timings, "graph"):
+            graph = pool_graph(descriptors.unlabeled, neighbors=options.graph_neighbors, seed=seed, device=device,
+                               use_cache=use_cache, exact_max=options.graph_exact_max, progress=progress)
     with _timed(timings, "prior"):
         estimate = estimate_prior_from_descriptors(descriptors, options, positive_labels=positive_labels,
-                                                   progress=progress)
+                                                   progress=progress, graph=graph)
     return PriorResult(estimate, descriptors.skipped, timings, descriptors.cache_path)
 
 
@@ -367,8 +404,14 @@ def run_selection(
                                                 seed=options.seed, device=device, use_cache=use_cache,
                                                 exact_max=options.graph_exact_max, progress=progress)
             assert graph is not None
-            scores, graph_metadata = smooth_over_graph(head_scores, graph, alpha=options.graph_alpha,
-                                                       steps=options.graph_steps)
+            if _ranks_by_propagation(options, trained.positive_count, trained.positive_labels) \
+                    and trained.positive_descriptors is not None and len(trained.positive_descriptors):
+                scores, graph_metadata = _rank_by_propagation(graph, trained.pool_descriptors,
+                                                              trained.positive_descriptors, options)
+            else:
+                scores, graph_metadata = smooth_over_graph(head_scores, graph, alpha=options.graph_alpha,
+                                                           steps=options.graph_steps)
+                graph_metadata["ranking"] = "nnpu"
         graph_metadata["changed"] = int((select_indices(scores, options.budget)
                                          != select_indices(head_scores, options.budget)).sum())
     selected = select_indices(scores, options.budget)
@@ -386,7 +429,51 @@ def run_selection(
                   "positive_augmented": trained.augmented_count, "graph": graph_metadata},
         class_prior=options.class_prior, prior_estimate=trained.prior_estimate, head_scores=head_scores,
     )
+    from pucli.pu.degenerate import selection_warnings  # the collapse guard: no degenerate selection is silent
+
+    result.warnings = selection_warnings(counts["selected"], counts["unlabeled"], options.class_prior, trained.history,
+                                         budget=options.budget)
     return _share_selection(result, trained.index, unlabeled_paths)
+
+
+def _ranks_by_propagation(options: SelectorOptions, positive_count: int, positive_labels: torch.Tensor | None) -> bool:
+    """Whether the pool is ranked by label propagation: ``ranking`` "propagation", or "auto" with
+    enough labeled positives per class (:func:`pucli.pu.prior.propagation_applies`)."""
+    if options.ranking == "auto":
+        return propagation_applies(positive_count, positive_labels)
+    return options.ranking == "propagation"
+
+
+def _readable_labels(positive_labels: Sequence[int] | None, index: torch.Tensor | None) -> torch.Tensor | None:
+    """The classes of the readable positives (``index``: their input positions), or None."""
+    if positive_labels is None or index is None:
+        return None
+    return torch.as_tensor(list(positive_labels), dtype=torch.long)[index]
+
+
+def _rank_by_propagation(graph: PoolGraph, pool_descriptors: torch.Tensor, positive_descriptors: torch.Tensor,
+                         options: SelectorOptions) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The pool's scores by label propagation from the labeled positives (the default ranking).
+
+    The positives (with their augmented copies) join the pool's cached k-NN graph
+    (:func:`pucli.pu.graph.positive_walk`), carry label 1, and the label spreads over the
+    symmetrised graph (:func:`pucli.pu.graph.propagate`); the pool's spread scores are shifted so
+    that exactly ``round(class_prior * N)`` are above zero (PU-s1 keeps ``score > 0``; PU-s2 the
+    top ``budget`` of the same ranking). Returns (N,) float32 scores and the graph's metadata."""
+    walk = positive_walk(graph, pool_descriptors, positive_descriptors, seed=options.seed)
+    pool_size = len(pool_descriptors)
+    seeds = torch.zeros(pool_size + len(positive_descriptors))
+    seeds[pool_size:] = 1.0
+    spread = propagate(seeds, walk, alpha=options.graph_alpha, steps=options.graph_steps)[:pool_size]
+    assert options.class_prior is not None
+    keep = round(options.class_prior * pool_size)
+    metadata: dict[str, Any] = {"neighbors": int(graph.neighbors.shape[1]), "alpha": options.graph_alpha,
+                                "steps": options.graph_steps, "channels": graph.channels, "cache_hit": graph.from_cache,
+                                "method": graph.method, "ranking": "propagation", "seeds": len(positive_descriptors),
+                                "kept_by_prior": keep}
+    if graph.warning:
+        metadata["warning"] = graph.warning
+    return match_count(spread, keep), metadata
 
 
 @dataclass
@@ -427,6 +514,8 @@ class _Trained:
     from_cache: bool = False
     augmentation: PositiveAugmentation | None = None
     augmented_count: int = 0
+    positive_descriptors: torch.Tensor | None = None
+    positive_labels: torch.Tensor | None = None
 
 
 def _train_finetuned(run: _Run, options: SelectorOptions) -> _Trained:
@@ -456,11 +545,20 @@ def _train_finetuned(run: _Run, options: SelectorOptions) -> _Trained:
         index, scores = score_images(net, run.unlabeled_paths, run.preprocess, device=run.device,
                                      batch_size=options.batch_size, workers=run.workers, progress=run.progress,
                                      descriptors=streamed)
+        positive_streamed: list[torch.Tensor] | None = None
+        positive_index: torch.Tensor | None = None
+        if streamed is not None and options.ranking != "nnpu":
+            # The seeds of the propagation, in the fine-tuned network's feature space.
+            positive_streamed = []
+            positive_index, _ = score_images(net, run.positive_paths, run.preprocess, device=run.device,
+                                             batch_size=options.batch_size, descriptors=positive_streamed)
     positive_names = {str(p) for p in run.positive_paths}
     return _Trained(options=options, index=index, scores=scores, pool_descriptors=streamed[0] if streamed else None,
                     skipped=skipped,
                     positive_count=len(run.positive_paths) - sum(1 for s in skipped if s.path in positive_names),
-                    network=net.cpu(), history=history, extractor=extractor, prior_estimate=prior_estimate)
+                    network=net.cpu(), history=history, extractor=extractor, prior_estimate=prior_estimate,
+                    positive_descriptors=positive_streamed[0] if positive_streamed else None,
+                    positive_labels=_readable_labels(run.positive_labels, positive_index))
 
 
 def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trained | None:
@@ -476,9 +574,10 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
             augmentation=augmentation, progress=run.progress, resume=resume,
         )
     graph = None
-    if options.graph_neighbors > 0 and distributed.is_distributed():
+    estimate_on_graph = options.class_prior is None and options.ranking != "nnpu" and options.graph_neighbors > 0
+    if options.graph_neighbors > 0 and (distributed.is_distributed() or estimate_on_graph):
         # The graph needs only the descriptors: every rank searches its share of it now, before
-        # rank 0 trains the head alone.
+        # rank 0 estimates the prior on it and trains the head alone.
         with _timed(run.timings, "graph"):
             graph = pool_graph(descriptors.unlabeled if descriptors is not None else None,
                                neighbors=options.graph_neighbors, seed=options.seed, device=run.device,
@@ -491,7 +590,7 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
     if options.class_prior is None:
         with _timed(run.timings, "prior"):
             prior_estimate = estimate_prior_from_descriptors(descriptors, options, positive_labels=run.positive_labels,
-                                                             progress=run.progress)
+                                                             progress=run.progress, graph=graph)
         options = dataclasses.replace(options, class_prior=prior_estimate.class_prior)
     state_path = training_state_path(descriptors.cache_path, options) if descriptors.cache_path else None
     if state_path is not None and not resume:
@@ -511,7 +610,8 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
                     positive_count=len(descriptors.positive), network=head, history=history, extractor=extractor,
                     prior_estimate=prior_estimate, graph=graph, cache_path=descriptors.cache_path,
                     from_cache=descriptors.from_cache, augmentation=augmentation,
-                    augmented_count=len(descriptors.positive_augmented))
+                    augmented_count=len(descriptors.positive_augmented), positive_descriptors=descriptors.positive_set,
+                    positive_labels=_readable_labels(run.positive_labels, descriptors.positive_index))
 
 
 def _check_readable(descriptors: Descriptors, run: _Run) -> None:

@@ -12,9 +12,10 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    **dict.fromkeys(("DistillConfig", "LOSSES", "OPTIMIZERS", "KEEP", "WEIGHTINGS", "AUGMENTATIONS", "DEFAULT_LR",
+    **dict.fromkeys(("DistillConfig", "ALIGNMENTS", "parse_widths", "LOSSES", "OPTIMIZERS", "KEEP", "WEIGHTINGS", "AUGMENTATIONS", "DEFAULT_LR",
                      "WEIGHT_DECAY", "DEFAULT_MEMORY_BUDGET_BYTES", "default_epochs", "steps_per_epoch"), "config"),
-    **dict.fromkeys(("sampling_weights", "epoch_generator", "InMemorySource", "StreamingSource"), "data"),
+    **dict.fromkeys(("sampling_weights", "epoch_generator", "InMemorySource", "StreamingSource", "LabeledImages",
+                     "labeled_images"), "data"),
     **dict.fromkeys(("CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION", "EpochStats"), "checkpoint"),
     **dict.fromkeys(("distill", "DistillResult", "TrainingInterrupted", "TrainingPlan", "training_bound_throughput"), "loop"),
 }

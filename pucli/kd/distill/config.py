@@ -16,6 +16,7 @@ from pucli.data.augment import AUGMENTATIONS  # torch-free at import; ``auto`` r
 from pucli.errors import OptionError
 
 __all__ = [
+    "ALIGNMENTS",
     "AUGMENTATIONS",
     "DEFAULT_LR",
     "DEFAULT_MEMORY_BUDGET_BYTES",
@@ -26,6 +27,7 @@ __all__ = [
     "WEIGHT_DECAY",
     "DistillConfig",
     "default_epochs",
+    "parse_widths",
     "steps_per_epoch",
 ]
 
@@ -33,6 +35,9 @@ LOSSES = ("robust-kd", "weighted-kd", "kd")
 OPTIMIZERS = ("sgd", "adamw")
 KEEP = ("last", "best")
 WEIGHTINGS = ("uniform", "pu-score")
+#: ``none``, or ``adversarial``: the student's early features of L^t and of the unlabeled images
+#: aligned through a domain discriminator and a gradient-reversal layer (:mod:`pucli.kd.align`).
+ALIGNMENTS = ("none", "adversarial")
 DEFAULT_MEMORY_BUDGET_BYTES = 2 * 2**30
 #: Peak learning rate per optimizer when ``lr`` is None: the paper's SGD 0.1, AdamW's usual 1e-3.
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
@@ -69,6 +74,16 @@ class DistillConfig:
         checkpoint_interval: seconds between checkpoints (written at the end of an epoch once that
             long has passed since the last, and after the last epoch; 0 writes one every epoch):
             epochs of a few images would otherwise spend their time writing checkpoints.
+        align: ``none`` or ``adversarial`` (Tang et al. 2019 in pucli's reading, :mod:`pucli.kd.align`:
+            a domain discriminator tells the student's early features of the labeled positives
+            from those of the unlabeled images; the student learns, through a gradient-reversal
+            layer, to make them indistinguishable).
+        align_stage: the student's feature stage the discriminator reads (timm ``feature_info``
+            order, 0 = the first stage); checked against the student when training starts.
+        align_weight: lambda_max of DANN's warm-up ``lambda_p = lambda_max (2 / (1 + exp(-10 p)) - 1)``
+            (Ganin & Lempitsky 2015), the reversed gradient's scale at the end of training; 0 trains
+            the discriminator but leaves the student exactly as without alignment.
+        align_hidden: the discriminator's hidden layer widths (Linear-BatchNorm-ReLU each).
 
     Raises:
         OptionError: a field has a value it cannot take; the message names the field.
@@ -89,10 +104,14 @@ class DistillConfig:
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
     weighting: str = "uniform"
     checkpoint_interval: float = 30.0
+    align: str = "none"
+    align_stage: int = 0
+    align_weight: float = 0.1
+    align_hidden: tuple[int, ...] = (256, 256)
 
     def __post_init__(self) -> None:
         for parameter, choices in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("augment", AUGMENTATIONS),
-                                   ("keep", KEEP), ("weighting", WEIGHTINGS)):
+                                   ("keep", KEEP), ("weighting", WEIGHTINGS), ("align", ALIGNMENTS)):
             if getattr(self, parameter) not in choices:
                 raise OptionError(parameter, getattr(self, parameter), f"choose one of {', '.join(choices)}")
         checks = [
@@ -104,6 +123,13 @@ class DistillConfig:
             ("lr", self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "must be > 0"),
             ("eps", math.isfinite(self.eps) and self.eps >= 0, "must be >= 0"),
             ("num_weight_vectors", self.num_weight_vectors >= 1, "must be >= 1"),
+            ("align_stage", isinstance(self.align_stage, int) and self.align_stage >= 0,
+             "must be a stage index >= 0 (0 = the student's first stage)"),
+            ("align_weight", isinstance(self.align_weight, (int, float)) and math.isfinite(self.align_weight)
+             and self.align_weight >= 0, "must be >= 0 (lambda_max)"),
+            ("align_hidden", isinstance(self.align_hidden, tuple) and len(self.align_hidden) >= 1
+             and all(isinstance(w, int) and w >= 1 for w in self.align_hidden),
+             "give one or more layer widths >= 1, e.g. 256,256"),
         ]
         for parameter, ok, problem in checks:
             if not ok:
@@ -113,6 +139,18 @@ class DistillConfig:
     def peak_lr(self) -> float:
         """``lr``, or the optimizer's default (:data:`DEFAULT_LR`) when None."""
         return float(self.lr or DEFAULT_LR[self.optimizer])
+
+
+def parse_widths(text: str, parameter: str = "align_hidden") -> tuple[int, ...]:
+    """``"256,256"`` -> ``(256, 256)``: layer widths as the command line spells them.
+
+    Raises:
+        OptionError: not a comma-separated list of integers (the message names ``parameter``).
+    """
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise OptionError(parameter, text, "give comma-separated layer widths, e.g. 256,256") from None
 
 
 def steps_per_epoch(num_items: int, batch_size: int) -> int:

@@ -6,7 +6,9 @@ set fits a memory budget it is decoded once into a uint8 tensor (:class:`InMemor
 epoch trains from memory; otherwise images stream from disk through DataLoader workers
 (:class:`StreamingSource`). With ``weighting="pu-score"`` items are drawn with replacement, with
 probability :func:`sampling_weights`. Every draw comes from :func:`epoch_generator`, so a resumed
-run draws what an uninterrupted one would have.
+run draws what an uninterrupted one would have. With ``align="adversarial"`` the labeled positives
+``L^t`` are also held apart (:class:`LabeledImages`): the source domain of :mod:`pucli.kd.align`,
+resampled with replacement every step from generators of their own.
 """
 
 from __future__ import annotations
@@ -31,22 +33,26 @@ from pucli.progress import ProgressCallback, no_progress
 
 __all__ = [
     "InMemorySource",
+    "LabeledImages",
     "StreamingSource",
     "TrainingSource",
     "epoch_generator",
+    "labeled_images",
     "load_validation_set",
     "sampling_weights",
     "soft_class_counts",
     "training_source",
 ]
 
-_PURPOSES = {"order": 0, "augment": 1, "weights": 2}
+_PURPOSES = {"order": 0, "augment": 1, "weights": 2, "source": 3, "source-augment": 4}
 
 
 def epoch_generator(seed: int, epoch: int, purpose: str) -> torch.Generator:
     """Independent, reproducible randomness per (seed, epoch, purpose): resuming at epoch e draws
     exactly what an uninterrupted run would have drawn. ``purpose``: ``order`` (which items form
-    each batch), ``augment`` (flip-crop) or ``weights`` (robust KD's set ``W``, Eq. 9)."""
+    each batch), ``augment`` (flip-crop), ``weights`` (robust KD's set ``W``, Eq. 9), ``source``
+    (the labeled images drawn for adversarial alignment) or ``source-augment`` (their flip-crop):
+    the last two never touch the draws of the others, so alignment leaves the KD batches as they were."""
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 8 + _PURPOSES[purpose])
 
 
@@ -155,6 +161,50 @@ class StreamingSource:
 
 
 TrainingSource = InMemorySource | StreamingSource
+
+
+class LabeledImages:
+    """The labeled positives ``L^t``, decoded: uint8 (P, C, H, W), the source domain of adversarial
+    alignment (:mod:`pucli.kd.align`). ``is_positive`` (N,) bool: which manifest rows are labeled
+    positives (the rest, unlabeled pool images, are the target domain)."""
+
+    def __init__(self, images: Tensor, is_positive: Tensor, device: torch.device) -> None:
+        self.images = images.to(device) if device.type == "cuda" else images
+        self.is_positive = is_positive
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def draw(self, count: int, generator: torch.Generator) -> Tensor:
+        """``count`` images drawn uniformly with replacement (``L^t`` is tiny next to the pool):
+        uint8 (count', C, H, W) on the device, count' this rank's share under torchrun."""
+        positions = distributed.batch_share(torch.randint(len(self.images), (count,), generator=generator))
+        return self.images[positions.to(self.images.device)].to(self.device, non_blocking=True)
+
+
+def labeled_images(expanded: ExpandedSet, source: TrainingSource, preprocess: Preprocess, workers: int,
+                   skipped: list[SkippedFile] | None, device: torch.device) -> LabeledImages:
+    """The labeled positives of ``expanded`` for adversarial alignment: taken from ``source`` when it
+    holds the set in memory, else decoded once (they are few).
+
+    Raises:
+        DataError: the set has no labeled positive (origin ``positive``) or no unlabeled item, or
+            none of its positives can be read; the message names the manifest.
+    """
+    is_positive = torch.tensor([origin == "positive" for origin in expanded.origins], dtype=torch.bool)
+    if not bool(is_positive.any()) or bool(is_positive.all()):
+        missing = "labeled positives" if not bool(is_positive.any()) else "unlabeled images"
+        raise DataError(f"align adversarial: {_manifest(expanded)} lists no {missing}; alignment needs both "
+                        "(expand with --positive and --index), or distill with --align none")
+    if isinstance(source, InMemorySource):
+        images = source.images[is_positive[source.items].to(source.images.device)]
+    else:
+        rows = is_positive.nonzero().flatten().tolist()
+        images, _ = _decode_all([expanded.paths[r] for r in rows], preprocess, workers, skipped, no_progress, "decode")
+    if len(images) == 0:
+        raise DataError(f"align adversarial: none of the labeled positives of {_manifest(expanded)} could be read")
+    return LabeledImages(images, is_positive, device)
 
 
 def training_source(expanded: ExpandedSet, preprocess: Preprocess, config: DistillConfig, device: torch.device,

@@ -12,7 +12,10 @@ once (:func:`~pucli.kd.losses.make_objective`):
 
 Without augmentation the soft targets cached by ``pucli expand`` are the targets (the teacher never
 runs); with augmentation the teacher runs on the same augmented batch as the student, so targets
-match inputs. The batches come from :mod:`~pucli.kd.distill.data`; a checkpoint
+match inputs. With ``align="adversarial"`` (Tang et al. 2019, :mod:`pucli.kd.align`) each step also
+draws labeled positives, and the loss adds the domain discriminator's binary cross-entropy through a
+gradient-reversal layer whose scale follows DANN's warm-up over the run's steps; with ``align="none"``
+nothing of it runs. The batches come from :mod:`~pucli.kd.distill.data`; a checkpoint
 (:mod:`~pucli.kd.distill.checkpoint`) is written before the first epoch and after epochs, so
 ``resume=True`` or a Ctrl-C loses at most the epoch in progress.
 """
@@ -40,6 +43,7 @@ from pucli.data.loading import Preprocess
 from pucli.data.manifest import ExpandedSet, retemper
 from pucli.data.sources import LabeledFolder
 from pucli.errors import DataError, Interrupted, OptionError
+from pucli.kd.align import AlignedStudent, DomainDiscriminator, dann_lambda, domain_loss, feature_channels
 from pucli.kd.distill.checkpoint import (
     EpochStats,
     Trainables,
@@ -50,8 +54,10 @@ from pucli.kd.distill.checkpoint import (
 )
 from pucli.kd.distill.config import WEIGHT_DECAY, DistillConfig, default_epochs, steps_per_epoch
 from pucli.kd.distill.data import (
+    LabeledImages,
     TrainingSource,
     epoch_generator,
+    labeled_images,
     load_validation_set,
     soft_class_counts,
     training_source,
@@ -138,6 +144,8 @@ class _Run:
     steps_per_epoch: int
     progress: ProgressCallback
     plan: Callable[[TrainingPlan], None] | None = None
+    labeled: LabeledImages | None = None  # the source domain of adversarial alignment; None without it
+    align_weight: float = 0.0  # lambda_max of DANN's warm-up
 
 
 def distill(
@@ -179,10 +187,12 @@ def distill(
         :class:`DistillResult`; ``student`` is the kept model, in eval mode on the CPU.
 
     Raises:
-        OptionError: ``keep=best`` without ``val_set``; fewer images per batch than torchrun processes.
+        OptionError: ``keep=best`` without ``val_set``; fewer images per batch than torchrun processes;
+            ``align_stage`` names a stage the student lacks.
         UsageError: unknown architecture, no checkpoint to resume, or a checkpoint from different settings.
         DataError: the set and the teacher disagree on the number of classes; no image readable;
-            the checkpoint is unreadable; the loss diverged.
+            the checkpoint is unreadable; the loss diverged; adversarial alignment on a set without
+            labeled positives or without unlabeled images.
         TrainingInterrupted: Ctrl-C; the checkpoint holds the last finished epoch.
     """
     check_architecture(student_arch)
@@ -208,6 +218,8 @@ def distill(
     memory_format = torch.channels_last if use_cuda else torch.contiguous_format
     student = student.to(memory_format=memory_format)
     teacher_model = teacher.model.to(device, memory_format=memory_format).eval() if augment != "none" else None
+    if config.align == "adversarial":
+        feature_channels(student, config.align_stage)  # a stage the student lacks: say so before decoding
 
     source, decode_s = training_source(expanded, preprocess, config, device, workers, skipped, progress)
     soft_targets = retemper(expanded.soft_targets, expanded.temperature, temperature)
@@ -221,14 +233,19 @@ def distill(
     run_steps = steps_per_epoch(len(source), config.batch_size)
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_cuda else None
     trainables = _trainables(student, config, weights, temperature, epochs * run_steps, amp_dtype)
+    trainee: nn.Module = student
+    labeled = None
+    if config.align == "adversarial":
+        labeled = labeled_images(expanded, source, preprocess, workers, skipped, device)
+        trainee = _alignment(trainables, config, device, epochs * run_steps)
     val_images = load_validation_set(val_set, preprocess, workers) if val_set is not None else None
     run = _Run(
         # Under torchrun: DistributedDataParallel, each rank training on its share of every batch.
-        trainee=_data_parallel(student, device, config.batch_size), trainables=trainables, teacher=teacher_model,
+        trainee=_data_parallel(trainee, device, config.batch_size), trainables=trainables, teacher=teacher_model,
         source=source, soft_targets=soft_targets, preprocess=preprocess,
         flip_crop=FlipCrop(*preprocess.size) if augment == "flip-crop" else None, amp_dtype=amp_dtype,
         memory_format=memory_format, device=device, seed=config.seed, epochs=epochs, steps_per_epoch=run_steps,
-        progress=progress, plan=plan,
+        progress=progress, plan=plan, labeled=labeled, align_weight=config.align_weight,
     )
 
     state = TrainingState()
@@ -368,6 +385,28 @@ def _trainables(student: nn.Module, config: DistillConfig, weights: Tensor, temp
     return Trainables(student, optimizer, scheduler, scaler, objective)
 
 
+def _alignment(trainables: Trainables, config: DistillConfig, device: torch.device, total_steps: int) -> nn.Module:
+    """Adversarial alignment's trainables, put in ``trainables``: the domain discriminator (initialised
+    from a generator of its own, seeded by ``config.seed``: the global RNG is left as it was), its
+    optimizer (the student's kind and peak learning rate, no weight decay) and the student's warm-up +
+    cosine schedule. Returns the :class:`~pucli.kd.align.AlignedStudent` the steps run.
+
+    Raises:
+        OptionError: ``align_stage`` names a stage the student lacks.
+    """
+    student = trainables.student
+    discriminator = DomainDiscriminator(feature_channels(student, config.align_stage), config.align_hidden,
+                                        generator_seed=config.seed).to(device)
+    optimizer: torch.optim.Optimizer
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(discriminator.parameters(), lr=config.peak_lr, momentum=0.9)
+    else:
+        optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.peak_lr, weight_decay=0.0)
+    trainables.discriminator, trainables.discriminator_optimizer = discriminator, optimizer
+    trainables.discriminator_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total_steps))
+    return AlignedStudent(student, discriminator, config.align_stage)
+
+
 def _warmup_cosine(total_steps: int) -> Callable[[int], float]:
     """LR factor per step: linear warm-up over 3% of the steps (at most 500), then cosine to 0.
     Warm-up keeps lr 0.1 from blowing up a freshly initialised network without batch norm (LeNet)."""
@@ -397,6 +436,11 @@ def _train_epoch(run: _Run, epoch: int) -> EpochStats:
     max_counts = [0] * trainables.objective.num_vectors
     total_steps = run.epochs * run.steps_per_epoch
     done_before = (epoch - 1) * run.steps_per_epoch
+    if run.labeled is not None:
+        # Their own generators: the KD batches, their augmentation and W are drawn as without alignment.
+        source_generator = epoch_generator(run.seed, epoch, "source")
+        source_augment_generator = epoch_generator(run.seed + 7919 * distributed.rank(), epoch, "source-augment")
+        domain_sums = torch.zeros(3, device=device)  # loss x items, correct, items
     start = time.perf_counter()
     for items, images in run.source.epoch_batches(epoch_generator(run.seed, epoch, "order")):
         if run.flip_crop is not None and len(images):
@@ -408,13 +452,34 @@ def _train_epoch(run: _Run, epoch: int) -> EpochStats:
                     targets = torch.softmax(run.teacher(inputs).float() / trainables.objective.temperature, dim=1)
             else:
                 targets = run.soft_targets[items.to(device)]
-            logits = run.trainee(inputs).float()
+            if run.labeled is None:
+                logits = run.trainee(inputs).float()
+            else:
+                source_images = run.labeled.draw(run.source.batch_size, source_generator)
+                if run.flip_crop is not None and len(source_images):
+                    source_images = run.flip_crop(source_images, source_augment_generator)
+                source_inputs = run.preprocess.normalize(source_images).contiguous(memory_format=run.memory_format)
+                scale = dann_lambda((done_before + steps) / total_steps, run.align_weight)
+                logits, domain_logits, is_source = run.trainee(inputs, source_inputs, run.labeled.is_positive[items],
+                                                               scale)
+                logits = logits.float()
         loss, chosen = trainables.objective(logits, targets)
         if chosen is not None:
             max_counts[chosen] += 1
         trainables.optimizer.zero_grad(set_to_none=True)
-        trainables.scaler.scale(loss).backward()
-        trainables.scaler.step(trainables.optimizer)
+        if run.labeled is None:
+            trainables.scaler.scale(loss).backward()
+            trainables.scaler.step(trainables.optimizer)
+        else:
+            # One backward: D descends L_d, the student (behind the reversal layer) ascends lambda_p L_d.
+            discriminator_loss, correct = domain_loss(domain_logits.float(), is_source)
+            domain_sums += torch.stack([discriminator_loss.detach() * len(is_source), correct,
+                                        torch.tensor(float(len(is_source)), device=device)])
+            trainables.discriminator_optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+            trainables.scaler.scale(loss + discriminator_loss).backward()
+            trainables.scaler.step(trainables.optimizer)
+            trainables.scaler.step(trainables.discriminator_optimizer)
+            trainables.discriminator_scheduler.step()
         trainables.scaler.update()
         trainables.scheduler.step()
         loss_sum += loss.detach()
@@ -432,11 +497,18 @@ def _train_epoch(run: _Run, epoch: int) -> EpochStats:
     mean_loss = float(loss_sum) / max(1, steps)
     if not math.isfinite(mean_loss):
         raise DataError(f"training diverged in epoch {epoch} (loss {mean_loss}): lower the learning rate (lr)")
-    return EpochStats(
+    stats = EpochStats(
         epoch=epoch, loss=mean_loss, lr=trainables.optimizer.param_groups[0]["lr"], val_top1=None,
         images=images_seen, train_s=elapsed, images_per_s=images_seen / elapsed if elapsed else float("nan"),
         max_vector_counts=max_counts,
     )
+    if run.labeled is not None:
+        totals = domain_sums.double().cpu()
+        if distributed.is_distributed():
+            totals = distributed.all_reduce_sum(totals)
+        stats.domain_loss = float(totals[0] / totals[2]) if totals[2] else None
+        stats.domain_accuracy = float(totals[1] / totals[2]) if totals[2] else None
+    return stats
 
 
 def _data_parallel(student: nn.Module, device: torch.device, batch_size: int) -> nn.Module:
