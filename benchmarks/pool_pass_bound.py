@@ -18,7 +18,9 @@ and each loader worker count (``--workers 1 2``), interleaved over ``--repeats``
 
 Decode and forward share the machine's cores, so the CPU time of each is measured too (the
 main process's and its joined workers' ``getrusage``): ``cores / (decode + forward CPU seconds per
-image)`` is what no overlap of the two can beat on ``cores`` free cores.
+image)`` is what no overlap of the two can beat on ``cores`` free cores; the pass's own CPU time
+per image (against decode + forward) shows what the pass adds, and its rate times that time the
+cores it got.
 
 The target is ``pass >= 0.8 x min(decode, forward)``. The descriptors of every pass are checked
 bit for bit against those of the first.
@@ -137,8 +139,8 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     print("| pool | workers | repeat | decode img/s | forward img/s | pass img/s | one loader img/s "
           "| loader per part (before) img/s | pass / min(decode, forward) | one loader / min | before / min "
-          f"| CPU us per image, decode / forward | CPU bound ({cores} cores) img/s | pass / CPU bound | load (1 min) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| CPU us per image, decode / forward / pass | pass cores used | CPU bound ({cores} cores) img/s | pass / CPU bound | load (1 min) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     reference: dict[str, torch.Tensor] = {}
     for repeat in range(1, args.repeats + 1):
@@ -148,7 +150,9 @@ def main() -> None:
                 decode, decode_cpu, batches = _decode(paths, preprocess, args.batch_size, workers)
                 forward, forward_cpu = _forward(extractor, preprocess, batches)
                 del batches
+                cpu_before = _cpu_seconds()
                 passed, values = _pass(extractor, paths, preprocess, args.batch_size, workers, mode="parts")
+                pass_cpu = (_cpu_seconds() - cpu_before) / len(values)
                 single, single_values = _pass(extractor, paths, preprocess, args.batch_size, workers, mode="one")
                 before, before_values = _pass(extractor, paths, preprocess, args.batch_size, workers,
                                               mode="loader-per-part")
@@ -167,12 +171,14 @@ def main() -> None:
                        "loader_per_part_over_bound": round(before / bound, 3),
                        "decode_cpu_us_per_image": round(decode_cpu * 1e6, 1),
                        "forward_cpu_us_per_image": round(forward_cpu * 1e6, 1),
+                       "pass_cpu_us_per_image": round(pass_cpu * 1e6, 1),
+                       "pass_cores_used": round(passed * pass_cpu, 2),
                        "cpu_bound_img_s": round(cpu_bound, 1), "pass_over_cpu_bound": round(passed / cpu_bound, 3),
                        "descriptors_identical": identical, "load_1min": [load_before, load_after]}
                 rows.append(row)
                 print(f"| {name} | {workers} | {repeat} | {decode:,.0f} | {forward:,.0f} | {passed:,.0f} | {single:,.0f} "
                       f"| {before:,.0f} | **{passed / bound:.2f}** | {single / bound:.2f} | {before / bound:.2f} "
-                      f"| {decode_cpu * 1e6:,.0f} / {forward_cpu * 1e6:,.0f} | {cpu_bound:,.0f} | {passed / cpu_bound:.2f} "
+                      f"| {decode_cpu * 1e6:,.0f} / {forward_cpu * 1e6:,.0f} / {pass_cpu * 1e6:,.0f} | {passed * pass_cpu:.2f} | {cpu_bound:,.0f} | {passed / cpu_bound:.2f} "
                       f"| {load_before:.2f}-{load_after:.2f} |", flush=True)
     print(f"\nload average {load_average()[0]:.2f} at end; descriptors identical across passes: "
           f"{all(r['descriptors_identical'] for r in rows)}")

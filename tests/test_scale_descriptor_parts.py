@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import pucli.data.loading as loading
-import pucli.pu.descriptors as descriptors
-from pucli.checkpoints import load_model
-from pucli.data.loading import Preprocess
-from pucli.pu.network import MultiScaleExtractor
-
 from conftest import write_png
+
+from pucli.checkpoints import load_model
+from pucli.data import loading
+from pucli.data.loading import Preprocess
+from pucli.pu import descriptors
+from pucli.pu.network import MultiScaleExtractor
 
 CPU = torch.device("cpu")
 
@@ -47,7 +46,7 @@ def loaders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     made: list[int] = []
     original = loading.DataLoader
 
-    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def counting(*args, **kwargs):
         made.append(1)
         return original(*args, **kwargs)
 

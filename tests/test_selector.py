@@ -469,7 +469,8 @@ def test_graph_smoothing_keeps_the_heads_count_and_caches_the_graph(scenario: di
     # keeping the top class_prior * N; the head is trained the same way.
     propagated = run_selection(teacher, positive, pool, dataclasses.replace(options, ranking="propagation"))
     meta = propagated.metadata["graph"]
-    assert meta["ranking"] == "propagation" and meta["cache_hit"] and meta["seeds"] == len(positive)
+    assert meta["ranking"] == "propagation" and meta["cache_hit"]
+    assert meta["seeds"] == len(positive) + propagated.metadata["positive_augmented"]  # the copies carry label too
     assert int(propagated.selected.sum()) == round(0.3 * len(pool)) == meta["kept_by_prior"]
     assert torch.equal(propagated.head_scores, first.head_scores)
     assert torch.equal(propagated.selected, propagated.scores > 0)

@@ -129,6 +129,8 @@ class SelectionResult:
         cache_path, from_cache: the descriptor cache used (frozen mode).
         class_prior: the class prior the selector was trained with (given or estimated).
         prior_estimate: the estimate, when the prior was estimated (``options.class_prior`` None).
+        warnings: one-line warnings of a degenerate selection (:mod:`pucli.pu.degenerate`): none
+            or nearly all of the pool kept, a count far from the prior, a collapsed training.
     """
 
     paths: list[Path]
