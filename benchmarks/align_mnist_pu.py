@@ -55,6 +55,7 @@ ABLATION_STAGES = (0, 1)
 ABLATION_WEIGHTS = (0.1, 0.3, 1.0)
 RESULTS = HERE / "results" / "align_mnist_pu.json"
 PLOT = REPO / "docs" / "align_mnist_pu.png"
+ROW_COLOURS = {"KD-pool": "tab:blue", "PU-s1": "tab:orange", "KD-random": "tab:green"}
 
 
 @dataclass(frozen=True)
@@ -293,9 +294,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
             progress = [h["epoch"] / len(u["history"]) for h in u["history"]]
             label = (f"{u['row']} n_l {u['n_l']} seed {u['seed']}" if part == "main"
                      else f"stage {u['align']['stage']}, λ_max {u['align']['weight']:g}")
-            style = "--" if u["n_l"] == 1 else "-"
-            left.plot(progress, [h["domain_accuracy"] for h in u["history"]], style, marker=".", label=label)
-            right.plot(progress, [h["val_top1"] for h in u["history"]], style, marker=".", label=label)
+            # Main rows: one colour per row, solid n_l = 10, dashed n_l = 1, a marker per seed.
+            look = ({"color": ROW_COLOURS[u["row"]], "ls": "--" if u["n_l"] == 1 else "-",
+                     "marker": "o^s"[u["seed"] % 3], "ms": 3} if part == "main" else {"marker": "."})
+            left.plot(progress, [h["domain_accuracy"] for h in u["history"]], label=label, **look)
+            right.plot(progress, [h["val_top1"] for h in u["history"]], label=label, **look)
         left.axhline(0.5, color="grey", lw=0.8)
         left.set(xlabel="training progress p", ylabel="discriminator accuracy (L^t vs unlabeled)",
                  title=f"{part}: domain discriminator (0.5 = aligned)", ylim=(0.4, 1.0))
