@@ -33,7 +33,7 @@ from pucli.cli._prompts import guard_output
 
 HELP = """Select the unlabeled images that belong to the teacher's task, from a few labeled positives.
 
-Ranks the pool by label propagation from the labeled positives over the k-nearest-neighbour graph of the teacher's multi-scale features (Zhou et al. 2003), trains the positive-unlabeled (nnPU) head of Xu et al. 2019 (Eq. 3-6) on the same features (--ranking nnpu ranks by it), and writes an index (TSV: path, score; best first). PU-s1 (default) keeps the top class prior x N (score > 0); --budget N (PU-s2) keeps the N best. Also written beside the index: the selector's weights (<stem>.selector.safetensors) and the run report (<stem>.report.json).
+Ranks the pool by label propagation from the labeled positives over the k-nearest-neighbour graph of the teacher's multi-scale features (Zhou et al. 2003), trains the positive-unlabeled (nnPU) head of Xu et al. 2019 (Eq. 3-6) on the same features (--ranking nnpu ranks by it), and writes an index (TSV: path, score; best first). PU-s1 (default) keeps the images with score > 0: the top class prior x N by propagation, or the head's score > 0 with the nnPU ranking (what --ranking auto uses with fewer than 5 labeled images per class); --budget N (PU-s2) keeps the N best. Also written beside the index: the selector's weights (<stem>.selector.safetensors) and the run report (<stem>.report.json).
 
 [bold]Example[/]
 
