@@ -93,7 +93,7 @@ def test_propagation_selects_the_positive_cluster_at_a_low_prior() -> None:
 
 
 def test_propagation_prior_estimate_on_clusters() -> None:
-    pool, cluster = clusters([200, 900, 900], seed=5)  # prior 0.10
+    pool, _ = clusters([200, 900, 900], seed=5)  # prior 0.10
     positives, _ = clusters([30, 0, 0], seed=6)
     graph = PoolGraph(knn_graph(graph_features(pool), 10), pool.shape[1], False, "exact")
     walk = positive_walk(graph, pool, positives)

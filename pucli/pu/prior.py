@@ -39,15 +39,15 @@ from pucli.errors import NoImagesError, UsageError
 from pucli.progress import ProgressCallback, no_progress
 
 __all__ = [
+    "Fit",
     "PriorEstimate",
     "best_bin_estimate",
     "bootstrap_best_bin",
     "cross_fitted_scores",
     "estimate_class_prior",
     "estimate_prior_by_propagation",
-    "propagation_applies",
-    "Fit",
     "logistic_fit",
+    "propagation_applies",
 ]
 
 #: Trains a scorer on (positive (N, C), unlabeled (M, C)) descriptors with a seed; the returned
