@@ -22,7 +22,7 @@ from pucli.pu.graph import (
 )
 from pucli.pu.options import SelectorOptions
 from pucli.pu.prior import PROPAGATION_METHOD, estimate_prior_by_propagation, propagation_applies
-from pucli.pu.selection import _rank_by_propagation
+from pucli.pu.ranking import rank_by_propagation, ranks_by_propagation
 
 
 def clusters(sizes: list[int], *, dim: int = 8, spread: float = 0.3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +85,7 @@ def test_propagation_selects_the_positive_cluster_at_a_low_prior() -> None:
     truth = cluster == 0
     graph = PoolGraph(knn_graph(graph_features(pool), 10), pool.shape[1], False, "exact")
     options = SelectorOptions(class_prior=0.03)
-    scores, metadata = _rank_by_propagation(graph, pool, positives, options)
+    scores, metadata = rank_by_propagation(graph, pool, positives, options)
     assert metadata["ranking"] == "propagation" and metadata["kept_by_prior"] == 60
     kept = scores > 0
     assert int(kept.sum()) == 60
@@ -144,12 +144,10 @@ def test_ranking_option_is_checked() -> None:
 
 
 def test_auto_ranking_propagates_with_five_positives_per_class_else_ranks_by_the_head() -> None:
-    from pucli.pu.selection import _ranks_by_propagation
-
     auto = SelectorOptions(class_prior=0.3)
     ten_per_class, one_per_class = torch.arange(10).repeat(10), torch.arange(10)
-    assert _ranks_by_propagation(auto, 100, ten_per_class)
-    assert not _ranks_by_propagation(auto, 10, one_per_class)
-    assert _ranks_by_propagation(auto, 40, None) and not _ranks_by_propagation(auto, 39, None)
-    assert _ranks_by_propagation(SelectorOptions(class_prior=0.3, ranking="propagation"), 10, one_per_class)
-    assert not _ranks_by_propagation(SelectorOptions(class_prior=0.3, ranking="nnpu"), 100, ten_per_class)
+    assert ranks_by_propagation(auto, 100, ten_per_class)
+    assert not ranks_by_propagation(auto, 10, one_per_class)
+    assert ranks_by_propagation(auto, 40, None) and not ranks_by_propagation(auto, 39, None)
+    assert ranks_by_propagation(SelectorOptions(class_prior=0.3, ranking="propagation"), 10, one_per_class)
+    assert not ranks_by_propagation(SelectorOptions(class_prior=0.3, ranking="nnpu"), 100, ten_per_class)

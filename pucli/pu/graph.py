@@ -323,6 +323,14 @@ def _drop_self(found: torch.Tensor, start: int, k: int, features: torch.Tensor) 
     return chosen
 
 
+def _check_spreading(alpha: float, steps: int) -> None:
+    """Raises OptionError for a label-spreading ``alpha`` outside [0, 1) or ``steps`` < 0."""
+    if not 0.0 <= alpha < 1.0:
+        raise OptionError("graph_alpha", alpha, "must be in [0, 1)")
+    if steps < 0:
+        raise OptionError("graph_steps", steps, "must be >= 0")
+
+
 def spread_scores(scores: torch.Tensor, neighbors: torch.Tensor, *, alpha: float, steps: int) -> torch.Tensor:
     """Label spreading of ``scores`` over a k-NN graph (Zhou et al. 2003, Eq. (1), ``S = D^-1 W``).
 
@@ -344,10 +352,7 @@ def spread_scores(scores: torch.Tensor, neighbors: torch.Tensor, *, alpha: float
     Raises:
         UsageError: ``alpha`` outside [0, 1) or ``steps`` < 0.
     """
-    if not 0.0 <= alpha < 1.0:
-        raise OptionError("graph_alpha", alpha, "must be in [0, 1)")
-    if steps < 0:
-        raise OptionError("graph_steps", steps, "must be >= 0")
+    _check_spreading(alpha, steps)
     base = scores.float()
     if neighbors.shape[1] == 0:
         return base.clone()
@@ -611,10 +616,7 @@ def propagate(initial: torch.Tensor, walk: Walk, *, alpha: float, steps: int) ->
     Raises:
         OptionError: ``alpha`` outside [0, 1) or ``steps`` < 0.
     """
-    if not 0.0 <= alpha < 1.0:
-        raise OptionError("graph_alpha", alpha, "must be in [0, 1)")
-    if steps < 0:
-        raise OptionError("graph_steps", steps, "must be >= 0")
+    _check_spreading(alpha, steps)
     base = initial.float()
     current = base.clone()
     with warnings.catch_warnings():

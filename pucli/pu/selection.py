@@ -87,16 +87,11 @@ from pucli.errors import DataError, NoImagesError, UsageError
 from pucli.paths import replace_atomically
 from pucli.progress import ProgressCallback, no_progress
 from pucli.pu.descriptors import Descriptors, load_or_extract_descriptors, resolve_positive_augmentation
-from pucli.pu.graph import PoolGraph, match_count, pool_graph, positive_walk, propagate, smooth_over_graph
+from pucli.pu.graph import PoolGraph, pool_graph, positive_walk, propagate, smooth_over_graph
 from pucli.pu.network import AttentionScoreHead, MultiScaleExtractor, PUSelectorNet
 from pucli.pu.options import Scales, SelectorOptions
-from pucli.pu.prior import (
-    Fit,
-    PriorEstimate,
-    estimate_class_prior,
-    estimate_prior_by_propagation,
-    propagation_applies,
-)
+from pucli.pu.prior import Fit, PriorEstimate, estimate_class_prior, estimate_prior_by_propagation, propagation_applies
+from pucli.pu.ranking import rank_by_propagation, ranks_by_propagation, readable_labels
 from pucli.pu.training import train_finetune, train_frozen, training_state_path
 
 __all__ = ["SelectionResult", "PriorResult", "run_selection", "estimate_prior", "estimate_prior_from_descriptors",
@@ -406,9 +401,9 @@ def run_selection(
                                                 seed=options.seed, device=device, use_cache=use_cache,
                                                 exact_max=options.graph_exact_max, progress=progress)
             assert graph is not None
-            if _ranks_by_propagation(options, trained.positive_count, trained.positive_labels) \
+            if ranks_by_propagation(options, trained.positive_count, trained.positive_labels) \
                     and trained.positive_descriptors is not None and len(trained.positive_descriptors):
-                scores, graph_metadata = _rank_by_propagation(graph, trained.pool_descriptors,
+                scores, graph_metadata = rank_by_propagation(graph, trained.pool_descriptors,
                                                               trained.positive_descriptors, options)
             else:
                 scores, graph_metadata = smooth_over_graph(head_scores, graph, alpha=options.graph_alpha,
@@ -436,46 +431,6 @@ def run_selection(
     result.warnings = selection_warnings(counts["selected"], counts["unlabeled"], options.class_prior, trained.history,
                                          budget=options.budget)
     return _share_selection(result, trained.index, unlabeled_paths)
-
-
-def _ranks_by_propagation(options: SelectorOptions, positive_count: int, positive_labels: torch.Tensor | None) -> bool:
-    """Whether the pool is ranked by label propagation: ``ranking`` "propagation", or "auto" with
-    enough labeled positives per class (:func:`pucli.pu.prior.propagation_applies`)."""
-    if options.ranking == "auto":
-        return propagation_applies(positive_count, positive_labels)
-    return options.ranking == "propagation"
-
-
-def _readable_labels(positive_labels: Sequence[int] | None, index: torch.Tensor | None) -> torch.Tensor | None:
-    """The classes of the readable positives (``index``: their input positions), or None."""
-    if positive_labels is None or index is None:
-        return None
-    return torch.as_tensor(list(positive_labels), dtype=torch.long)[index]
-
-
-def _rank_by_propagation(graph: PoolGraph, pool_descriptors: torch.Tensor, positive_descriptors: torch.Tensor,
-                         options: SelectorOptions) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The pool's scores by label propagation from the labeled positives (the default ranking).
-
-    The positives (with their augmented copies) join the pool's cached k-NN graph
-    (:func:`pucli.pu.graph.positive_walk`), carry label 1, and the label spreads over the
-    symmetrised graph (:func:`pucli.pu.graph.propagate`); the pool's spread scores are shifted so
-    that exactly ``round(class_prior * N)`` are above zero (PU-s1 keeps ``score > 0``; PU-s2 the
-    top ``budget`` of the same ranking). Returns (N,) float32 scores and the graph's metadata."""
-    walk = positive_walk(graph, pool_descriptors, positive_descriptors, seed=options.seed)
-    pool_size = len(pool_descriptors)
-    seeds = torch.zeros(pool_size + len(positive_descriptors))
-    seeds[pool_size:] = 1.0
-    spread = propagate(seeds, walk, alpha=options.graph_alpha, steps=options.graph_steps)[:pool_size]
-    assert options.class_prior is not None
-    keep = round(options.class_prior * pool_size)
-    metadata: dict[str, Any] = {"neighbors": int(graph.neighbors.shape[1]), "alpha": options.graph_alpha,
-                                "steps": options.graph_steps, "channels": graph.channels, "cache_hit": graph.from_cache,
-                                "method": graph.method, "ranking": "propagation", "seeds": len(positive_descriptors),
-                                "kept_by_prior": keep}
-    if graph.warning:
-        metadata["warning"] = graph.warning
-    return match_count(spread, keep), metadata
 
 
 @dataclass
@@ -560,7 +515,7 @@ def _train_finetuned(run: _Run, options: SelectorOptions) -> _Trained:
                     positive_count=len(run.positive_paths) - sum(1 for s in skipped if s.path in positive_names),
                     network=net.cpu(), history=history, extractor=extractor, prior_estimate=prior_estimate,
                     positive_descriptors=positive_streamed[0] if positive_streamed else None,
-                    positive_labels=_readable_labels(run.positive_labels, positive_index))
+                    positive_labels=readable_labels(run.positive_labels, positive_index))
 
 
 def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trained | None:
@@ -613,7 +568,7 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
                     prior_estimate=prior_estimate, graph=graph, cache_path=descriptors.cache_path,
                     from_cache=descriptors.from_cache, augmentation=augmentation,
                     augmented_count=len(descriptors.positive_augmented), positive_descriptors=descriptors.positive_set,
-                    positive_labels=_readable_labels(run.positive_labels, descriptors.positive_index))
+                    positive_labels=readable_labels(run.positive_labels, descriptors.positive_index))
 
 
 def _check_readable(descriptors: Descriptors, run: _Run) -> None:
