@@ -594,3 +594,435 @@ def write_report(results: dict[str, Any], results_path: Path, repo: Path) -> Non
 
 if __name__ == "__main__":
     sys.exit("run benchmarks/mnist_pu.py --report")
+
+
+# --- the web-crawl study (issue 16) ------------------------------------------------------------------------
+
+WEBCRAWL_ROWS = ("KD-pool", "KD-random", "confidence", "KD-oracle", "PU-s1", "PU-weighted")
+WEBCRAWL_RESULTS = "benchmarks/results/webcrawl_pu_study.json"
+WEBCRAWL_PLOT = "docs/webcrawl_prior.png"
+# The prior-0.30 point: the mnist-pu study's rows at n_l = 10 (its PU-s1 / PU-weighted select by the nnPU
+# head alone, graph off; PU-s1-graph by the head smoothed over the graph: neither is the propagation default).
+REFERENCE_ROWS = {"KD-pool": "KD-pool", "KD-random": "KD-random", "confidence": "confidence", "KD-oracle": "KD-oracle",
+                  "PU-s1": "PU-s1", "PU-weighted": "PU-weighted", "PU-s1-graph": "PU-s1-graph"}
+
+
+def _webcrawl_merge(paths: list[Path]) -> dict[float, dict[str, Any]]:
+    """Per prior: students (main, by row and seed), selections, soft targets, wall-clock entries, runs."""
+    priors: dict[float, dict[str, Any]] = {}
+    for path in paths:
+        results = __import__("json").loads(Path(path).read_text())
+        if results.get("scenario") != "webcrawl-pu":
+            raise SystemExit(f"{path}: scenario {results.get('scenario')!r}, not webcrawl-pu")
+        prior = round(results["class_prior"], 6)
+        entry = priors.setdefault(prior, {"root": results["root"], "students": {}, "selections": {}, "soft_targets": None,
+                                          "wallclock": {}, "runs": [], "teacher_top1": results["teacher_top1"],
+                                          "steps_per_student": results["steps_per_student"]})
+        entry["soft_targets"] = entry["soft_targets"] or results["soft_targets"]
+        entry["runs"].append({"results": str(path), "started": results["started"], "rows": results["rows"],
+                              "seeds": results["seeds"], "nl": results["nl"], "parts": results["parts"],
+                              "threads": results["threads"], "jobs": results["jobs"],
+                              "load_avg_at_end": results["machine"]["load_avg_at_end"], "run_wall_s": results["run_wall_s"],
+                              "command": _webcrawl_command(results, path)})
+        for s in results["students"]:
+            if s["part"] == "main":
+                entry["students"][(s["row"], s["seed"])] = s
+        for name, summary in results["selections"].items():
+            entry["selections"][name] = summary
+        for w in (results.get("wallclock") or {}).get("entries", []):
+            if "row" in w:
+                entry["wallclock"][(w["row"], w["seed"])] = w
+        entry["wallclock_formula"] = (results.get("wallclock") or {}).get("formula", entry.get("wallclock_formula"))
+    return priors
+
+
+def _webcrawl_command(results: dict[str, Any], path: Path) -> str:
+    parts = ",".join(results["parts"])
+    return (f"python benchmarks/mnist_pu.py --root {results['root']} --teacher {results['teacher']} --parts {parts} "
+            f"--rows {','.join(results['rows'])} --nl {' '.join(map(str, results['nl']))} "
+            f"--seeds {' '.join(map(str, results['seeds']))} --threads {results['threads']} --results {path}")
+
+
+def _reference_point(reference: Path) -> dict[str, Any] | None:
+    """The mnist-pu study's n_l = 10 rows (prior 0.30): row -> top-1 per seed, plus PU-s1's selection figures."""
+    import json
+
+    if not Path(reference).is_file():
+        return None
+    results = json.loads(Path(reference).read_text())
+    rows: dict[str, list[float]] = defaultdict(list)
+    selection: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in results["students"]:
+        if s["part"] == "main" and s["n_l"] == 10 and s["row"] in REFERENCE_ROWS:
+            rows[s["row"]].append(s["top1"])
+            if s.get("selection") and s["row"] in ("PU-s1", "PU-s1-graph"):
+                selection[s["row"]].append(s["selection"])
+    return {"results": str(reference), "class_prior": results["class_prior"], "started": results["started"],
+            "steps_per_student": results["steps_per_student"], "rows": dict(rows), "selection": dict(selection),
+            "note": "mnist-pu (issue 5): 30,000 digits + 60,000 Fashion + 10,000 KMNIST, no augmented copies; its PU-s1 "
+                    "and PU-weighted select by the nnPU head alone (graph off), PU-s1-graph by the head smoothed over the "
+                    "10-NN graph; neither is today's propagation default"}
+
+
+def combine_webcrawl(paths: list[Path], repo: Path, *, section_out: Path, reference: Path) -> dict[str, Any]:
+    """Merge the web-crawl study's per-run results into benchmarks/results/webcrawl_pu_study.json, draw
+    docs/webcrawl_prior.png and write the docs section (markdown) to ``section_out``."""
+    import json
+    import os
+
+    from _common import write_json_atomic
+
+    merged = _webcrawl_merge(paths)
+    ref = _reference_point(reference)
+    out: dict[str, Any] = {"scenario": "webcrawl-pu", "issue": 16, "priors": {}, "reference_prior_0.30": ref,
+                           "generated_unix": int(__import__("time").time()), "inputs": [str(p) for p in paths]}
+    for prior in sorted(merged):
+        entry = merged[prior]
+        manifest = json.loads((Path(entry["root"]) / "manifest.json").read_text())
+        rows: dict[str, Any] = {}
+        for (row, seed), s in sorted(entry["students"].items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            r = rows.setdefault(row, {"top1_by_seed": {}, "students": []})
+            r["top1_by_seed"][str(seed)] = s["top1"]
+            r["students"].append({k: s.get(k) for k in ("name", "seed", "top1", "items", "epochs", "steps", "timings_s",
+                                                        "images_per_s", "peak_rss_mib", "load_avg_at_end", "selection")})
+        for r in rows.values():
+            m, sd = mean_std(list(r["top1_by_seed"].values()))
+            r.update(mean=round(m, 3), std=round(sd, 3), n=len(r["top1_by_seed"]))
+        selections = []
+        for name, summary in sorted(entry["selections"].items()):
+            selections.append({"name": name, "seed": summary["spec"]["seed"], "n_l": summary["spec"]["n_l"],
+                               "prior_given": summary["spec"]["prior"], **{k: summary.get(k) for k in (
+                                   "pu_s1", "wall_s", "cli_wall_s", "timings_s", "cache_hit", "soft_targets_selected_s",
+                                   "soft_targets_selected_items", "load_avg_before", "load_avg_after", "peak_rss_mib",
+                                   "score_quantiles", "sigmoid_score_quantiles", "warnings", "command", "output_folder",
+                                   "index", "report", "recommendation")},
+                               "graph": (summary.get("metadata") or {}).get("graph")})
+        # Refresh the recommendation from the report itself (the lead may add it after the run).
+        for sel in selections:
+            if sel.get("report") and Path(sel["report"]).is_file():
+                report = json.loads(Path(sel["report"]).read_text())
+                rec = report.get("recommendation") or (report.get("results") or {}).get("recommendation")
+                if rec is not None:
+                    sel["recommendation"] = rec
+        cold = {sel["seed"]: not (sel["cache_hit"] or (sel.get("graph") or {}).get("cache_hit")) for sel in selections}
+        for w in entry["wallclock"].values():
+            if w["row"] != "KD-pool":
+                w["selection_cold"] = cold.get(w["seed"])
+        out["priors"][f"{prior:g}"] = {
+            "class_prior": prior, "root": entry["root"], "teacher_top1": entry["teacher_top1"],
+            "steps_per_student": entry["steps_per_student"],
+            "pool": manifest["counts"], "soft_targets": entry["soft_targets"], "rows": rows, "selections": selections,
+            "wallclock": {"formula": entry.get("wallclock_formula"),
+                          "entries": [w for _, w in sorted(entry["wallclock"].items())]},
+            "runs": entry["runs"],
+        }
+    out["verdicts"] = webcrawl_verdicts(out)
+    out["recommendation_vs_students"] = recommendation_cells(out)
+    write_json_atomic(repo / WEBCRAWL_RESULTS, out)
+    plot_webcrawl_prior(out, repo / WEBCRAWL_PLOT)
+    section_out = Path(section_out)
+    section_out.parent.mkdir(parents=True, exist_ok=True)
+    text = webcrawl_section(out)
+    tmp = section_out.with_name(section_out.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, section_out)
+    print(f"wrote {repo / WEBCRAWL_RESULTS}, {repo / WEBCRAWL_PLOT}, {section_out}", file=sys.stderr)
+    return out
+
+
+ACTION_ROW = {"select": "PU-s1", "weight": "PU-weighted", "all": "KD-pool", "take-all": "KD-pool", "pool": "KD-pool"}
+
+
+def recommendation_cells(study: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (prior, seed): the selection report's recommended action beside the equal-steps top-1 of the three
+    students it chooses between (keep the selection = PU-s1, weight = PU-weighted, whole pool = KD-pool), the
+    best of them and whether the recommended one is within 0.2 points of it. Facts for issue 16 item 2; the
+    rule itself is pucli's."""
+    cells = []
+    for prior, data in study["priors"].items():
+        for sel in data["selections"]:
+            seed = str(sel["seed"])
+            top1 = {row: data["rows"].get(row, {}).get("top1_by_seed", {}).get(seed) for row in ("PU-s1", "PU-weighted", "KD-pool")}
+            rec = sel.get("recommendation")
+            action = rec.get("action") if isinstance(rec, dict) else rec
+            cell: dict[str, Any] = {"prior": prior, "seed": sel["seed"], "action": action, "top1": top1}
+            known = {r: v for r, v in top1.items() if v is not None}
+            if known:
+                best = max(known, key=known.get)  # type: ignore[arg-type]
+                cell["best"] = best
+                row = ACTION_ROW.get(str(action))
+                if row in known:
+                    cell["recommended_row"] = row
+                    cell["within_0.2_of_best"] = known[best] - known[row] <= 0.2 + 1e-9
+            cells.append(cell)
+    return cells
+
+
+def _row_stat(study: dict[str, Any], prior: str, row: str) -> tuple[float, float, int]:
+    r = study["priors"].get(prior, {}).get("rows", {}).get(row)
+    return (r["mean"], r["std"], r["n"]) if r else (math.nan, math.nan, 0)
+
+
+def webcrawl_verdicts(study: dict[str, Any]) -> list[str]:
+    """Plain statements: each selection row against KD-pool per prior (equal steps), and where the advantage ends."""
+    lines = []
+    diffs: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # row -> (prior, diff, noise)
+    for prior in study["priors"]:
+        pool_m, pool_s, pool_n = _row_stat(study, prior, "KD-pool")
+        if not pool_n:
+            continue
+        parts = []
+        for row in ("PU-s1", "PU-weighted", "confidence", "KD-random", "KD-oracle"):
+            m, s, n = _row_stat(study, prior, row)
+            if not n:
+                continue
+            diff = m - pool_m
+            noise = max(pool_s, s) if min(n, pool_n) > 1 else math.nan
+            word = ("beats" if diff > 0 else "is below" if diff < 0 else "ties")
+            sig = ("" if math.isnan(noise) else " (more than the larger seed std)" if abs(diff) > noise
+                   else " (within the seed std)")
+            parts.append(f"{row} {m:.2f} {word} KD-pool {pool_m:.2f} by {abs(diff):.2f} points{sig}, "
+                         f"{min(n, pool_n)} seed(s)")
+            diffs[row].append((float(prior), diff, noise))
+        if parts:
+            lines.append(f"prior {prior} (equal steps): " + "; ".join(parts))
+    ref = study.get("reference_prior_0.30")
+    if ref and ref["rows"].get("KD-pool"):
+        pool = statistics.fmean(ref["rows"]["KD-pool"])
+        for row in ("PU-s1", "PU-s1-graph", "PU-weighted"):
+            if ref["rows"].get(row):
+                diffs[row if row != "PU-s1-graph" else "PU-s1-graph (0.30 only)"].append(
+                    (0.30, statistics.fmean(ref["rows"][row]) - pool, math.nan))
+        lines.append("prior 0.30 (the mnist-pu study, n_l = 10, its own selectors): " + "; ".join(
+            f"{row} {statistics.fmean(v):.2f} vs KD-pool {pool:.2f} ({statistics.fmean(v) - pool:+.2f})"
+            for row, v in ref["rows"].items() if row in ("PU-s1", "PU-s1-graph", "PU-weighted")))
+    for row in ("PU-s1", "PU-weighted"):
+        series = sorted(diffs.get(row, []))
+        if not series:
+            continue
+        # A difference counts only beyond the larger seed std (0.2 points at least, or with one seed).
+        cat = {p: ("above" if d > max(0.0 if math.isnan(n) else n, 0.2) else
+                   "below" if d < -max(0.0 if math.isnan(n) else n, 0.2) else "tie") for p, d, n in series}
+        trend = ", ".join(f"{p:g}: {d:+.2f}" for p, d, _ in series)
+        groups = {c: [f"{p:g}" for p, _, _ in series if cat[p] == c] for c in ("above", "tie", "below")}
+        said = "; ".join(f"{ {'above': 'above KD-pool', 'tie': 'within noise of KD-pool', 'below': 'below KD-pool'}[c]} at "
+                         f"{', '.join(ps)}" for c, ps in groups.items() if ps)
+        above = [p for p, _, _ in series if cat[p] == "above"]
+        if not above:
+            ends = "no advantage over KD-pool at any prior run, so none to disappear"
+        else:
+            later = [p for p, _, _ in series if p > max(above) and cat[p] != "above"]
+            ends = (f"the advantage holds up to prior {max(above):g} and is gone at {min(later):g}" if later
+                    else f"the advantage holds at every prior run above {min(above):g}")
+        lines.append(f"{row} minus KD-pool by prior ({trend} points): {said}; {ends}")
+    return lines
+
+
+def plot_webcrawl_prior(study: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9.5, 5.2), dpi=110)
+    markers = dict(zip(WEBCRAWL_ROWS, "os^vDX"))
+    ref = study.get("reference_prior_0.30")
+    values = []
+    for row in WEBCRAWL_ROWS:
+        xs, ms, ss = [], [], []
+        for prior in study["priors"]:
+            m, s, n = _row_stat(study, prior, row)
+            if n:
+                xs.append(float(prior)), ms.append(m), ss.append(s)
+        line = None
+        if xs:
+            line = ax.errorbar(xs, ms, yerr=ss, marker=markers[row], capsize=3, lw=1.4, label=f"{row} (webcrawl-pu)")
+            values += ms
+        if ref and ref["rows"].get(row):
+            m, s = mean_std(ref["rows"][row])
+            color = line[0].get_color() if line is not None else None
+            ax.errorbar([0.30], [m], yerr=[s], marker=markers[row], mfc="none", capsize=3, color=color, ls="none",
+                        label=None if line is not None else f"{row} (mnist-pu, 0.30)")
+            if xs:
+                ax.plot([xs[-1], 0.30], [ms[-1], m], color=line[0].get_color(), ls=":", lw=1.0)
+            values.append(m)
+    # Equal wall-clock points of the selection rows.
+    for row in ("PU-s1", "PU-weighted"):
+        xs, ys = [], []
+        for prior, data in study["priors"].items():
+            got = [w["top1"] for w in data["wallclock"]["entries"] if w["row"] == row and w.get("top1") is not None
+                   and w.get("selection_cold")]
+            if got:
+                xs.append(float(prior)), ys.append(statistics.fmean(got))
+        if xs:
+            ax.plot(xs, ys, marker=markers[row], ls="--", lw=1.0, mfc="white", label=f"{row}, equal wall-clock (cold select)")
+            values += ys
+    ax.set_xscale("log")
+    ticks = sorted({float(p) for p in study["priors"]} | ({0.30} if ref else set()))
+    ax.set_xticks(ticks)
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("class prior of the pool (share of MNIST digits among 100,000 images)")
+    ax.set_ylabel("student MNIST test top-1 (%)")
+    if values:
+        ax.set_ylim(max(min(values) - 0.3, 90.0), min(100.0, max(values) + 0.3))
+    seeds = sorted({s for p in study["priors"].values() for r in p["rows"].values() for s in r["top1_by_seed"]})
+    title = (f"webcrawl-pu: LeNet-5-half, robust KD, n_l = 10, 4,680 steps; mean ± std, seeds {', '.join(seeds)}\n"
+             "hollow at 0.30: mnist-pu study (its own selectors); dashed: equal wall-clock")
+    _finish_plot(fig, ax, title, path, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+def webcrawl_section(study: dict[str, Any]) -> str:
+    priors = list(study["priors"])
+    ref = study.get("reference_prior_0.30")
+    out = ["## The web-crawl study (issue 16)", ""]
+    out += ["**Scenario `webcrawl-pu`.** A web crawl holds few images of the teacher's task and many near duplicates. "
+            "Each pool holds 100,000 28 x 28 grey PNGs: round(pi x 100,000) MNIST digits the teacher never saw (a seeded "
+            "subset of MNIST train 30,000..59,999; the roots of different priors are nested), all 80,000 distinct "
+            "negatives (Fashion-MNIST train + t10k, KMNIST t10k), topped up to 100,000 with seeded random-affine copies of "
+            "negatives (rotation within ±12°, scale 0.9-1.1, shift within ±2 px; labelled `fashion-aug` / `kmnist-aug` "
+            "in the ground truth). L^t, the teacher's training set and the test set are mnist-pu's "
+            "(`benchmarks/webcrawl_pu_data.py` links them). Teacher: LeNet-5 of mnist-pu; student LeNet-5-half, robust KD, "
+            "pucli distill's defaults, n_l = 10.", ""]
+    counts = []
+    for p in priors:
+        c = study["priors"][p]["pool"]
+        counts.append(f"pi = {p}: {c['unlabeled_positive']:,} digits, {c['unlabeled_negative_as_is']:,} negatives as-is, "
+                      f"{c['unlabeled_negative_augmented']:,} augmented copies")
+    out += ["Pools: " + "; ".join(counts) + ".", ""]
+    out += ["**Rows.** KD-pool: L^t + the whole pool. KD-random: L^t + as many random pool images as PU-s1 kept. "
+            "confidence: L^t + the top-k by the teacher's max softmax (k = PU-s1's count). KD-oracle: L^t + the pool's "
+            "true digits. PU-s1: L^t + `pucli select` at its defaults (ranking `auto`, i.e. label propagation at n_l = 10, "
+            "which keeps the top pi x N) with `--prior` the true prior. PU-weighted: the whole pool, items drawn with "
+            "probability sigmoid(score) of that selection (`--weighting pu-score`).", ""]
+    out += ["**Budgets.** Equal steps: every student trains 4,680 optimizer steps (the protocol's 20 epochs over 30,000 "
+            "at batch 128; rounded up to whole epochs of the row's set). Equal wall-clock: "
+            + (study["priors"][priors[0]]["wallclock"]["formula"] or "not run") + "", ""]
+    out += ["### Commands", "", "```", "python benchmarks/webcrawl_pu_data.py   # the four roots, p0.02 .. p0.20 (~30 s)"]
+    for p in priors:
+        for run in study["priors"][p]["runs"]:
+            out.append(run["command"])
+    out += ["python benchmarks/mnist_pu.py --combine-webcrawl <per-run JSONs>   # this section, "
+            f"{WEBCRAWL_RESULTS}, {WEBCRAWL_PLOT}", "```", ""]
+    out += ["![student accuracy against the class prior](webcrawl_prior.png)", ""]
+
+    header_priors = priors + (["0.30 (mnist-pu)"] if ref else [])
+    out += ["### Student MNIST-test top-1 % at equal steps (mean ± std over seeds; n = seeds)", "",
+            "| row | " + " | ".join(f"pi = {p}" for p in header_priors) + " |", "|---|" + "---:|" * len(header_priors)]
+    for row in WEBCRAWL_ROWS + ("PU-s1-graph",):
+        cells = []
+        for p in priors:
+            r = study["priors"][p]["rows"].get(row)
+            cells.append(f"{fmt(list(r['top1_by_seed'].values()))} (n={r['n']})" if r else ("not run" if row != "PU-s1-graph" else "—"))
+        if ref:
+            v = ref["rows"].get(row)
+            cells.append(f"{fmt(v)} (n={len(v)})" if v else "not run")
+        if row == "PU-s1-graph" and not (ref and ref["rows"].get(row)):
+            continue
+        out.append(f"| {row} | " + " | ".join(cells) + " |")
+    teacher = {study["priors"][p]["teacher_top1"] for p in priors}
+    out += ["", f"Teacher top-1: {', '.join(f'{t:.2f}' for t in sorted(teacher))} %."]
+    if ref:
+        out += [f"The 0.30 column is the mnist-pu study (`{ref['results']}`, n_l = 10, {ref['steps_per_student']} steps): "
+                f"{ref['note']}. PU-s1-graph is given there as the closest to a graph-based default."]
+    out.append("")
+
+    out += ["### Equal wall-clock", ""]
+    any_wall = False
+    out += ["Seeds 1 and 2 select on the pool whose k-NN graph seed 0's run cached (descriptors are recomputed: their "
+            "cache key holds the positives), so their selection costs less than a first run: marked *graph cached*; a "
+            "user who selects once pays the cold cost of seed 0. The plot shows the cold entries only.", "",
+            "| pi | seed | row | budget s | overhead s | s / step | steps | top-1 % |", "|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for p in priors:
+        for w in study["priors"][p]["wallclock"]["entries"]:
+            any_wall = True
+            detail = ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in w["overhead_s"].items())
+            top1 = f"{w['top1']:.2f}" if w.get("top1") is not None else "no student: " + w.get("not_trainable", "")
+            label = w["row"] + (" (*graph cached*)" if w.get("selection_cold") is False else "")
+            out.append(f"| {p} | {w['seed']} | {label} | {w['budget_s']:.1f} | {w['overhead_total_s']:.1f} ({detail}) | "
+                       f"{w['s_per_step'] * 1000:.1f} ms | {w['steps']:,} (target {w['target_steps']:,.0f}) | {top1} |")
+    if not any_wall:
+        out.append("| not run | | | | | | | |")
+    out.append("")
+    for p in priors:
+        entries = {(w["row"], w["seed"]): w for w in study["priors"][p]["wallclock"]["entries"]}
+        for (row, seed), w in sorted(entries.items()):
+            pool = entries.get(("KD-pool", seed))
+            if row == "KD-pool" or pool is None or "select_s" not in w["overhead_s"]:
+                continue
+            extra = w["overhead_total_s"] - pool["overhead_total_s"]
+            out.append(f"- pi = {p}, seed {seed}, {row}: its overhead exceeds KD-pool's by {extra:.0f} s = "
+                       f"{extra / pool['s_per_step']:,.0f} KD-pool optimizer steps ({extra / pool['budget_s']:.1f} x KD-pool's "
+                       f"whole budget of {pool['budget_s']:.0f} s); it would get KD-pool's {pool['steps']:,} steps only with a budget of "
+                       f"{w['overhead_total_s'] + w['s_per_step'] * pool['steps']:.0f} s "
+                       f"({(w['overhead_total_s'] + w['s_per_step'] * pool['steps']) / pool['budget_s']:.1f} x KD-pool's).")
+    out.append("")
+
+    out += ["### Selections against the ground truth (PU-s1, `pucli select` defaults, true prior given)", "",
+            "| pi | seed | kept | precision | recall | F1 | kept by source | select s (run_selection) | descriptors / graph | own soft-target pass s | load avg (1/5/15 min, before → after) |",
+            "|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---|"]
+    for p in priors:
+        for sel in study["priors"][p]["selections"]:
+            s1 = sel["pu_s1"]
+            out.append(f"| {p} | {sel['seed']} | {s1['selected']:,} | {s1['precision']:.3f} | {s1['recall']:.3f} | {s1['f1']:.3f} | "
+                       f"{', '.join(f'{k} {v:,}' for k, v in sorted(s1['kept_by_source'].items()))} | {sel['wall_s']:.0f} | "
+                       f"{'cached' if sel['cache_hit'] else 'cold'} / {'cached' if (sel.get('graph') or {}).get('cache_hit') else 'cold'} | "
+                       f"{sel['soft_targets_selected_s']:.1f} | "
+                       f"{sel['load_avg_before']} → {sel['load_avg_after']} |")
+    others = []
+    for p in priors:
+        for row in ("confidence", "KD-random"):
+            r = study["priors"][p]["rows"].get(row)
+            if r:
+                f1 = [s["selection"]["f1"] for s in r["students"] if s.get("selection")]
+                others.append(f"{row} at {p}: F1 {fmt(f1, 3)}")
+    if others:
+        out += ["", "Same count, other rules: " + "; ".join(others) + "."]
+    recs = [(p, sel["seed"], sel.get("recommendation")) for p in priors for sel in study["priors"][p]["selections"]]
+    if any(r for _, _, r in recs):
+        out += ["", "`recommendation` of each selection's run report (`pucli select`, issue 16 item 2, as it stood when the "
+                "selection ran):", ""]
+        out += [f"- pi = {p}, seed {s}: " + (f"**{r.get('action')}** ({r.get('reason')})" if isinstance(r, dict) else str(r))
+                for p, s, r in recs]
+    else:
+        out += ["", "The selection reports carry no `recommendation` field yet (paths in the results JSON)."]
+    cells = study.get("recommendation_vs_students") or []
+    if any(c.get("action") for c in cells):
+        out += ["", "The recommendation against this study's students (equal steps, same seed; the row it names: keep the "
+                "selection = PU-s1, weight = PU-weighted, whole pool = KD-pool):", "",
+                "| pi | seed | recommended | PU-s1 | PU-weighted | KD-pool | best | recommended within 0.2 of best |",
+                "|---:|---:|---|---:|---:|---:|---|---|"]
+        for c in cells:
+            t = c["top1"]
+            cell = lambda v: f"{v:.2f}" if v is not None else "not run"  # noqa: E731
+            within = c.get("within_0.2_of_best")
+            out.append(f"| {c['prior']} | {c['seed']} | {c['action']} | {cell(t['PU-s1'])} | {cell(t['PU-weighted'])} | "
+                       f"{cell(t['KD-pool'])} | {c.get('best', '')} | {'' if within is None else 'yes' if within else 'no'} |")
+        judged = [c for c in cells if c.get("within_0.2_of_best") is not None]
+        if judged:
+            out += ["", f"Recommended row within 0.2 points of the best: {sum(c['within_0.2_of_best'] for c in judged)} "
+                    f"of {len(judged)} cells."]
+    quant = [(p, sel["seed"], sel.get("sigmoid_score_quantiles")) for p in priors for sel in study["priors"][p]["selections"]]
+    if quant:
+        out += ["", "sigmoid(score) quantiles (1/10/50/90/99 %) of the propagation scores PU-weighted draws by: "
+                + "; ".join(f"{p} seed {s}: {q}" for p, s, q in quant if q) + "."]
+    out.append("")
+
+    out += ["### Timings and load", ""]
+    for p in priors:
+        d = study["priors"][p]
+        st = d["soft_targets"]["timings_s"]
+        rows = [f"{row} {statistics.fmean([s['timings_s']['total'] for s in r['students']]):.0f} s "
+                f"(decode {statistics.fmean([s['timings_s']['decode'] for s in r['students']]):.0f}, "
+                f"train {statistics.fmean([s['timings_s']['train'] for s in r['students']]):.0f})"
+                for row, r in d["rows"].items()]
+        loads = sorted({str(s.get("load_avg_at_end")) for r in d["rows"].values() for s in r["students"]})
+        out.append(f"- pi = {p}: teacher soft-target pass over the pool {st['pool']:.0f} s (and over the 30,000 originals "
+                   f"{st['train']:.0f} s, not charged to any row); per student (mean over seeds): " + ", ".join(rows)
+                   + f". Load average (1/5/15 min) at the end of each student: {', '.join(loads)}.")
+    out += ["", "Machine: 2 shared CPU cores, 1 torch thread, one job at a time; other sessions' jobs ran at the same time "
+            "(the load averages above), so every wall-clock figure is inflated and noisy.", ""]
+    out += ["### Does selection beat KD-pool here?", ""]
+    out += [f"- {line}" for line in study["verdicts"]] or ["- not run"]
+    out.append("")
+    return "\n".join(out)

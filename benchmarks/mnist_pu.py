@@ -71,6 +71,10 @@ ROWS = ("KD-all", "KD-oracle", "KD-random", "KD-tiny", "KD-pool", "confidence", 
 # own scores (graph smoothing off: the selector these rows were first run with); the -graph rows
 # use pucli's default, the head's scores smoothed over the pool's k-NN graph (pucli.pu.graph).
 PARTS = ("main", "fig2", "ablation")
+# Extra parts, never in the default --parts (so a plain mnist-pu run is as before): "wallclock", the
+# equal-wall-clock students of the web-crawl study (issue 16), after the equal-steps ones.
+EXTRA_PARTS = ("wallclock",)
+WALLCLOCK_ROWS = ("KD-pool", "PU-s1", "PU-weighted")
 NLS = (1, 2, 5, 10, 20)
 SEEDS = (0, 1, 2)
 PRIOR_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
@@ -83,6 +87,10 @@ QUICK_STEPS = 2 * 234  # the protocol's budget scaled by 1/10: 2 epochs over 30,
 QUICK_SELECTOR_EPOCHS = 5  # quick: fig2 / ablation selectors (the main selector keeps the default)
 ABLATION_NL = 10
 SELECTOR_VARIANTS = ("frozen", "finetune", "no-attention", "last-stage", "upu", "graph")
+# The variant of the web-crawl study (issue 16): `pucli select` itself, every selector option at
+# pucli's default (ranking "auto", graph on) but the class prior (the true one, given) and the seed;
+# its output folder (index, run report, selector) is kept.
+DEFAULT_VARIANT = "default"
 CACHE_VERSION = 1
 
 
@@ -137,6 +145,30 @@ class Settings:
     finetune_epochs: int
     selector_epochs_extra: int | None  # epochs of fig2/ablation selectors (None: the default)
     batch_size: int = 128
+    class_prior: float = TRUE_PRIOR  # the pool's true class prior (the root's manifest; mnist-pu: 0.30)
+    scenario_name: str = "mnist-pu"  # the root manifest's "scenario"
+
+    @property
+    def main_variant(self) -> str:
+        """The selector of the main rows: mnist-pu keeps the study's first one (the nnPU head alone);
+        other scenarios (webcrawl-pu) run pucli's defaults."""
+        return "frozen" if self.scenario_name == "mnist-pu" else DEFAULT_VARIANT
+
+
+def scenario_prior(root: Path) -> tuple[str, float]:
+    """(scenario name, true class prior) from a root's ``manifest.json``; mnist-pu's prior stays the
+    constant 0.30 it always was (its manifest says the same), so its cache keys do not move."""
+    try:
+        manifest = json.loads((Path(root) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return "mnist-pu", TRUE_PRIOR  # not built: Scenario.require says what to run
+    name = manifest.get("scenario", "mnist-pu")
+    if name == "mnist-pu":
+        return name, TRUE_PRIOR
+    prior = manifest.get("true_class_prior")
+    if prior is None:
+        raise SystemExit(f"{root}/manifest.json has no true_class_prior")
+    return name, round(float(prior), 6)
 
 
 def soft_targets_unit(settings: Settings) -> dict[str, Any]:
@@ -198,6 +230,11 @@ class SelectionSpec:
             from pucli.pu.options import SelectorOptions
 
             params["graph"] = {k: getattr(SelectorOptions, k) for k in ("graph_neighbors", "graph_alpha", "graph_steps")}
+        elif self.variant == DEFAULT_VARIANT:
+            from pucli.pu.options import SelectorOptions
+
+            params["defaults"] = {k: getattr(SelectorOptions, k, None) for k in
+                                  ("ranking", "graph_neighbors", "graph_alpha", "graph_steps", "epochs", "ensemble")}
         return params
 
     def name(self) -> str:
@@ -214,6 +251,8 @@ def selection_unit(settings: Settings, spec: SelectionSpec, *, perf: bool = Fals
     if (folder / "summary.json").is_file():
         summary = json.loads((folder / "summary.json").read_text())
         return {**summary, "scores": load_file(str(folder / "scores.safetensors"))["scores"]}
+    if spec.variant == DEFAULT_VARIANT:
+        return default_selection_unit(settings, spec, folder)
     from pucli.pu.options import Scales, SelectorOptions
     from pucli.pu.selection import run_selection, select_indices
 
@@ -255,6 +294,107 @@ def selection_unit(settings: Settings, spec: SelectionSpec, *, perf: bool = Fals
         summary["extract_bound"] = _extract_bound(teacher, selector_options, len(scenario.pool),
                                                   None if result.from_cache else result.timings.get("extract"))
     folder.mkdir(parents=True, exist_ok=True)
+    save_file({"scores": scores.contiguous()}, str(folder / "scores.safetensors"))
+    write_json_atomic(folder / "summary.json", summary)
+    return {**summary, "scores": scores}
+
+
+def _run_select_cli(argv: list[str]) -> tuple[Any, float]:
+    """``pucli select`` in this process (what a user runs: it writes the index, the selector and the
+    run report), with ``run_selection`` wrapped to time it and keep its result. Returns (result, wall s)."""
+    import pucli.pu.selection as selection_module
+    from pucli.cli import app
+
+    captured: dict[str, Any] = {}
+    original = selection_module.run_selection
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        result = original(*args, **kwargs)
+        captured["wall_s"] = time.perf_counter() - start
+        captured["result"] = result
+        return result
+
+    selection_module.run_selection = timed
+    try:
+        app(args=argv, prog_name="pucli", standalone_mode=False)
+    except SystemExit as exit_:  # typer.Exit / sys.exit of the command
+        if exit_.code:
+            raise SystemExit(f"pucli select failed (exit {exit_.code}): pucli {' '.join(argv)}") from None
+    finally:
+        selection_module.run_selection = original
+    if "result" not in captured:
+        raise SystemExit(f"pucli select ran no selection: pucli {' '.join(argv)}")
+    return captured["result"], captured["wall_s"]
+
+
+def _find_recommendation(report: dict[str, Any]) -> Any:
+    """The report's ``recommendation`` (being added to ``pucli select`` by issue 16), wherever it sits; None if absent."""
+    if "recommendation" in report:
+        return report["recommendation"]
+    for value in report.values():
+        if isinstance(value, dict) and "recommendation" in value:
+            return value["recommendation"]
+    return None
+
+
+def default_selection_unit(settings: Settings, spec: SelectionSpec, folder: Path) -> dict[str, Any]:
+    """PU-s1 of pucli's defaults, through ``pucli select`` (true prior given, the seed, 1 job's threads):
+    the output folder (``index.tsv``, ``index.report.json``, ``index.selector.safetensors``) is kept.
+    ``wall_s`` is ``run_selection``'s wall-clock (the teacher's pass over the pool for descriptors, the
+    graph, training, scoring); ``cli_wall_s`` the whole command. Also times the teacher's soft-target
+    pass over the selected images alone (what the selection rows pay on top, issue 16's wall-clock)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pucli.kd.expand import teacher_soft_targets
+    from pucli.pu.selection import select_indices
+
+    scenario = settings.scenario
+    log(f"select {spec.name()} (pucli select, defaults, prior {spec.prior:g})")
+    folder.mkdir(parents=True, exist_ok=True)
+    index = folder / "index.tsv"
+    argv = ["select", str(scenario.teacher_path), "--positive", str(scenario.positive_dir(spec.n_l, spec.seed)),
+            "--unlabeled", str(scenario.pool_list), "--out", str(index), "--prior", f"{spec.prior!r}",
+            "--seed", str(spec.seed), "--threads", str(settings.threads), "--device", "cpu", "--force"]
+    if spec.epochs:
+        argv += ["--epochs", str(spec.epochs)]
+    if settings.workers is not None:
+        argv += ["--workers", str(settings.workers)]
+    reset_peak_rss()
+    load_before = os.getloadavg()
+    with Stopwatch() as cli_watch:
+        result, wall_s = _run_select_cli(argv)
+    if len(result.paths) != len(scenario.pool) or [str(p) for p in result.paths[:5]] != [str(p) for p in scenario.pool[:5]]:
+        raise SystemExit(f"{len(scenario.pool) - len(result.paths)} unreadable pool images: rebuild the scenario")
+    scores = result.scores.float()
+    truth, sources = scenario.ground_truth()
+    s1 = select_indices(scores)
+    s2 = select_indices(scores, PU_S2_BUDGET)
+    reports = sorted(folder.glob("*.report.json"))
+    report = json.loads(reports[0].read_text()) if reports else {}
+    teacher = scenario.teacher()
+    chosen = [scenario.pool[int(i)] for i in s1.nonzero().flatten()]
+    with Stopwatch() as soft_watch:
+        teacher_soft_targets(teacher, chosen, workers=_workers(settings, len(chosen)))
+    summary: dict[str, Any] = {
+        "spec": spec.params(), "wall_s": round(wall_s, 2), "cli_wall_s": round(cli_watch.seconds, 2),
+        "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
+        "soft_targets_selected_s": round(soft_watch.seconds, 2), "soft_targets_selected_items": len(chosen),
+        "load_avg_before": [round(v, 2) for v in load_before], "load_avg_after": [round(v, 2) for v in os.getloadavg()],
+        "peak_rss_mib": round(peak_rss_mib(), 1), "cache_hit": result.from_cache, "metadata": result.metadata,
+        "final_risk": result.history[-1] if result.history else None,
+        "pu_s1": {**prf(s1, truth), "kept_by_source": kept_by_source(s1, sources)},
+        "pu_s2": {**prf(s2, truth), "kept_by_source": kept_by_source(s2, sources), "budget": PU_S2_BUDGET},
+        "score_quantiles": [round(float(q), 4) for q in torch.quantile(scores, torch.tensor([0.01, 0.1, 0.5, 0.9, 0.99]))],
+        "sigmoid_score_quantiles": [round(float(q), 4) for q in
+                                    torch.quantile(torch.sigmoid(scores), torch.tensor([0.01, 0.1, 0.5, 0.9, 0.99]))],
+        "class_prior": result.class_prior, "warnings": list(result.warnings),
+        "command": "pucli " + " ".join(argv), "output_folder": str(folder), "index": str(index),
+        "report": str(reports[0]) if reports else None, "recommendation": _find_recommendation(report),
+    }
+    if result.prior_estimate is not None:
+        summary["prior_estimate"] = {**result.prior_estimate.as_dict(), "wall_s": round(result.timings.get("prior", 0.0), 2)}
     save_file({"scores": scores.contiguous()}, str(folder / "scores.safetensors"))
     write_json_atomic(folder / "summary.json", summary)
     return {**summary, "scores": scores}
@@ -472,6 +612,7 @@ def student_unit(work: str, teacher_path: str, test_root: str, spec: StudentSpec
                       "evaluate": round(evaluate_s, 2), "total": round(time.perf_counter() - start, 2)},
         "images_per_s": round(result.images_per_s, 1), "peak_rss_mib": round(peak_rss_mib(), 1), "threads": threads,
         "final_loss": round(result.history[-1].loss, 5) if result.history else None,
+        "load_avg_at_end": [round(v, 2) for v in os.getloadavg()],
     }
     if spec.perf:
         bound = training_bound_throughput(result.student, teacher.model, tuple(teacher.config.input_size),
@@ -521,7 +662,8 @@ ROW_SET = {"KD-all": "all", "KD-oracle": "oracle", "KD-random": "random", "KD-ti
 
 def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
     plan = Plan()
-    main_spec = lambda n_l, seed: SelectionSpec(n_l, seed, TRUE_PRIOR)  # noqa: E731
+    prior_true = settings.class_prior
+    main_spec = lambda n_l, seed: SelectionSpec(n_l, seed, prior_true, settings.main_variant)  # noqa: E731
     extra_epochs = settings.selector_epochs_extra
 
     def row_set(row: str, n_l: int, seed: int, selection: SelectionSpec | None = None) -> SetSpec:
@@ -541,7 +683,7 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
                     if row == "KD-all" and n_l != args.nl[0]:
                         continue  # KD-all does not depend on n_l
                     selection = (SelectionSpec(n_l, seed, None) if row == "PU-s1-auto"
-                                 else SelectionSpec(n_l, seed, TRUE_PRIOR, "graph") if row.endswith("-graph") else None)
+                                 else SelectionSpec(n_l, seed, prior_true, "graph") if row.endswith("-graph") else None)
                     spec = row_set(row, n_l, seed, selection)
                     plan.add_set(spec)
                     perf = n_l == ABLATION_NL and seed == min(args.seeds) and row in ("PU-s1", "KD-pool")
@@ -551,7 +693,7 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
     if "fig2" in args.parts:
         for seed in fig_seeds:
             for factor in PRIOR_FACTORS:
-                prior = round(TRUE_PRIOR * factor, 6)
+                prior = round(prior_true * factor, 6)
                 exact = abs(factor - 1.0) < 1e-9
                 selection = main_spec(ABLATION_NL, seed) if exact else SelectionSpec(ABLATION_NL, seed, prior, "frozen", extra_epochs)
                 spec = row_set("PU-s1", ABLATION_NL, seed, selection)
@@ -566,11 +708,11 @@ def make_plan(args: argparse.Namespace, settings: Settings) -> Plan:
                 if variant == "frozen":
                     selection = main_spec(ABLATION_NL, seed)
                 elif variant == "graph":  # the same unit as the main PU-s1-graph row at n_l = 10
-                    selection = SelectionSpec(ABLATION_NL, seed, TRUE_PRIOR, "graph")
+                    selection = SelectionSpec(ABLATION_NL, seed, prior_true, "graph")
                 elif variant == "finetune":
-                    selection = SelectionSpec(ABLATION_NL, seed, TRUE_PRIOR, variant, settings.finetune_epochs)
+                    selection = SelectionSpec(ABLATION_NL, seed, prior_true, variant, settings.finetune_epochs)
                 else:
-                    selection = SelectionSpec(ABLATION_NL, seed, TRUE_PRIOR, variant, extra_epochs)
+                    selection = SelectionSpec(ABLATION_NL, seed, prior_true, variant, extra_epochs)
                 spec = row_set("PU-s1", ABLATION_NL, seed, selection)
                 plan.add_set(spec)
                 label = {"part": "ablation", "row": "PU-s1", "n_l": ABLATION_NL, "seed": seed, "variant": variant,
@@ -638,11 +780,104 @@ def run_plan(args: argparse.Namespace, settings: Settings, plan: Plan) -> dict[s
         set_summary = sets[spec.set_spec.name()]
         students.append({**label, "loss": spec.loss, "weighting": spec.weighting, "set": spec.set_spec.name(),
                          "selection": set_summary.get("selection"), "set_build_s": set_summary["build_s"], **record})
+    wallclock = wallclock_part(args, settings, soft, selections, sets, students) if "wallclock" in args.parts else None
     return {
         "soft_targets": {k: v for k, v in soft.items() if k not in ("tensors", "train_paths")},
         "selections": selections, "sets": {k: {kk: vv for kk, vv in v.items() if kk != "folder"} for k, v in sets.items()},
-        "students": students, "expand_comparison": expand_check, "run_wall_s": round(time.perf_counter() - started, 1),
+        "students": students, "expand_comparison": expand_check, "wallclock": wallclock,
+        "run_wall_s": round(time.perf_counter() - started, 1),
     }
+
+
+WALLCLOCK_FORMULA = (
+    "budget = T_pool (the teacher's soft-target pass over the whole pool) + train_s(KD-pool at the equal-steps budget); "
+    "s_per_step(row) = train_s / steps of the row's own equal-steps student; overhead: KD-pool = T_pool, "
+    "PU-s1 = select_s (run_selection wall-clock: descriptors' teacher pass over the pool, graph, training, scoring) "
+    "+ T_selected (the teacher's soft-target pass over the selected images), PU-weighted = select_s + T_pool; "
+    "steps(row) = (budget - overhead(row)) / s_per_step(row), rounded down to whole epochs of the row's set "
+    "(KD-pool: its equal-steps student, by definition); no student where that is < 1 epoch. Decoding the set "
+    "and evaluating are not counted (recorded beside)."
+)
+
+
+def wallclock_part(args: argparse.Namespace, settings: Settings, soft: dict[str, Any], selections: dict[str, Any],
+                   sets: dict[str, Any], students: list[dict[str, Any]]) -> dict[str, Any]:
+    """Equal wall-clock (issue 16): every row of ``args.wallclock_rows`` gets the steps KD-pool's budget leaves it
+    after its own overhead (:data:`WALLCLOCK_FORMULA`), from the equal-steps students of the same n_l and seed."""
+    from pucli.kd.distill import steps_per_epoch
+
+    t_pool = soft["timings_s"]["pool"]
+    main = {(s["row"], s["n_l"], s["seed"]): s for s in students if s["part"] == "main"}
+    entries = []
+    pending: list[tuple[dict[str, Any], StudentSpec]] = []
+    for seed in args.seeds:
+        for n_l in args.nl:
+            pool_record = main.get(("KD-pool", n_l, seed))
+            if pool_record is None:
+                entries.append({"n_l": n_l, "seed": seed, "skipped": "no equal-steps KD-pool student: add KD-pool to --rows"})
+                continue
+            budget = t_pool + pool_record["timings_s"]["train"]
+            for row in args.wallclock_rows:
+                record = main.get((row, n_l, seed))
+                if record is None:
+                    entries.append({"row": row, "n_l": n_l, "seed": seed, "skipped": f"no equal-steps {row} student: add it to --rows"})
+                    continue
+                selection_spec = _set_spec_from_params(record["spec"]["set"]).selection
+                selection = selections.get(selection_spec.name()) if selection_spec else None
+                s_per_step = record["timings_s"]["train"] / record["steps"]
+                if row == "KD-pool":
+                    overhead = {"teacher_pass_pool_s": t_pool}
+                elif row == "PU-s1":
+                    overhead = {"select_s": selection["wall_s"], "teacher_pass_selected_s": selection["soft_targets_selected_s"]}
+                elif row == "PU-weighted":
+                    overhead = {"select_s": selection["wall_s"], "teacher_pass_pool_s": t_pool}
+                else:
+                    raise SystemExit(f"--wallclock-rows: no overhead rule for {row}; choose from {', '.join(WALLCLOCK_ROWS)}")
+                total_overhead = sum(overhead.values())
+                target = (budget - total_overhead) / s_per_step
+                per_epoch = steps_per_epoch(record["items"], settings.batch_size)
+                entry: dict[str, Any] = {
+                    "row": row, "n_l": n_l, "seed": seed, "budget_s": round(budget, 2), "overhead_s": overhead,
+                    "overhead_total_s": round(total_overhead, 2), "s_per_step": round(s_per_step, 6),
+                    "target_steps": round(target, 1), "steps_per_epoch": per_epoch, "items": record["items"],
+                    "selection_cache_hit": selection.get("cache_hit") if selection else None,
+                    "selection_graph_cache_hit": ((selection or {}).get("metadata") or {}).get("graph", {}).get("cache_hit"),
+                    "equal_steps_student": record["name"], "equal_steps_top1": record["top1"],
+                }
+                if row == "KD-pool":
+                    entry.update(steps=record["steps"], top1=record["top1"], student=record["name"],
+                                 student_timings_s=record["timings_s"], same_unit_as_equal_steps=True)
+                    entries.append(entry)
+                    continue
+                epochs = math.floor(round(target, 6) / per_epoch)
+                if epochs < 1:
+                    entry.update(steps=0, top1=None, not_trainable=f"overhead {total_overhead:.0f} s leaves "
+                                 f"{max(0.0, budget - total_overhead):.0f} s of a {budget:.0f} s budget: under one epoch")
+                    entries.append(entry)
+                    continue
+                entry["steps"] = epochs * per_epoch
+                entries.append(entry)
+                pending.append((entry, record))
+    for entry, record in pending:
+        spec_params = record["spec"]
+        set_name = record["set"]
+        summary = sets[set_name]
+        set_spec = _set_spec_from_params(spec_params["set"])
+        spec = StudentSpec(set_spec, summary["folder"], record["loss"], record["weighting"], entry["seed"], entry["steps"],
+                           settings.batch_size, summary["items"], False)
+        result = student_unit(str(settings.work), str(settings.scenario.teacher_path), str(settings.scenario.root / "test"),
+                              spec, settings.threads, settings.workers)
+        log(f"wall-clock {entry['row']} n_l {entry['n_l']} seed {entry['seed']}: {result['steps']} steps, top-1 {result['top1']:.2f} %")
+        entry.update(top1=result["top1"], student=result["name"], student_timings_s=result["timings_s"],
+                     steps=result["steps"], used_s=round(entry["overhead_total_s"] + result["timings_s"]["train"], 2),
+                     load_avg_at_end=result.get("load_avg_at_end"))
+    return {"formula": WALLCLOCK_FORMULA, "teacher_pass_pool_s": t_pool, "entries": entries}
+
+
+def _set_spec_from_params(params: dict[str, Any]) -> SetSpec:
+    selection = SelectionSpec(**{k: v for k, v in params["selection"].items() if k in ("n_l", "seed", "prior", "variant", "epochs")}) \
+        if params["selection"] else None
+    return SetSpec(params["kind"], params["n_l"], params["seed"], selection)
 
 
 def _expand_comparison(settings: Settings, plan: Plan, sets: dict[str, Any]) -> dict[str, Any] | None:
@@ -740,7 +975,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke test: n_l 10, seed 0, {QUICK_STEPS} steps per student (reduced, flagged), "
                              f"fig2/ablation selectors at {QUICK_SELECTOR_EPOCHS} epochs, fine-tuning 1 epoch")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma list of {', '.join(PARTS + EXTRA_PARTS)} [default: {','.join(PARTS)}]; wallclock "
+                             "(equal wall-clock students, issue 16) needs main with KD-pool and the --wallclock-rows")
+    parser.add_argument("--wallclock-rows", default=",".join(WALLCLOCK_ROWS),
+                        help=f"rows of the wallclock part [default: {','.join(WALLCLOCK_ROWS)}]")
     parser.add_argument("--rows", default=None, help=f"comma list of main rows [default: all: {', '.join(ROWS)}]")
     parser.add_argument("--nl", type=int, nargs="+", default=None, help="n_l values [default: 1 2 5 10 20; quick: 10]")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds [default: 0 1 2; quick: 0]")
@@ -753,27 +992,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per job [default: CPUs / jobs]")
     parser.add_argument("--workers", type=int, default=None, help="data-loading processes [default: pucli's]")
     add_root_argument(parser)
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="teacher [default: <root>/teacher/lenet5.safetensors, benchmarks/train_teacher.py's]")
     parser.add_argument("--work", type=Path, default=None, help="unit cache [default: <pucli cache>/benchmarks/mnist-pu/study]")
     parser.add_argument("--results", type=Path, default=None,
-                        help="results JSON [default: benchmarks/results/mnist_pu_study.json, _quick with --quick]")
+                        help="results JSON [default: benchmarks/results/mnist_pu_study.json, _quick with --quick; "
+                             "other scenarios: <work>/results.json]")
+    parser.add_argument("--combine-webcrawl", type=Path, nargs="+", default=None, metavar="RESULTS",
+                        help="only merge webcrawl-pu results JSONs (one or more per prior) into "
+                             "benchmarks/results/webcrawl_pu_study.json, docs/webcrawl_prior.png and the docs section "
+                             "(--section-out)")
+    parser.add_argument("--section-out", type=Path, default=Path("/work/notes/webcrawl_section.md"),
+                        help="where --combine-webcrawl writes the docs section [default: %(default)s]")
+    parser.add_argument("--reference-study", type=Path, default=HERE / "results" / "mnist_pu_study.json",
+                        help="mnist-pu study results whose n_l = 10 rows are the prior-0.30 point of --combine-webcrawl")
     parser.add_argument("--report", action="store_true", help="only write docs/benchmarks.md's study section and the plots from --results")
     parser.add_argument("--estimate", action="store_true", help="only print the full study's predicted wall-clock from --results")
     args = parser.parse_args(argv)
     args.parts = [p for p in args.parts.split(",") if p]
     args.rows = [r for r in (args.rows or ",".join(ROWS)).split(",") if r]
-    for value, allowed, what in ((args.parts, PARTS, "--parts"), (args.rows, ROWS, "--rows")):
+    args.wallclock_rows = [r for r in args.wallclock_rows.split(",") if r]
+    for value, allowed, what in ((args.parts, PARTS + EXTRA_PARTS, "--parts"), (args.rows, ROWS, "--rows"),
+                                 (args.wallclock_rows, WALLCLOCK_ROWS, "--wallclock-rows")):
         unknown = set(value) - set(allowed)
         if unknown:
             parser.error(f"{what}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(allowed)}")
     args.nl = args.nl or ([ABLATION_NL] if args.quick else list(NLS))
     args.seeds = args.seeds or ([0] if args.quick else list(SEEDS))
     args.fig_seeds = args.fig_seeds or [args.seeds[0]]
-    args.results = args.results or HERE / "results" / ("mnist_pu_study_quick.json" if args.quick else "mnist_pu_study.json")
+    args.default_results = HERE / "results" / ("mnist_pu_study_quick.json" if args.quick else "mnist_pu_study.json")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine_webcrawl:
+        from _study_report import combine_webcrawl
+
+        combine_webcrawl(args.combine_webcrawl, REPO, section_out=args.section_out, reference=args.reference_study)
+        return 0
+    if args.results is None and (args.root is None or scenario_prior(args.root)[0] == "mnist-pu"):
+        args.results = args.default_results
     if args.report:
         from _study_report import write_report
 
@@ -781,16 +1040,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pucli.device import available_cpus
 
-    scenario = Scenario(args.root)
+    scenario = Scenario(args.root, args.teacher)
     scenario.require()
     root, teacher = scenario.root, scenario.teacher_path
+    scenario_name, class_prior = scenario_prior(root)
     threads = args.threads or max(1, available_cpus() // max(1, args.jobs))
     settings = Settings(
         work=args.work or root / "study", scenario=scenario,
         steps=args.steps or (QUICK_STEPS if args.quick else budget_steps(128)), quick=args.quick, threads=threads,
         workers=args.workers, finetune_epochs=args.finetune_epochs or (1 if args.quick else 5),
         selector_epochs_extra=QUICK_SELECTOR_EPOCHS if args.quick else None,
+        class_prior=class_prior, scenario_name=scenario_name,
     )
+    if args.results is None:
+        args.results = settings.work / "results.json"
     if args.estimate:
         from _study_report import print_estimate
 
@@ -804,10 +1067,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     outcome = run_plan(args, settings, plan)
     results = {
-        "scenario": "mnist-pu", "root": str(root), "teacher": str(teacher), "work": str(settings.work),
+        "scenario": scenario_name, "root": str(root), "teacher": str(teacher), "work": str(settings.work),
         "quick": args.quick, "reduced_step_budget": settings.steps != budget_steps(settings.batch_size),
         "steps_per_student": settings.steps, "full_step_budget": budget_steps(settings.batch_size),
-        "batch_size": settings.batch_size, "student": STUDENT, "main_loss": MAIN_LOSS, "class_prior": TRUE_PRIOR,
+        "batch_size": settings.batch_size, "student": STUDENT, "main_loss": MAIN_LOSS, "class_prior": class_prior,
         "pu_s2_budget": PU_S2_BUDGET, "parts": args.parts, "rows": args.rows, "nl": args.nl, "seeds": args.seeds,
         "fig_seeds": args.fig_seeds, "finetune_epochs": settings.finetune_epochs,
         "selector_epochs_extra": settings.selector_epochs_extra, "threads": threads, "jobs": args.jobs,
@@ -815,12 +1078,16 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(available_cpus=available_cpus(), torch=torch.__version__),
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)), **outcome,
     }
-    results["estimate"] = estimate(results, args, settings)
+    if scenario_name == "mnist-pu":
+        results["estimate"] = estimate(results, args, settings)
+    else:  # the full-study estimate is mnist-pu's plan; the web-crawl study records its timings instead
+        results["wallclock_rows"] = args.wallclock_rows
     write_json_atomic(args.results, results)
     from _study_report import print_estimate, print_summary
 
     print_summary(results)
-    print_estimate(results["estimate"])
+    if "estimate" in results:
+        print_estimate(results["estimate"])
     log(f"results: {args.results}; then: python benchmarks/mnist_pu.py --report{' --quick' if args.quick else ''}")
     return 0
 

@@ -40,8 +40,12 @@ Axes of a cell
               file is the same in every cell and is written once (``<work>/images/<capture>/``).
 ``nl``        labeled images per class: 1, 10.
 ``seed``      0, 1, 2: the draw of the pool's members (and of ``L^t``, the selector's seed).
-``teacher``   ``lenet`` (LeNet-5, ``--teacher``) or ``bn`` (a timm CNN with BatchNorm, ``--bn-teacher``;
-              default the ``test_resnet`` of ``benchmarks/train_bn_teacher.py`` when it is there).
+``teacher``   ``lenet`` (LeNet-5, ``--teacher``), ``bn`` (a timm CNN with BatchNorm, ``--bn-teacher``;
+              default the ``test_resnet`` of ``benchmarks/train_bn_teacher.py`` when it is there) or
+              ``timm`` (``resnet10t`` at 28 x 28, one channel, trained by timm's own ``train.py``: its
+              ``model_best.pth.tar`` as is, ``--timm-teacher``; default
+              ``<pucli cache>/benchmarks/pool-grid/timm-teacher/resnet10t.pth.tar``, where
+              ``benchmarks/train_timm_teacher.py`` puts it).
 
 A cell asks for ``round(prior * size)`` positives and the rest split between the negative sources;
 where a source has fewer images than the cell asks for, the cell is **infeasible** and reported as
@@ -60,7 +64,9 @@ axes at the low priors where the selector is weakest:
   negatives even}; prior {0.02, 0.05} x size 5,000 (and x KMNIST-heavy at 5,000, the size where that
   mix is feasible); teacher bn x capture mixed; negatives near x capture mixed; size 100,000 x
   prior 0.30 (mnist-pu's composition, from other files);
-* the issue's worst case: 34,000 images, prior 0.03, fashion-heavy, as-is, n_l 10, seeds 0-2.
+* the issue's worst case: 34,000 images, prior 0.03, fashion-heavy, as-is, n_l 10, seeds 0-2;
+* the timm ``train.py`` teacher (n_l 10, seeds 0-2): the base cell and prior 0.02 / 0.05 with
+  teacher timm (listed last, so the cells before keep their order).
 
 Per cell (one JSON file under ``<work>/cells-v2/``; version 1, before the propagation ranking, in ``cells/``)
 ------------------------------------------------
@@ -131,11 +137,14 @@ CACHE_VERSION = 2  # 2: the propagation ranking (pucli's default since 2026-12-0
 NEGATIVE_MIXES = {"fashion": {"fashion": 7 / 8, "kmnist": 1 / 8}, "kmnist": {"fashion": 2 / 5, "kmnist": 3 / 5},
                   "even": {"fashion": 1 / 2, "kmnist": 1 / 2}, "near": {"mnist-other": 1.0}}
 CAPTURES = ("as-is", "jpeg", "tint", "mixed")
-TEACHERS = ("lenet", "bn")
+TEACHERS = ("lenet", "bn", "timm")
 NEAR_TASK_DIGITS = (0, 1, 2, 3, 4)
 POOL_POSITIVE_RANGE = (30_000, 60_000)
 FASHION_T10K = ("fashion-mnist/t10k-images-idx3-ubyte.gz", "fashion-mnist/t10k-labels-idx1-ubyte.gz")
 FOLDS = 5
+# The timm train.py teacher's cells (n_l 10, seeds 0-2), after the rest of the design.
+TIMM_TEACHER_CELLS: tuple[dict[str, Any], ...] = ({"teacher": "timm"}, {"prior": 0.02, "teacher": "timm"},
+                                                  {"prior": 0.05, "teacher": "timm"})
 
 
 def log(message: str) -> None:
@@ -225,7 +234,20 @@ def design() -> list[Cell]:
     for change in pairs:
         for seed in (0, 1, 2):
             add(replace(base, nl=10, seed=seed, **change))
+    for change in TIMM_TEACHER_CELLS:
+        for seed in (0, 1, 2):
+            add(replace(base, nl=10, seed=seed, **change))
     return cells
+
+
+def default_timm_teacher() -> Path:
+    """``<pucli cache>/benchmarks/pool-grid/timm-teacher/resnet10t.pth.tar`` (``train_timm_teacher.py``'s)."""
+    return cache_dir() / "benchmarks" / "pool-grid" / "timm-teacher" / "resnet10t.pth.tar"
+
+
+def teacher_file(cell: Cell, args: argparse.Namespace) -> Path | None:
+    """The model file of a cell's teacher axis value."""
+    return {"lenet": args.teacher, "bn": args.bn_teacher, "timm": args.timm_teacher}[cell.teacher]
 
 
 # --- the source images -------------------------------------------------------------------------------
@@ -405,7 +427,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, sources: Sources) -> dict[str
     pool, truth_np, roles = built
     record["build_s"] = round(build_watch.seconds, 2)
     truth = torch.from_numpy(truth_np)
-    teacher_path = args.teacher if cell.teacher == "lenet" else args.bn_teacher
+    teacher_path = teacher_file(cell, args)
     if teacher_path is None or not Path(teacher_path).is_file():
         return {**record, "not_run": f"teacher {cell.teacher} missing: {teacher_path}"}
     teacher = load_model(teacher_path)
@@ -572,6 +594,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher", type=Path, default=None, help="LeNet-5 teacher [default: <root>/teacher/lenet5.safetensors]")
     parser.add_argument("--bn-teacher", type=Path,
                         default=cache_dir() / "benchmarks" / "mnist-pu" / "bn-teacher" / "test_resnet.safetensors")
+    parser.add_argument("--timm-teacher", type=Path, default=default_timm_teacher(),
+                        help="timm train.py teacher (teacher=timm) [default: <pucli cache>/benchmarks/pool-grid/"
+                             "timm-teacher/resnet10t.pth.tar, from benchmarks/train_timm_teacher.py]")
     parser.add_argument("--work", type=Path, default=cache_dir() / "benchmarks" / "pool-grid",
                         help="cache of images and cell results [default: <pucli cache>/benchmarks/pool-grid]")
     parser.add_argument("--results", type=Path, default=RESULTS)

@@ -82,6 +82,9 @@ def test_json_summary_and_cache_hit_on_second_run(inputs: dict[str, str], tmp_pa
     assert not one["cache_hit"] and two["cache_hit"]
     assert one["selected"] == two["selected"] and one["unlabeled"] == 20
     assert one["graph"]["neighbors"] == 10 and not one["graph"]["cache_hit"] and two["graph"]["cache_hit"]
+    # 2 positives per class: the nnPU ranking, no held-out estimate: the whole pool.
+    assert one["trust"] is None and one["recommendation"]["action"] == "pool"
+    assert "--whole-pool" in one["recommendation"]["next"]
     assert "graph" in one["timings_s"]
     off = CliRunner().invoke(app, _args(inputs, "--prior", "0.3", "--out", str(tmp_path / "c.tsv"), "--json",
                                         "--graph-neighbors", "0"))
@@ -140,3 +143,26 @@ def test_preview_with_an_unknown_format_is_a_one_line_error_before_any_work(inpu
     assert result.exit_code == 2
     assert "--preview" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_propagation_reports_its_estimated_precision_recall_and_recommendation(
+        tiny_teacher: Path, make_class_folder: Callable[..., Path], make_pool: Callable[..., Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUCLI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PUCLI_STATE_DIR", str(tmp_path / "state"))
+    inputs = {"positive": str(make_class_folder("pos", per_class=5)), "unlabeled": str(make_pool("pool", count=40)),
+              "teacher": str(tiny_teacher)}
+    out = tmp_path / "sel.tsv"
+    result = CliRunner().invoke(app, _args(inputs, "--prior", "0.1", "--out", str(out), "--json"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    trust = summary["trust"]
+    assert summary["ranking"] == "propagation" and trust["held_out"] == 15 and trust["kept"] == 4
+    assert 0.0 <= trust["recall_low"] <= trust["recall"] <= trust["recall_high"] <= 1.0
+    # kept = round(0.1 x 40) = pi x N, so precision equals recall
+    assert trust["precision"] == pytest.approx(trust["recall"], abs=1e-4)
+    assert summary["recommendation"]["action"] == "pool"  # 4 images kept: far too few to train on alone
+    report = json.loads((tmp_path / "sel.report.json").read_text())
+    assert report["results"]["recommendation"] == summary["recommendation"]
+    assert report["results"]["trust"] == trust
+    assert "recommendation:" in result.stderr

@@ -115,6 +115,14 @@ def test_expand_lists_positives_then_selected_entries_in_index_order(inputs, tmp
     assert read_expanded_set(tmp_path / "out").paths == [p.absolute() for p in expanded.paths]
 
 
+def test_whole_pool_takes_every_entry_kept_or_not_with_its_score(inputs, tmp_path):
+    positive_set, index, teacher = inputs
+    expanded = expand(positive_set, index, teacher, tmp_path / "out", whole_pool=True)
+    assert expanded.origins == ["positive"] * 6 + ["unlabeled"] * 8  # the 2 rejected entries too
+    assert expanded.paths[6:] == [e.path for e in index]
+    assert expanded.scores[6:] == [e.score for e in index]
+
+
 def test_soft_targets_equal_softmax_of_teacher_logits_over_temperature(inputs, tmp_path):
     positive_set, index, teacher = inputs
     expand(positive_set, index, teacher, tmp_path / "out", temperature=2.0)

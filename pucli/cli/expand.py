@@ -55,6 +55,7 @@ def expand(
     arch: ArchOption = None,
     classes: ClassesOption = None,
     temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature T of the soft targets.")] = 1.0,
+    whole_pool: Annotated[bool, typer.Option("--whole-pool", help="Take every image of the index, kept or not (an index from `pucli select --all`), with its score: the whole pool, for `distill --weighting pu-score` or unselected, when `pucli select` recommends it.")] = False,
     batch_size: BatchSizeOption = 256,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
@@ -73,20 +74,24 @@ def expand(
     # Under torchrun every rank runs this command; only rank 0 reports and writes the set.
     report, run_device = start_run(device=device, threads=threads, torchrun=True)
     with report.stage("load"):
-        loaded, positive_set, entries = _load_inputs(teacher, arch, positive, classes, index)
+        loaded, positive_set, entries = _load_inputs(teacher, arch, positive, classes, index, whole_pool=whole_pool)
     selected = sum(1 for e in entries if e.selected)
+    if whole_pool and selected == len(entries):
+        info(f"[yellow]warning:[/] --whole-pool: {index} lists only the kept images (written without `pucli select "
+             "--all`), so the set holds the selection alone; select again with --all for the whole pool", quiet=False)
     with progress_bars(quiet=quiet) as progress, report.stage("soft targets"):
         expanded = expand_set(
             positive_set, entries, loaded, out, temperature=temperature, device=run_device, batch_size=batch_size,
             workers=workers if workers is not None else default_workers(len(positive_set) + selected),
-            skipped=report.skipped, progress=progress,
+            skipped=report.skipped, progress=progress, whole_pool=whole_pool,
         )
     if not distributed.is_main():
         return
     table = expanded.class_table()
     report.counts = {"positive": len(positive_set), "index_entries": len(entries), "selected": selected,
                      "items": len(expanded), "skipped": len(report.skipped)}
-    report.results = {"classes": table, "temperature": temperature, "teacher_digest": expanded.teacher_digest}
+    report.results = {"classes": table, "temperature": temperature, "teacher_digest": expanded.teacher_digest,
+                      "whole_pool": whole_pool}
     written = report.write(report_location("expand", out, report_path))
     summary = {"out": str(out), "items": len(expanded), "skipped": len(report.skipped), "classes": table,
                "report": str(written)}
@@ -95,7 +100,8 @@ def expand(
     info(f"expanded set: {out} ({len(expanded)} images); report: {written}", quiet=quiet)
 
 
-def _load_inputs(teacher: Path, arch: str | None, positive: Path, classes: Path | None, index: str) -> Any:
+def _load_inputs(teacher: Path, arch: str | None, positive: Path, classes: Path | None, index: str, *,
+                 whole_pool: bool = False) -> Any:
     """``(LoadedModel, LabeledFolder, index entries)``: the teacher, the positives in its class
     order and the selection index, whose selected files must exist.
 
@@ -111,7 +117,7 @@ def _load_inputs(teacher: Path, arch: str | None, positive: Path, classes: Path 
         raise UsageError("--index - under torchrun: every rank would read its own part of stdin; give the index file")
     loaded, positive_set = load_teacher_and_positives(teacher, arch, positive, classes)
     entries = read_index(index)
-    check_files_exist(entries, index)
+    check_files_exist(entries, index, every_entry=whole_pool)
     return loaded, positive_set, entries
 
 

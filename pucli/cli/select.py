@@ -243,7 +243,24 @@ def _record(report: Any, result: Any, options: Any, selector: Path) -> None:
         "risks_per_epoch": result.history,
         "selector": str(selector),
         "warnings": list(result.warnings),
+        "trust": result.trust.as_dict() if result.trust is not None else None,
+        "recommendation": _recommendation(result),
     }
+
+
+def _recommendation(result: Any) -> dict[str, Any] | None:
+    """The recommendation (:mod:`pucli.pu.trust`) with the commands that carry it out."""
+    if result.recommendation is None:
+        return None
+    return {**result.recommendation.as_dict(), "next": _NEXT[result.recommendation.action]}
+
+
+#: What each recommendation means on the command line (docs/usage.md, "Select, weight or take the pool").
+_NEXT = {
+    "select": "pucli expand TEACHER --positive P --index INDEX --out SET, then pucli distill TEACHER --data SET",
+    "weight": "pucli select ... --all, pucli expand ... --whole-pool, then pucli distill ... --weighting pu-score",
+    "pool": "pucli select ... --all, pucli expand ... --whole-pool, then pucli distill ... (uniform weighting)",
+}
 
 
 def _print_notes(result: Any, summary: dict[str, Any], *, quiet: bool) -> None:
@@ -253,6 +270,10 @@ def _print_notes(result: Any, summary: dict[str, Any], *, quiet: bool) -> None:
     if result.metadata["graph"].get("warning"):
         info(f"[yellow]warning:[/] {result.metadata['graph']['warning']}", quiet=quiet)
     warn_skipped(result.skipped, quiet=quiet)
+    recommendation = summary["recommendation"]
+    if recommendation is not None:
+        info(f"[bold]recommendation:[/] {recommendation['summary']}: {recommendation['reason']}\n"
+             f"  next: {recommendation['next']}", quiet=quiet)
     index = "" if summary["index"] == "-" else f"index: {summary['index']}\n"
     info(f"{index}selector: {summary['selector']}\nreport: {summary['report']}", quiet=quiet)
 
@@ -291,6 +312,8 @@ def _summary(result: Any, options: Any, out: str, selector: Path, report: Path) 
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "final_risk": result.history[-1]["risk"] if result.history else None,
         "warnings": list(result.warnings),
+        "trust": result.trust.as_dict() if result.trust is not None else None,
+        "recommendation": _recommendation(result),
         "index": out,
         "selector": str(selector),
         "report": str(report),
@@ -312,6 +335,16 @@ def _print_table(summary: dict[str, Any]) -> None:
         table.add_row("class prior (estimated)", f"{summary['class_prior']:.3f} "
                       f"({estimate['level']:.0%} interval {estimate['low']:.3f}-{estimate['high']:.3f})")
     table.add_row("selected", f"{summary['selected']:,} ({summary['selected_fraction']:.1%})")
+    trust = summary["trust"]
+    if trust is not None:
+        level = f"{trust['level']:.0%}"
+        table.add_row("estimated precision", f"{trust['precision']:.3f} ({level} interval "
+                      f"{trust['precision_low']:.3f}-{trust['precision_high']:.3f})")
+        table.add_row("estimated recall", f"{trust['recall']:.3f} ({level} interval "
+                      f"{trust['recall_low']:.3f}-{trust['recall_high']:.3f}; {trust['held_out']} held-out positives)")
+        table.add_row("estimated F1", f"{trust['f1']:.3f} ({trust['f1_low']:.3f}-{trust['f1_high']:.3f})")
+    if summary["recommendation"] is not None:
+        table.add_row("recommendation", summary["recommendation"]["summary"])
     table.add_row("skipped files", f"{summary['skipped']:,}")
     graph = summary["graph"]
     if graph.get("neighbors"):

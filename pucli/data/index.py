@@ -156,17 +156,19 @@ def _parse(lines: Iterable[str], *, base: Path, name: str, option: str) -> list[
     return entries
 
 
-def check_files_exist(entries: Iterable[IndexEntry], source: str | os.PathLike[str], *, option: str = "--index") -> None:
+def check_files_exist(entries: Iterable[IndexEntry], source: str | os.PathLike[str], *, option: str = "--index",
+                      every_entry: bool = False) -> None:
     """Fail when selected entries name files that are gone (the pool moved or was cleaned up).
 
     A member path of a tar shard counts as present when its shard holds that member.
+    ``every_entry`` checks the entries not kept too (``pucli expand --whole-pool``).
 
     Raises:
         DataError: one or more selected files do not exist (says how many and the first).
     """
     from pucli.data.shards import member_exists
 
-    selected = [entry.path for entry in entries if entry.selected]
+    selected = [entry.path for entry in entries if every_entry or entry.selected]
     missing = [path for path in selected if not member_exists(path)]
     if missing:
         raise DataError(

@@ -97,6 +97,7 @@ def expand(
     workers: int = 0,
     skipped: list[SkippedFile] | None = None,
     progress: ProgressCallback = no_progress,
+    whole_pool: bool = False,
 ) -> ExpandedSet:
     """Write the extended set ``L^t ∪ U^p`` to the folder ``out`` (format: :mod:`pucli.data.manifest`).
 
@@ -113,6 +114,9 @@ def expand(
         out: the expanded-set folder; it must not exist, be empty, or hold an earlier expanded set
             (which is replaced).
         temperature: T > 0 of the soft targets (the paper uses 1).
+        whole_pool: take every index entry, kept or not (an index written by ``pucli select --all``),
+            each with its selector score: the whole pool, for ``distill --weighting pu-score`` or
+            for training on the pool unselected (what :mod:`pucli.pu.trust` may recommend).
 
     Returns:
         The :class:`ExpandedSet` written, ``root`` set to ``out``.
@@ -128,7 +132,7 @@ def expand(
     out = Path(out)
     _check_replaceable(out)
     positive_paths = {p.absolute() for p in positive_set.paths}
-    selected = [e for e in index if e.selected and e.path.absolute() not in positive_paths]
+    selected = [e for e in index if (whole_pool or e.selected) and e.path.absolute() not in positive_paths]
     paths = list(positive_set.paths) + [e.path for e in selected]
     origins = ["positive"] * len(positive_set) + ["unlabeled"] * len(selected)
     labels = list(positive_set.labels) + [-1] * len(selected)

@@ -40,9 +40,11 @@ from pucli.progress import ProgressCallback, no_progress
 
 __all__ = [
     "Fit",
+    "HeldOutPositives",
     "PriorEstimate",
     "best_bin_estimate",
     "bootstrap_best_bin",
+    "cross_fit_propagation",
     "cross_fitted_scores",
     "estimate_class_prior",
     "estimate_prior_by_propagation",
@@ -393,30 +395,42 @@ def propagation_applies(positive_count: int, positive_labels: torch.Tensor | Non
     return len(counts) > 0 and int(counts.min()) >= PROPAGATION_MIN_PER_CLASS
 
 
-def estimate_prior_by_propagation(score: Callable[[torch.Tensor], torch.Tensor], pool_size: int, positive_count: int,
-                                  copies: int = 0, *, folds: int = 5, bootstrap: int = 200, level: float = 0.9,
-                                  seed: int = 0, delta: float = 0.1, gamma: float = 0.01,
-                                  positive_labels: torch.Tensor | None = None,
-                                  progress: ProgressCallback = no_progress) -> PriorEstimate:
-    """The class prior by BBE on cross-fitted label-propagation scores.
+@dataclass(frozen=True)
+class HeldOutPositives:
+    """Cross-fitted label-propagation scores of the labeled positives (each scored by the
+    propagation seeded without its fold) and of the pool.
+
+    Attributes:
+        scores: (N_P,) float32, each positive's score in the run that held it out.
+        rank: (N_P,) int64, how many pool images scored strictly above it in that run: the
+            positive would be kept by a top-``K`` selection of that run iff ``rank < K``.
+        pool_scores: (N,) float32, the pool's scores averaged over the folds.
+        folds: the folds run.
+    """
+
+    scores: torch.Tensor
+    rank: torch.Tensor
+    pool_scores: torch.Tensor
+    folds: int
+
+
+def cross_fit_propagation(score: Callable[[torch.Tensor], torch.Tensor], pool_size: int, positive_count: int,
+                          copies: int = 0, *, folds: int = 5, seed: int = 0,
+                          positive_labels: torch.Tensor | None = None,
+                          progress: ProgressCallback = no_progress) -> HeldOutPositives:
+    """Hold out each fold of the labeled positives in turn and propagate from the others.
 
     The graph's nodes are the pool (``0..N-1``), the plain positives (``N..N+N_P-1``) and their
     augmented copies (copy-major after them). Fold ``k`` seeds the positives outside it (and their
-    copies) with label 1 and propagates (``score``); its held-out positives' scores and the pool's
-    (averaged over the folds) feed BBE (:func:`best_bin_estimate`), as the P-vs-U scores do in
-    :func:`estimate_class_prior`. The held-out positives are nodes of the same graph as the pool's
-    positives, scored the same way, which is what BBE needs; a P-vs-U classifier trained on 10
-    images per class ranks the pool's positives below its held-out ones, and over-estimates
-    low priors (docs/benchmarks.md, section "Pool grid (issue 15)").
+    copies) with label 1 and propagates (``score``); its held-out positives are unseeded nodes of
+    the same graph, scored like the pool's positives. What BBE (:func:`estimate_prior_by_propagation`)
+    and the selection's recall estimate (:mod:`pucli.pu.trust`) both read.
 
     Args:
         score: (V,) bool seeds -> (V,) float32 propagated scores, V = N + N_P * (1 + copies).
         pool_size, positive_count, copies: N, N_P and the augmented copies per positive.
-        folds, bootstrap, level, seed, delta, gamma: as in :func:`estimate_class_prior`.
-        positive_labels: (N_P,) int64 classes of the positives, to stratify the folds.
-
-    Returns:
-        A :class:`PriorEstimate` (``method`` names this estimator; ``initial`` equals the estimate).
+        folds: K, capped at N_P; seed: seeds the folds; positive_labels: (N_P,) int64 classes, to
+            stratify the folds.
 
     Raises:
         NoImagesError: fewer than 2 positives or fewer than ``2 * folds`` pool images.
@@ -432,6 +446,7 @@ def estimate_prior_by_propagation(score: Callable[[torch.Tensor], torch.Tensor],
     fold_p = _positive_folds(positive_count, folds, positive_labels, generator)
     nodes = pool_size + positive_count * (1 + copies)
     positive_scores = torch.empty(positive_count)
+    rank = torch.empty(positive_count, dtype=torch.long)
     unlabeled_scores = torch.zeros(pool_size, dtype=torch.float64)
     for k in range(folds):
         progress("prior", k, folds)
@@ -442,10 +457,53 @@ def estimate_prior_by_propagation(score: Callable[[torch.Tensor], torch.Tensor],
         scores = score(seeds)
         held = torch.nonzero(fold_p == k)[:, 0]
         positive_scores[held] = scores[pool_size + held]
-        unlabeled_scores += scores[:pool_size].double()
+        pool = scores[:pool_size].contiguous()
+        ascending = torch.sort(pool).values
+        rank[held] = pool_size - torch.searchsorted(ascending, positive_scores[held].contiguous(), right=True)
+        unlabeled_scores += pool.double()
     progress("prior", folds, folds)
-    unlabeled_scores = (unlabeled_scores / folds).float()
+    return HeldOutPositives(scores=positive_scores, rank=rank, pool_scores=(unlabeled_scores / folds).float(),
+                            folds=folds)
+
+
+def estimate_prior_by_propagation(score: Callable[[torch.Tensor], torch.Tensor] | None, pool_size: int,
+                                  positive_count: int, copies: int = 0, *, folds: int = 5, bootstrap: int = 200,
+                                  level: float = 0.9, seed: int = 0, delta: float = 0.1, gamma: float = 0.01,
+                                  positive_labels: torch.Tensor | None = None,
+                                  progress: ProgressCallback = no_progress,
+                                  held_out: HeldOutPositives | None = None) -> PriorEstimate:
+    """The class prior by BBE on cross-fitted label-propagation scores.
+
+    Fold ``k`` seeds the positives outside it and propagates (:func:`cross_fit_propagation`); its
+    held-out positives' scores and the pool's (averaged over the folds) feed BBE
+    (:func:`best_bin_estimate`), as the P-vs-U scores do in :func:`estimate_class_prior`. The
+    held-out positives are nodes of the same graph as the pool's positives, scored the same way,
+    which is what BBE needs; a P-vs-U classifier trained on 10 images per class ranks the pool's
+    positives below its held-out ones, and over-estimates low priors (docs/benchmarks.md, section
+    "Pool grid (issue 15)").
+
+    Args:
+        score: (V,) bool seeds -> (V,) float32 propagated scores, V = N + N_P * (1 + copies);
+            unused (may be None) when ``held_out`` is given.
+        pool_size, positive_count, copies: N, N_P and the augmented copies per positive.
+        folds, bootstrap, level, seed, delta, gamma: as in :func:`estimate_class_prior`.
+        positive_labels: (N_P,) int64 classes of the positives, to stratify the folds.
+        held_out: the cross-fit already run (:func:`cross_fit_propagation`), to reuse.
+
+    Returns:
+        A :class:`PriorEstimate` (``method`` names this estimator; ``initial`` equals the estimate).
+
+    Raises:
+        NoImagesError: fewer than 2 positives or fewer than ``2 * folds`` pool images.
+        UsageError: ``folds`` < 2, or neither ``score`` nor ``held_out``.
+    """
+    if held_out is None:
+        if score is None:
+            raise UsageError("estimate_prior_by_propagation needs score or held_out")
+        held_out = cross_fit_propagation(score, pool_size, positive_count, copies, folds=folds, seed=seed,
+                                         positive_labels=positive_labels, progress=progress)
+    positive_scores, unlabeled_scores = held_out.scores, held_out.pool_scores
     estimate, threshold, q_p, q_u = best_bin_estimate(positive_scores, unlabeled_scores, delta=delta, gamma=gamma)
     return _with_uncertainty(positive_scores, unlabeled_scores, estimate, threshold, q_p, q_u, bootstrap=bootstrap,
-                             level=level, seed=seed, delta=delta, gamma=gamma, folds=folds, initial=_clip(estimate),
-                             refined=0, method=PROPAGATION_METHOD)
+                             level=level, seed=seed, delta=delta, gamma=gamma, folds=held_out.folds,
+                             initial=_clip(estimate), refined=0, method=PROPAGATION_METHOD)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from pucli.pu.graph import PoolGraph, match_count, positive_walk, propagate
+from pucli.pu.graph import PoolGraph, Walk, match_count, positive_walk, propagate
 from pucli.pu.options import SelectorOptions
 from pucli.pu.prior import propagation_applies
 
@@ -35,15 +35,17 @@ def readable_labels(positive_labels: Sequence[int] | None, index: torch.Tensor |
 
 
 def rank_by_propagation(graph: PoolGraph, pool_descriptors: torch.Tensor, positive_descriptors: torch.Tensor,
-                         options: SelectorOptions) -> tuple[torch.Tensor, dict[str, Any]]:
+                         options: SelectorOptions, *, walk: Walk | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """The pool's scores by label propagation from the labeled positives (the default ranking).
 
     The positives (with their augmented copies) join the pool's cached k-NN graph
     (:func:`pucli.pu.graph.positive_walk`), carry label 1, and the label spreads over the
     symmetrised graph (:func:`pucli.pu.graph.propagate`); the pool's spread scores are shifted so
     that exactly ``round(class_prior * N)`` are above zero (PU-s1 keeps ``score > 0``; PU-s2 the
-    top ``budget`` of the same ranking). Returns (N,) float32 scores and the graph's metadata."""
-    walk = positive_walk(graph, pool_descriptors, positive_descriptors, seed=options.seed)
+    top ``budget`` of the same ranking). ``walk``: that joined graph, if already built. Returns (N,)
+    float32 scores and the graph's metadata."""
+    if walk is None:
+        walk = positive_walk(graph, pool_descriptors, positive_descriptors, seed=options.seed)
     pool_size = len(pool_descriptors)
     seeds = torch.zeros(pool_size + len(positive_descriptors))
     seeds[pool_size:] = 1.0

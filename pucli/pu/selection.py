@@ -90,8 +90,10 @@ from pucli.pu.descriptors import Descriptors, load_or_extract_descriptors, resol
 from pucli.pu.graph import PoolGraph, pool_graph, positive_walk, propagate, smooth_over_graph
 from pucli.pu.network import AttentionScoreHead, MultiScaleExtractor, PUSelectorNet
 from pucli.pu.options import Scales, SelectorOptions
-from pucli.pu.prior import Fit, PriorEstimate, estimate_class_prior, estimate_prior_by_propagation, propagation_applies
+from pucli.pu.prior import (Fit, HeldOutPositives, PriorEstimate, cross_fit_propagation, estimate_class_prior,
+                            estimate_prior_by_propagation, propagation_applies)
 from pucli.pu.ranking import rank_by_propagation, ranks_by_propagation, readable_labels
+from pucli.pu.trust import MIN_PLACEMENT, Recommendation, SelectionTrust, graph_agreement, recommend, selection_trust
 from pucli.pu.training import train_finetune, train_frozen, training_state_path
 
 __all__ = ["SelectionResult", "PriorResult", "run_selection", "estimate_prior", "estimate_prior_from_descriptors",
@@ -126,6 +128,10 @@ class SelectionResult:
         prior_estimate: the estimate, when the prior was estimated (``options.class_prior`` None).
         warnings: one-line warnings of a degenerate selection (:mod:`pucli.pu.degenerate`): none
             or nearly all of the pool kept, a count far from the prior, a collapsed training.
+        trust: the selection's estimated precision, recall and F1 from held-out labeled positives
+            (:mod:`pucli.pu.trust`); None with the nnPU ranking or without the graph.
+        recommendation: keep the selection, weight the pool by the scores, or take the whole pool
+            (:func:`pucli.pu.trust.recommend`).
     """
 
     paths: list[Path]
@@ -143,6 +149,8 @@ class SelectionResult:
     prior_estimate: PriorEstimate | None = None
     head_scores: torch.Tensor | None = None
     warnings: list[str] = field(default_factory=list)
+    trust: SelectionTrust | None = None
+    recommendation: Recommendation | None = None
 
     def __post_init__(self) -> None:
         if self.head_scores is None:
@@ -173,7 +181,8 @@ def _nnpu_fit(options: SelectorOptions) -> Callable[[float], Fit]:
 def estimate_prior_from_descriptors(descriptors: Descriptors, options: SelectorOptions, *,
                                     positive_labels: Sequence[int] | None = None,
                                     progress: ProgressCallback = no_progress,
-                                    graph: PoolGraph | None = None) -> PriorEstimate:
+                                    graph: PoolGraph | None = None,
+                                    held_out: HeldOutPositives | None = None) -> PriorEstimate:
     """The class prior of the pool, estimated from frozen descriptors (:mod:`pucli.pu.prior`).
 
     With the pool's k-NN ``graph`` and the ``propagation`` ranking (or ``auto`` with enough labeled
@@ -183,7 +192,8 @@ def estimate_prior_from_descriptors(descriptors: Descriptors, options: SelectorO
     scores, refined once with cross-fitted nnPU heads trained at that first estimate (Garg et al.
     2021's alternation of estimation and PU training). The augmented copies of the positives, if
     any, join the training folds (seeds) only. ``positive_labels`` (the class of each input
-    positive, in input order) stratify the folds.
+    positive, in input order) stratify the folds. ``held_out``: the propagation's cross-fit, already
+    run (:func:`held_out_positives`), to reuse.
 
     Raises:
         NoImagesError: fewer than 2 readable positives, or no unlabeled image.
@@ -194,16 +204,30 @@ def estimate_prior_from_descriptors(descriptors: Descriptors, options: SelectorO
     labels = None
     if positive_labels is not None:
         labels = torch.as_tensor(list(positive_labels), dtype=torch.long)[descriptors.positive_index]
-    if graph is not None and options.ranking != "nnpu" and propagation_applies(len(descriptors.positive), labels):
+    if held_out is None and graph is not None and options.ranking != "nnpu" \
+            and propagation_applies(len(descriptors.positive), labels):
         walk = positive_walk(graph, descriptors.unlabeled, descriptors.positive_set, seed=options.seed)
-        copies = len(descriptors.positive_augmented) // max(1, len(descriptors.positive))
-        return estimate_prior_by_propagation(
-            lambda seeds: propagate(seeds.float(), walk, alpha=options.graph_alpha, steps=options.graph_steps),
-            len(descriptors.unlabeled), len(descriptors.positive), copies, seed=options.seed, positive_labels=labels,
-            progress=progress)
+        held_out = held_out_positives(walk, len(descriptors.unlabeled), len(descriptors.positive),
+                                      len(descriptors.positive_set), options, labels, progress=progress)
+    if held_out is not None:
+        return estimate_prior_by_propagation(None, len(descriptors.unlabeled), len(descriptors.positive),
+                                             seed=options.seed, held_out=held_out)
     return estimate_class_prior(descriptors.positive, descriptors.unlabeled, seed=options.seed,
                                 refine_fit=_nnpu_fit(options), positive_augmented=augmented, positive_labels=labels,
                                 progress=progress)
+
+
+def held_out_positives(walk: Any, pool_size: int, positive_count: int, seed_count: int, options: SelectorOptions,
+                       positive_labels: torch.Tensor | None, *,
+                       progress: ProgressCallback = no_progress) -> HeldOutPositives:
+    """The propagation's cross-fit over the graph of pool and positives (``walk``:
+    :func:`pucli.pu.graph.positive_walk`, ``seed_count`` positive nodes: the plain positives, then
+    their augmented copies): what the prior estimate and the selection's trust read
+    (:func:`pucli.pu.prior.cross_fit_propagation`)."""
+    copies = seed_count // max(1, positive_count) - 1
+    return cross_fit_propagation(
+        lambda seeds: propagate(seeds.float(), walk, alpha=options.graph_alpha, steps=options.graph_steps),
+        pool_size, positive_count, copies, seed=options.seed, positive_labels=positive_labels, progress=progress)
 
 
 @dataclass
@@ -395,6 +419,7 @@ def run_selection(
         raise NoImagesError("no image of the unlabeled pool could be read; check --unlabeled")
     graph_metadata: dict[str, Any] = {"neighbors": 0}
     head_scores = scores = trained.scores
+    graph = walk = None
     if options.graph_neighbors > 0 and trained.pool_descriptors is not None and len(scores) > 1:
         with _timed(timings, "graph"):
             graph = trained.graph or pool_graph(trained.pool_descriptors, neighbors=options.graph_neighbors,
@@ -403,8 +428,9 @@ def run_selection(
             assert graph is not None
             if ranks_by_propagation(options, trained.positive_count, trained.positive_labels) \
                     and trained.positive_descriptors is not None and len(trained.positive_descriptors):
+                walk = positive_walk(graph, trained.pool_descriptors, trained.positive_descriptors, seed=options.seed)
                 scores, graph_metadata = rank_by_propagation(graph, trained.pool_descriptors,
-                                                              trained.positive_descriptors, options)
+                                                              trained.positive_descriptors, options, walk=walk)
             else:
                 scores, graph_metadata = smooth_over_graph(head_scores, graph, alpha=options.graph_alpha,
                                                            steps=options.graph_steps)
@@ -430,7 +456,34 @@ def run_selection(
 
     result.warnings = selection_warnings(counts["selected"], counts["unlabeled"], options.class_prior, trained.history,
                                          budget=options.budget)
+    with _timed(timings, "trust"):
+        result.trust = _trust(trained, options, walk, graph, selected, progress)
+    result.recommendation = recommend(result.trust)
+    if result.trust is not None and result.trust.placement < MIN_PLACEMENT:
+        result.warnings.append(
+            f"the labeled positives rank far above the pool's own task images (placement {result.trust.placement:.2f}, "
+            f"about 0.5 when they are alike): the pool may differ in capture (colour, size, compression); the "
+            f"estimated recall is optimistic{' and the estimated class prior likely too low' if trained.prior_estimate else ''}")
     return _share_selection(result, trained.index, unlabeled_paths)
+
+
+def _trust(trained: _Trained, options: SelectorOptions, walk: Any, graph: PoolGraph | None, selected: torch.Tensor,
+           progress: ProgressCallback) -> SelectionTrust | None:
+    """The selection's trust (:mod:`pucli.pu.trust`) when the pool was ranked by propagation,
+    reusing the prior estimate's cross-fit when there was one; None otherwise."""
+    if walk is None or trained.positive_descriptors is None or trained.pool_descriptors is None:
+        return None
+    held_out = trained.held_out
+    if held_out is None:
+        try:
+            held_out = held_out_positives(walk, len(trained.pool_descriptors), trained.positive_count,
+                                          len(trained.positive_descriptors), options, trained.positive_labels,
+                                          progress=progress)
+        except NoImagesError:  # too few positives or pool images to hold any out
+            return None
+    assert options.class_prior is not None and graph is not None
+    return selection_trust(held_out, int(selected.sum()), options.class_prior, prior_estimate=trained.prior_estimate,
+                           agreement=graph_agreement(graph.neighbors, selected))
 
 
 @dataclass
@@ -473,6 +526,7 @@ class _Trained:
     augmented_count: int = 0
     positive_descriptors: torch.Tensor | None = None
     positive_labels: torch.Tensor | None = None
+    held_out: HeldOutPositives | None = None
 
 
 def _train_finetuned(run: _Run, options: SelectorOptions) -> _Trained:
@@ -543,11 +597,17 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
         return None
     extractor.cpu()
     _check_readable(descriptors, run)
-    prior_estimate = None
+    prior_estimate = held_out = None
+    labels = readable_labels(run.positive_labels, descriptors.positive_index)
     if options.class_prior is None:
         with _timed(run.timings, "prior"):
+            if graph is not None and options.ranking != "nnpu" and propagation_applies(len(descriptors.positive), labels):
+                # The same cross-fit serves the prior estimate and, later, the selection's trust.
+                walk = positive_walk(graph, descriptors.unlabeled, descriptors.positive_set, seed=options.seed)
+                held_out = held_out_positives(walk, len(descriptors.unlabeled), len(descriptors.positive),
+                                              len(descriptors.positive_set), options, labels, progress=run.progress)
             prior_estimate = estimate_prior_from_descriptors(descriptors, options, positive_labels=run.positive_labels,
-                                                             progress=run.progress, graph=graph)
+                                                             progress=run.progress, graph=graph, held_out=held_out)
         options = dataclasses.replace(options, class_prior=prior_estimate.class_prior)
     state_path = training_state_path(descriptors.cache_path, options) if descriptors.cache_path else None
     if state_path is not None and not resume:
@@ -568,7 +628,7 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
                     prior_estimate=prior_estimate, graph=graph, cache_path=descriptors.cache_path,
                     from_cache=descriptors.from_cache, augmentation=augmentation,
                     augmented_count=len(descriptors.positive_augmented), positive_descriptors=descriptors.positive_set,
-                    positive_labels=readable_labels(run.positive_labels, descriptors.positive_index))
+                    positive_labels=labels, held_out=held_out)
 
 
 def _check_readable(descriptors: Descriptors, run: _Run) -> None:

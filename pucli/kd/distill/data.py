@@ -65,7 +65,10 @@ def sampling_weights(expanded: ExpandedSet) -> Tensor:
     average of ``F`` values, shifted so that ``s > 0`` keeps the same images count as ``F(x) > 0``),
     and 1 for the labeled positives, whose class is known. For an expanded set holding a whole
     pool (issue 5: PU scores as sampling weights instead of a hard PU-s1 cut), items the selector
-    rejects are still drawn, rarely.
+    rejects are still drawn, rarely. With the propagation ranking (``pucli select``'s default with
+    at least 5 labeled positives per class) the scores are label-propagation values of magnitude
+    0.01-0.1, so ``sigmoid(s)`` stays within about 0.49-0.53 and the draw is close to uniform
+    (docs/benchmarks.md, "Select, weight or take the pool").
 
     Raises:
         DataError: an unlabeled item has no score (the message names its manifest row).
