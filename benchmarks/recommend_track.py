@@ -204,7 +204,10 @@ def report(args: argparse.Namespace) -> None:
         record = json.loads(done.read_text())
         trust = record["selection"].get("trust")
         fields = SelectionTrust.__dataclass_fields__
-        rule = recommend(SelectionTrust(**{k: v for k, v in trust.items() if k in fields}) if trust else None)
+        cell = pg.Cell.parse(record["spec"])
+        _, labels = pg.positives_of(cell, Path(args.root))
+        rule = recommend(SelectionTrust(**{k: v for k, v in trust.items() if k in fields}) if trust else None,
+                         task_classes=len(set(labels)), teacher_classes=10)  # every teacher here has 10 classes
         record["selection"]["recommendation"] = rule.as_dict()
         records.append(_judge(record, args.tolerance))
     for study in args.study:
@@ -252,7 +255,8 @@ def _study_records(path: Path, tolerance: float) -> list[dict[str, Any]]:
             continue
         report = Path(selection.get("report") or "")
         trust = json.loads(report.read_text())["results"].get("trust") if report.is_file() else None
-        rule = recommend(SelectionTrust(**{k: v for k, v in trust.items() if k in fields}) if trust else None)
+        rule = recommend(SelectionTrust(**{k: v for k, v in trust.items() if k in fields}) if trust else None,
+                         task_classes=10, teacher_classes=10)  # webcrawl-pu: L^t covers the 10 digits
         name = f"{study.get('scenario', path.stem)} prior {study['class_prior']:g}, n_l {n_l}, seed {seed}"
         record = {"cell": name, "spec": str(path), "students": students,
                   "selection": {**selection["pu_s1"], "trust": trust, "recommendation": rule.as_dict()}}

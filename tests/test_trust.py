@@ -109,6 +109,11 @@ def test_recommendation_rule_branch_by_branch() -> None:
     assert recommend(_trust(kept=MIN_SELECTED - 1)).action == "pool"
     shifted = recommend(_trust(placement=MIN_PLACEMENT - 0.01))
     assert shifted.action == "pool" and "capture" in shifted.reason
+    # A task of some of the teacher's classes: keep even a small, imperfect selection.
+    partial = recommend(_trust(kept=400, f1_low=0.8), task_classes=5, teacher_classes=10)
+    assert partial.action == "select" and "5 of the teacher's 10" in partial.reason
+    assert recommend(_trust(kept=400), task_classes=10, teacher_classes=10).action == "pool"
+    assert recommend(_trust(kept=400, placement=0.1), task_classes=5, teacher_classes=10).action == "pool"
     # A pool the step budget cannot sweep: weight it by the scores instead of taking it whole.
     assert recommend(_trust(kept=10), pool_covered=False).action == "weight"
     assert recommend(None, pool_covered=False).as_dict()["summary"] == "weight the whole pool by the scores"

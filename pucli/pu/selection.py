@@ -458,7 +458,9 @@ def run_selection(
                                          budget=options.budget)
     with _timed(timings, "trust"):
         result.trust = _trust(trained, options, walk, graph, selected, progress)
-    result.recommendation = recommend(result.trust)
+    labels = trained.positive_labels
+    result.recommendation = recommend(result.trust, teacher_classes=teacher.config.num_classes,
+                                      task_classes=len(torch.unique(labels)) if labels is not None and len(labels) else None)
     if result.trust is not None and result.trust.placement < MIN_PLACEMENT:
         result.warnings.append(
             f"the labeled positives rank far above the pool's own task images (placement {result.trust.placement:.2f}, "
