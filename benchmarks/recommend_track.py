@@ -41,10 +41,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pool_grid as pg  # noqa: E402
-from _common import load_average, prf, write_json_atomic  # noqa: E402
+import pool_grid as pg
+from _common import load_average, prf, write_json_atomic
 
-from pucli.paths import cache_dir  # noqa: E402
+from pucli.paths import cache_dir
 
 STUDENT = "lenet5_half"
 STEPS, BATCH = 4_680, 128
@@ -215,8 +215,9 @@ def report(args: argparse.Namespace) -> None:
     hits = sum(r["hit"] for r in records)
     write_json_atomic(RESULTS, {"tolerance_points": args.tolerance, "cells": records, "hits": hits,
                                 "total": len(records)})
-    lines = ["| cell | selection F1 (P / R) | estimated F1 (interval) | placement | select | weight | pool | "
-             "recommended | best | regret (points) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    header = ("| cell | selection F1 (P / R) | estimated F1 (interval) | placement | select | weight | pool | "
+              "recommended | best | regret (points) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         s, t = r["selection"], r["selection"].get("trust")
         estimate = f"{t['f1']:.3f} ({t['f1_low']:.3f}-{t['f1_high']:.3f})" if t else "none"

@@ -90,11 +90,18 @@ from pucli.pu.descriptors import Descriptors, load_or_extract_descriptors, resol
 from pucli.pu.graph import PoolGraph, pool_graph, positive_walk, propagate, smooth_over_graph
 from pucli.pu.network import AttentionScoreHead, MultiScaleExtractor, PUSelectorNet
 from pucli.pu.options import Scales, SelectorOptions
-from pucli.pu.prior import (Fit, HeldOutPositives, PriorEstimate, cross_fit_propagation, estimate_class_prior,
-                            estimate_prior_by_propagation, propagation_applies)
+from pucli.pu.prior import (
+    Fit,
+    HeldOutPositives,
+    PriorEstimate,
+    cross_fit_propagation,
+    estimate_class_prior,
+    estimate_prior_by_propagation,
+    propagation_applies,
+)
 from pucli.pu.ranking import rank_by_propagation, ranks_by_propagation, readable_labels
-from pucli.pu.trust import MIN_PLACEMENT, Recommendation, SelectionTrust, graph_agreement, recommend, selection_trust
 from pucli.pu.training import train_finetune, train_frozen, training_state_path
+from pucli.pu.trust import MIN_PLACEMENT, Recommendation, SelectionTrust, graph_agreement, recommend, selection_trust
 
 __all__ = ["SelectionResult", "PriorResult", "run_selection", "estimate_prior", "estimate_prior_from_descriptors",
            "score_images", "select_indices", "save_selector", "write_selection", "SELECTOR_FORMAT_VERSION"]
