@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import gzip
+import hashlib
+import struct
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,22 @@ def write_png(path: Path, *, size: tuple[int, int] = (28, 28), mode: str = "L", 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels, mode=mode).save(path)
     return path
+
+
+def write_idx_data(root: Path, files: Iterable[tuple[str, str, int]], *, seed: int = 0) -> Path:
+    """A tiny stand-in for ``../shared/data``: for each (images, labels, count) relative path pair,
+    gzip IDX files of ``count`` random 28 x 28 uint8 images and labels 0-9, plus ``SHA256SUMS``."""
+    rng = np.random.default_rng(seed)
+    sums = []
+    for images_rel, labels_rel, count in files:
+        for rel, array in ((images_rel, rng.integers(0, 256, (count, 28, 28))), (labels_rel, rng.integers(0, 10, count))):
+            magic = 0x803 if array.ndim == 3 else 0x801
+            header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0))
+            sums.append(f"{hashlib.sha256((root / rel).read_bytes()).hexdigest()}  {rel}")
+    (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return root
 
 
 @pytest.fixture

@@ -3,10 +3,7 @@ worker counts; the planned prior and ground truth; photo-sized JPEG members pucl
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
-import struct
 import sys
 from pathlib import Path
 
@@ -17,6 +14,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import scale_pools
+from conftest import write_idx_data
 
 from pucli.data.decode import decode_image_file
 from pucli.data.shards import split_member
@@ -26,27 +24,11 @@ from pucli.errors import UsageError
 COUNTS = {("mnist", "train"): 40, ("fashion", "train"): 12, ("fashion", "t10k"): 5, ("kmnist", "test"): 3}
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    magic = 0x803 if array.ndim == 3 else 0x801
-    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0))
-
-
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     """A shared-data folder with tiny IDX files of the four splits and their SHA256SUMS."""
-    root = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    sums = []
-    for key, (images_rel, labels_rel) in scale_pools.IDX_FILES.items():
-        count = COUNTS[key]
-        _write_idx(root / images_rel, rng.integers(0, 256, (count, 28, 28)))
-        _write_idx(root / labels_rel, rng.integers(0, 10, count))
-        for rel in (images_rel, labels_rel):
-            sums.append(f"{hashlib.sha256((root / rel).read_bytes()).hexdigest()}  {rel}")
-    (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
-    return root
+    return write_idx_data(tmp_path / "data",
+                          ((images, labels, COUNTS[key]) for key, (images, labels) in scale_pools.IDX_FILES.items()))
 
 
 def _affine(data_dir: Path, n: int = 30, shard_size: int = 8) -> scale_pools.AffinePool:

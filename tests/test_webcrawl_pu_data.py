@@ -4,11 +4,8 @@ harness reads, nesting across priors, and the manifest-last rerun rule."""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import os
-import struct
 import sys
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import webcrawl_pu_data as wc
+from conftest import write_idx_data
 
 from pucli.errors import UsageError
 
@@ -27,26 +25,9 @@ SIZES = {"mnist-train": 40, "fashion-train": 12, "fashion-t10k": 5, "kmnist-test
 POSITIVE_RANGE = (20, 40)
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    magic = 0x803 if array.ndim == 3 else 0x801
-    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0))
-
-
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    lines = []
-    for name, (images_rel, labels_rel) in wc.INPUTS.items():
-        n = SIZES[name]
-        _write_idx(root / images_rel, rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(root / labels_rel, rng.integers(0, 10, n))
-        for rel in (images_rel, labels_rel):
-            lines.append(f"{hashlib.sha256((root / rel).read_bytes()).hexdigest()}  {rel}")
-    (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
-    return root
+    return write_idx_data(tmp_path / "data", ((images, labels, SIZES[name]) for name, (images, labels) in wc.INPUTS.items()))
 
 
 @pytest.fixture

@@ -68,8 +68,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,18 +86,17 @@ from pucli.errors import DataError, NoImagesError, UsageError
 from pucli.paths import replace_atomically
 from pucli.progress import ProgressCallback, no_progress
 from pucli.pu.descriptors import Descriptors, load_or_extract_descriptors, resolve_positive_augmentation
-from pucli.pu.graph import PoolGraph, pool_graph, positive_walk, propagate, smooth_over_graph
+from pucli.pu.graph import PoolGraph, pool_graph, positive_walk, smooth_over_graph
 from pucli.pu.network import AttentionScoreHead, MultiScaleExtractor, PUSelectorNet
-from pucli.pu.options import Scales, SelectorOptions
-from pucli.pu.prior import (
-    Fit,
-    HeldOutPositives,
-    PriorEstimate,
-    cross_fit_propagation,
-    estimate_class_prior,
-    estimate_prior_by_propagation,
-    propagation_applies,
+from pucli.pu.options import SelectorOptions
+from pucli.pu.pool_prior import (
+    PriorResult,
+    estimate_prior,
+    estimate_prior_from_descriptors,
+    held_out_positives,
+    timed,
 )
+from pucli.pu.prior import HeldOutPositives, PriorEstimate, propagation_applies
 from pucli.pu.ranking import rank_by_propagation, ranks_by_propagation, readable_labels
 from pucli.pu.training import train_finetune, train_frozen, training_state_path
 from pucli.pu.trust import MIN_PLACEMENT, Recommendation, SelectionTrust, graph_agreement, recommend, selection_trust
@@ -164,145 +162,6 @@ class SelectionResult:
             self.head_scores = self.scores
 
 
-#: Epochs of each cross-fitted nnPU head in the prior's refinement pass (single heads, no ensemble).
-PRIOR_REFINE_EPOCHS = 10
-
-
-def _nnpu_fit(options: SelectorOptions) -> Callable[[float], Fit]:
-    """The refinement scorer of the prior estimate: one nnPU head with the selector's default
-    settings, trained with the current estimate as its class prior."""
-
-    def with_prior(class_prior: float) -> Fit:
-        def fit(positive: torch.Tensor, unlabeled: torch.Tensor, seed: int) -> nn.Module:
-            # The selector's defaults, not the run's training options, so `pucli prior` and
-            # `pucli select --prior auto` give the same estimate whatever else select is told.
-            member_options = SelectorOptions(class_prior=class_prior, ensemble=1, epochs=PRIOR_REFINE_EPOCHS,
-                                             scales=options.scales, seed=seed)
-            return train_frozen(positive, unlabeled, member_options)[0]
-
-        return fit
-
-    return with_prior
-
-
-def estimate_prior_from_descriptors(descriptors: Descriptors, options: SelectorOptions, *,
-                                    positive_labels: Sequence[int] | None = None,
-                                    progress: ProgressCallback = no_progress,
-                                    graph: PoolGraph | None = None,
-                                    held_out: HeldOutPositives | None = None) -> PriorEstimate:
-    """The class prior of the pool, estimated from frozen descriptors (:mod:`pucli.pu.prior`).
-
-    With the pool's k-NN ``graph`` and the ``propagation`` ranking (or ``auto`` with enough labeled
-    positives, :func:`pucli.pu.prior.propagation_applies`: 5 per class): best-bin estimation on cross-fitted
-    label-propagation scores (:func:`pucli.pu.prior.estimate_prior_by_propagation`), the scores
-    the default ranking selects by. Otherwise best-bin estimation on cross-fitted P-vs-U logistic
-    scores, refined once with cross-fitted nnPU heads trained at that first estimate (Garg et al.
-    2021's alternation of estimation and PU training). The augmented copies of the positives, if
-    any, join the training folds (seeds) only. ``positive_labels`` (the class of each input
-    positive, in input order) stratify the folds. ``held_out``: the propagation's cross-fit, already
-    run (:func:`held_out_positives`), to reuse.
-
-    Raises:
-        NoImagesError: fewer than 2 readable positives, or no unlabeled image.
-    """
-    augmented = None
-    if len(descriptors.positive_augmented):
-        augmented = descriptors.positive_augmented.view(-1, len(descriptors.positive), descriptors.positive.shape[1])
-    labels = None
-    if positive_labels is not None:
-        labels = torch.as_tensor(list(positive_labels), dtype=torch.long)[descriptors.positive_index]
-    if held_out is None and graph is not None and options.ranking != "nnpu" \
-            and propagation_applies(len(descriptors.positive), labels):
-        walk = positive_walk(graph, descriptors.unlabeled, descriptors.positive_set, seed=options.seed)
-        held_out = held_out_positives(walk, len(descriptors.unlabeled), len(descriptors.positive),
-                                      len(descriptors.positive_set), options, labels, progress=progress)
-    if held_out is not None:
-        return estimate_prior_by_propagation(None, len(descriptors.unlabeled), len(descriptors.positive),
-                                             seed=options.seed, held_out=held_out)
-    return estimate_class_prior(descriptors.positive, descriptors.unlabeled, seed=options.seed,
-                                refine_fit=_nnpu_fit(options), positive_augmented=augmented, positive_labels=labels,
-                                progress=progress)
-
-
-def held_out_positives(walk: Any, pool_size: int, positive_count: int, seed_count: int, options: SelectorOptions,
-                       positive_labels: torch.Tensor | None, *,
-                       progress: ProgressCallback = no_progress) -> HeldOutPositives:
-    """The propagation's cross-fit over the graph of pool and positives (``walk``:
-    :func:`pucli.pu.graph.positive_walk`, ``seed_count`` positive nodes: the plain positives, then
-    their augmented copies): what the prior estimate and the selection's trust read
-    (:func:`pucli.pu.prior.cross_fit_propagation`)."""
-    copies = seed_count // max(1, positive_count) - 1
-    return cross_fit_propagation(
-        lambda seeds: propagate(seeds.float(), walk, alpha=options.graph_alpha, steps=options.graph_steps),
-        pool_size, positive_count, copies, seed=options.seed, positive_labels=positive_labels, progress=progress)
-
-
-@dataclass
-class PriorResult:
-    """What :func:`estimate_prior` produced: the estimate, the unreadable files left out, seconds
-    per stage (``extract``, ``graph``, ``prior``) and the descriptor cache used."""
-
-    estimate: PriorEstimate
-    skipped: list[SkippedFile]
-    timings: dict[str, float]
-    cache_path: Path | None
-
-
-def estimate_prior(
-    teacher: LoadedModel,
-    positive_paths: Sequence[Path],
-    unlabeled_paths: Sequence[Path],
-    *,
-    seed: int = 0,
-    scales: Scales = Scales(),
-    augment_positives: int | None = None,
-    device: torch.device | None = None,
-    batch_size: int = 256,
-    workers: int = 0,
-    use_cache: bool = True,
-    positive_labels: Sequence[int] | None = None,
-    progress: ProgressCallback = no_progress,
-) -> PriorResult:
-    """Estimate the class prior of ``unlabeled_paths`` (what ``pucli prior`` runs).
-
-    Extracts (or loads from the cache shared with ``pucli select``) the frozen descriptors and
-    the pool's k-NN graph (cached too), then :func:`estimate_prior_from_descriptors` with the
-    selector's default options.
-    ``positive_labels`` (class of each positive) stratify the cross-fitting folds.
-
-    Raises:
-        NoImagesError: fewer than 2 readable positives, or no readable unlabeled image.
-    """
-    device = device or torch.device("cpu")
-    options = SelectorOptions(class_prior=None, augment_positives=augment_positives, scales=scales, seed=seed,
-                              batch_size=batch_size)
-    timings: dict[str, float] = {}
-    extractor = MultiScaleExtractor(teacher.model, scales).to(device)
-    augmentation = resolve_positive_augmentation(teacher.config, augment_positives, len(positive_paths), seed)
-    with _timed(timings, "extract"):
-        descriptors = load_or_extract_descriptors(
-            teacher, extractor, list(positive_paths), list(unlabeled_paths), Preprocess(teacher.config),
-            scales=scales, device=device, batch_size=batch_size, workers=workers, use_cache=use_cache,
-            augmentation=augmentation, progress=progress,
-            # Reuse, never discard, the saved parts of an interrupted select on the same inputs:
-            # they are the same bits this call would extract.
-            resume=use_cache,
-        )
-    extractor.cpu()
-    if descriptors is None:
-        raise UsageError("pucli prior runs in one process: launch it without torchrun")
-    graph = None
-    if len(descriptors.unlabeled) > 1:
-        # The same cached graph `pucli select` builds, so both give the same estimate.
-        with _timed(timings, "graph"):
-            graph = pool_graph(descriptors.unlabeled, neighbors=options.graph_neighbors, seed=seed, device=device,
-                               use_cache=use_cache, exact_max=options.graph_exact_max, progress=progress)
-    with _timed(timings, "prior"):
-        estimate = estimate_prior_from_descriptors(descriptors, options, positive_labels=positive_labels,
-                                                   progress=progress, graph=graph)
-    return PriorResult(estimate, descriptors.skipped, timings, descriptors.cache_path)
-
-
 @torch.inference_mode()
 def score_images(
     net: PUSelectorNet,
@@ -365,15 +224,6 @@ def select_indices(scores: torch.Tensor, budget: int | None = None) -> torch.Ten
     return keep
 
 
-@contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
-
 def run_selection(
     teacher: LoadedModel,
     positive_paths: Sequence[Path],
@@ -428,7 +278,7 @@ def run_selection(
     head_scores = scores = trained.scores
     graph = walk = None
     if options.graph_neighbors > 0 and trained.pool_descriptors is not None and len(scores) > 1:
-        with _timed(timings, "graph"):
+        with timed(timings, "graph"):
             graph = trained.graph or pool_graph(trained.pool_descriptors, neighbors=options.graph_neighbors,
                                                 seed=options.seed, device=device, use_cache=use_cache,
                                                 exact_max=options.graph_exact_max, progress=progress)
@@ -463,7 +313,7 @@ def run_selection(
 
     result.warnings = selection_warnings(counts["selected"], counts["unlabeled"], options.class_prior, trained.history,
                                          budget=options.budget)
-    with _timed(timings, "trust"):
+    with timed(timings, "trust"):
         result.trust = _trust(trained, options, walk, graph, selected, progress)
     labels = trained.positive_labels
     result.recommendation = recommend(result.trust, teacher_classes=teacher.config.num_classes,
@@ -557,11 +407,11 @@ def _train_finetuned(run: _Run, options: SelectorOptions) -> _Trained:
     net = PUSelectorNet(extractor, AttentionScoreHead(extractor.channels, reduction=options.reduction,
                                                       attention=options.attention)).to(run.device)
     skipped: list[SkippedFile] = []
-    with _timed(run.timings, "train"):
+    with timed(run.timings, "train"):
         history = train_finetune(net, run.positive_paths, run.unlabeled_paths, run.preprocess, options,
                                  device=run.device, workers=run.workers, skipped=skipped, progress=run.progress)
     streamed: list[torch.Tensor] | None = [] if options.graph_neighbors > 0 else None
-    with _timed(run.timings, "score"):
+    with timed(run.timings, "score"):
         index, scores = score_images(net, run.unlabeled_paths, run.preprocess, device=run.device,
                                      batch_size=options.batch_size, workers=run.workers, progress=run.progress,
                                      descriptors=streamed)
@@ -587,7 +437,7 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
     extractor = MultiScaleExtractor(run.teacher.model, options.scales).to(run.device)
     augmentation = resolve_positive_augmentation(run.teacher.config, options.augment_positives,
                                                  len(run.positive_paths), options.seed)
-    with _timed(run.timings, "extract"):
+    with timed(run.timings, "extract"):
         descriptors = load_or_extract_descriptors(
             run.teacher, extractor, run.positive_paths, run.unlabeled_paths, run.preprocess, scales=options.scales,
             device=run.device, batch_size=options.batch_size, workers=run.workers, use_cache=run.use_cache,
@@ -598,7 +448,7 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
     if options.graph_neighbors > 0 and (distributed.is_distributed() or estimate_on_graph):
         # The graph needs only the descriptors: every rank searches its share of it now, before
         # rank 0 estimates the prior on it and trains the head alone.
-        with _timed(run.timings, "graph"):
+        with timed(run.timings, "graph"):
             graph = pool_graph(descriptors.unlabeled if descriptors is not None else None,
                                neighbors=options.graph_neighbors, seed=options.seed, device=run.device,
                                use_cache=run.use_cache, exact_max=options.graph_exact_max, progress=run.progress)
@@ -609,7 +459,7 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
     prior_estimate = held_out = None
     labels = readable_labels(run.positive_labels, descriptors.positive_index)
     if options.class_prior is None:
-        with _timed(run.timings, "prior"):
+        with timed(run.timings, "prior"):
             if graph is not None and options.ranking != "nnpu" and propagation_applies(len(descriptors.positive), labels):
                 # The same cross-fit serves the prior estimate and, later, the selection's trust.
                 walk = positive_walk(graph, descriptors.unlabeled, descriptors.positive_set, seed=options.seed)
@@ -621,10 +471,10 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
     state_path = training_state_path(descriptors.cache_path, options) if descriptors.cache_path else None
     if state_path is not None and not resume:
         state_path.unlink(missing_ok=True)
-    with _timed(run.timings, "train"):
+    with timed(run.timings, "train"):
         head, history = train_frozen(descriptors.positive_set, descriptors.unlabeled, options, progress=run.progress,
                                      state_path=state_path)
-    with _timed(run.timings, "score"):
+    with timed(run.timings, "score"):
         # The descriptors were computed with the evaluation transform, so the head on them is
         # exactly the streamed score of each image; no second pass over the pool is needed.
         with torch.inference_mode():
