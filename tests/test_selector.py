@@ -204,20 +204,66 @@ def scenario(tiny_teacher: Path, make_class_folder: Callable[..., Path], make_po
     }
 
 
-def _cache_files() -> list[Path]:
+def _cache_files(kind: str = "*") -> list[Path]:
     from pucli.paths import cache_dir
 
-    return sorted((cache_dir() / "descriptors").glob("*.safetensors"))
+    return sorted((cache_dir() / "descriptors").glob(f"{kind}-*.safetensors"))
 
 
 def test_descriptor_cache_is_written_once_then_hit(scenario: dict) -> None:
     options = SelectorOptions(class_prior=0.3, epochs=2, batch_size=8, ensemble=1)
     first = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"], options)
-    assert not first.from_cache and first.cache_path is not None and _cache_files() == [first.cache_path]
+    assert not first.from_cache and first.cache_path is not None and _cache_files("pool") == [first.cache_path]
+    assert len(_cache_files("positive")) == 1
     second = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"], options)
     assert second.from_cache and second.cache_path == first.cache_path
     assert torch.equal(first.scores, second.scores)
     assert first.counts == {"positive": 6, "unlabeled": 24, "selected": first.counts["selected"], "skipped": 0}
+
+
+def test_another_labeled_subset_reuses_the_pools_descriptors(scenario: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool's entry does not depend on the positives: a second subset extracts only itself."""
+    from pucli.pu import descriptors as module
+
+    options = SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=1)
+    teacher, positive, pool = scenario["teacher"], scenario["positive"], scenario["pool"]
+    first = run_selection(teacher, positive, pool, options)
+    extracted: list[int] = []
+    real = module.extract_descriptors
+
+    def counting(extractor, paths, *args, **kwargs):
+        extracted.append(len(paths))
+        return real(extractor, paths, *args, **kwargs)
+
+    monkeypatch.setattr(module, "extract_descriptors", counting)
+    second = run_selection(teacher, positive[:4], pool, options)
+    assert extracted == [4]  # the four positives; the 24 pool images came from the cache
+    assert second.from_cache and second.cache_path == first.cache_path
+    assert len(_cache_files("pool")) == 1 and len(_cache_files("positive")) == 2
+    # The same bits as extracting the pool afresh.
+    fresh = run_selection(teacher, positive[:4], pool, options, use_cache=False)
+    assert torch.equal(second.head_scores, fresh.head_scores)
+
+
+def test_file_identities_stat_each_shard_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pucli.pu import descriptors as module
+
+    shard = tmp_path / "pool-000.tar"
+    shard.write_bytes(b"x" * 10)
+    loose = tmp_path / "a.png"
+    loose.write_bytes(b"y" * 3)
+    members = [Path(f"{shard}#m{i}.png") for i in range(5)]
+    calls: list[str] = []
+    real_stat = os.stat
+    monkeypatch.setattr(module.os, "stat", lambda path: calls.append(str(path)) or real_stat(path))
+    digest = module._file_identities([*members, loose])
+    assert calls == [str(shard), str(loose)]
+    import hashlib
+
+    mtime, loose_mtime = real_stat(shard).st_mtime_ns, real_stat(loose).st_mtime_ns
+    expected = hashlib.sha256("".join([*(f"{m}\0{10}\0{mtime}\n" for m in members),
+                                       f"{loose}\0{3}\0{loose_mtime}\n"]).encode()).hexdigest()
+    assert digest == expected
 
 
 def test_cache_key_changes_with_weights_files_preprocessing_and_scales(scenario: dict, tmp_path: Path) -> None:
@@ -416,7 +462,8 @@ def test_augmented_positives_are_trained_on_and_cached(scenario: dict) -> None:
     assert second.from_cache and torch.equal(first.scores, second.scores)
     off = run_selection(scenario["teacher"], scenario["positive"], scenario["pool"],
                         SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=1, augment_positives=0))
-    assert off.metadata["positive_augmented"] == 0 and off.cache_path != first.cache_path
+    assert off.metadata["positive_augmented"] == 0 and off.cache_path == first.cache_path  # the same pool entry
+    assert len(_cache_files("positive")) == 2
 
 
 def test_head_without_attention_scores_the_plain_standardised_concatenation() -> None:
@@ -484,9 +531,9 @@ def test_graph_cache_misses_when_the_pool_changes_and_resume_state_ignores_graph
     assert len(_graph_files()) == 2
     other_graph = SelectorOptions(class_prior=0.3, epochs=1, batch_size=8, ensemble=1, graph_neighbors=7,
                                   graph_alpha=0.5, graph_steps=9)
-    assert training_state_path(Path("d.safetensors"), options) == training_state_path(Path("d.safetensors"), other_graph)
-    assert training_state_path(Path("d.safetensors"), options) != training_state_path(
-        Path("d.safetensors"), SelectorOptions(class_prior=0.3, epochs=2, batch_size=8, ensemble=1))
+    assert training_state_path("d", options) == training_state_path("d", other_graph)
+    assert training_state_path("d", options) != training_state_path(
+        "d", SelectorOptions(class_prior=0.3, epochs=2, batch_size=8, ensemble=1))
 
 
 def test_graph_smoothing_runs_after_fine_tuning(scenario: dict) -> None:
@@ -511,3 +558,46 @@ def test_graph_options_are_validated() -> None:
         SelectorOptions(class_prior=0.3, graph_alpha=1.1)
     with pytest.raises(UsageError, match=r"^graph_alpha 1.0: must be in \[0, 1\)"):
         SelectorOptions(class_prior=0.3, graph_alpha=1.0)
+
+
+def test_a_pool_above_epoch_pool_max_trains_on_a_fresh_sample_each_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps per epoch stop growing at epoch_pool_max; each epoch draws its own seeded sample;
+    a pool at or below the cap trains exactly as without it."""
+    from pucli.pu import training
+
+    generator = torch.Generator().manual_seed(0)
+    positive = torch.randn(6, 8, generator=generator) + 2.0
+    pool = torch.randn(100, 8, generator=generator)
+    capped = SelectorOptions(class_prior=0.3, epochs=3, train_batch_size=16, ensemble=1, epoch_pool_max=40)
+    assert training.steps_per_training_epoch(100, capped) == 3  # ceil(40 / 16), not ceil(100 / 16) = 7
+    assert training.steps_per_training_epoch(30, capped) == 2  # below the cap: the whole pool
+    uncapped = dataclasses.replace(capped, epoch_pool_max=None)
+    assert training.steps_per_training_epoch(100, uncapped) == 7
+
+    seen: list[int] = []
+    real_risk = training._risk
+
+    def counting(scores_p, scores_u, options):
+        seen.append(len(scores_u))
+        return real_risk(scores_p, scores_u, options)
+
+    monkeypatch.setattr(training, "_risk", counting)
+    head, history = train_frozen(positive, pool, capped)
+    assert seen == [16, 16, 8] * 3 and len(history) == 3  # 40 pool rows an epoch, in batches of 16
+    again, _ = train_frozen(positive, pool, capped)
+    assert torch.equal(head(pool), again(pool))  # seeded: the same samples, the same head
+    # At or below the cap the run is the uncapped one, bit for bit.
+    small = pool[:40]
+    at_cap, _ = train_frozen(positive, small, capped)
+    without, _ = train_frozen(positive, small, uncapped)
+    assert torch.equal(at_cap(small), without(small))
+    # Above it the epochs differ from the uncapped training (they see other rows).
+    full, _ = train_frozen(positive, pool, uncapped)
+    assert not torch.equal(head(pool), full(pool))
+
+
+def test_epoch_pool_max_must_be_positive() -> None:
+    from pucli.errors import OptionError
+
+    with pytest.raises(OptionError, match="epoch_pool_max"):
+        SelectorOptions(class_prior=0.3, epoch_pool_max=0)

@@ -153,3 +153,77 @@ def test_pack_refuses_to_replace_existing_shards_without_force(make_pool: Callab
     assert (tmp_path / "pool-000000.tar").read_bytes() == before
     forced = CliRunner().invoke(app, ["shards", "pack", str(folder), "--out", out, "--quiet", "--force"])
     assert forced.exit_code == 0, forced.output
+
+
+def _tar(path: Path, members: list[tuple[str, bytes | None, bytes]], fmt: int) -> Path:
+    """A tar at ``path`` with ``(name, data or None for a directory, type)`` members in format ``fmt``."""
+    with tarfile.open(path, "w", format=fmt) as archive:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_700_000_000
+            info.type = kind
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "a.png"
+            if data is not None and kind == tarfile.REGTYPE:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+            else:
+                archive.addfile(info)
+    return path
+
+
+_PLAIN = [("a.png", b"\x89PNG" + b"x" * 700, tarfile.REGTYPE), ("dir", None, tarfile.DIRTYPE),
+          ("dir/b.jpg", b"y" * 512, tarfile.REGTYPE), ("link.png", None, tarfile.SYMTYPE),
+          ("./c.png", b"", tarfile.REGTYPE), ("d//e.webp", b"z" * 1025, tarfile.REGTYPE),
+          ("p" * 90 + "/" + "q" * 60 + ".png", b"w" * 3, tarfile.REGTYPE)]  # a ustar prefix + name
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_plain_headers_are_parsed_as_tarfile_reads_them(tmp_path: Path, fmt: int) -> None:
+    from pucli.data import shards
+
+    # Only ustar splits a long name into prefix + name; GNU and pax write it as an extended header.
+    members = _PLAIN if fmt == tarfile.USTAR_FORMAT else _PLAIN[:-1]
+    shard = _tar(tmp_path / "s.tar", members, fmt)
+    fast = shards._plain_ustar_members(str(shard))
+    assert fast is not None and fast == shards._tarfile_members(str(shard), shard)
+    assert sorted(fast) == sorted(n.replace("./", "").replace("//", "/") for n, d, k in members if k == tarfile.REGTYPE)
+    offset, size = fast["dir/b.jpg"]
+    assert size == 512 and shard.read_bytes()[offset:offset + size] == b"y" * 512
+
+
+@pytest.mark.parametrize("case", ["gnu-long-name", "pax-unicode", "bad-checksum", "truncated", "not-a-tar"])
+def test_other_headers_fall_back_to_tarfile(tmp_path: Path, case: str) -> None:
+    """Extended headers, damage and foreign files: the fast reader declines (None) and the
+    member table is tarfile's, with tarfile's errors."""
+    from pucli.data import shards
+
+    shard = tmp_path / "s.tar"
+    if case == "gnu-long-name":
+        _tar(shard, [("n" * 150 + ".png", b"a" * 10, tarfile.REGTYPE)], tarfile.GNU_FORMAT)
+    elif case == "pax-unicode":
+        _tar(shard, [("bild-ü.png", b"a" * 10, tarfile.REGTYPE)], tarfile.PAX_FORMAT)
+    else:
+        _tar(shard, _PLAIN[:3], tarfile.USTAR_FORMAT)
+        data = bytearray(shard.read_bytes())
+        if case == "bad-checksum":
+            data[512 * 3] ^= 0x01  # the second member's header (after a.png's header and 2 data blocks)
+        elif case == "truncated":
+            data = data[:512 * 3 + 100]
+        else:
+            data = bytearray(b"plain text, not a tar" * 100)
+        shard.write_bytes(bytes(data))
+    assert shards._plain_ustar_members(str(shard)) is None
+    shards._MEMBERS.pop(str(shard), None)
+    if case in ("gnu-long-name", "pax-unicode"):
+        table = shards._member_table(shard)
+        assert list(table) == ["n" * 150 + ".png"] if case == "gnu-long-name" else ["bild-ü.png"]
+    elif case == "not-a-tar":
+        with pytest.raises(DataError, match="not an uncompressed tar"):
+            shards._member_table(shard)
+    else:  # tarfile's own reading of the damage: the members before it, or an error
+        try:
+            table = shards._member_table(shard)
+        except DataError:
+            return
+        assert "a.png" in table

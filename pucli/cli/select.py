@@ -67,6 +67,7 @@ def select(
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the pool.", rich_help_panel=_PU)] = 20,
     batch_size: BatchSizeOption = 256,
     train_batch_size: Annotated[int, typer.Option("--train-batch-size", help="Unlabeled descriptors per training step (frozen mode).", rich_help_panel=_PU)] = 4096,
+    epoch_pool_max: Annotated[int, typer.Option("--epoch-pool-max", help="At most this many pool images per training epoch: a larger pool gives each epoch a fresh seeded random sample of this size, so training costs the same from this size on. 0: the whole pool every epoch.", rich_help_panel=_PU)] = 131_072,
     reduction: Annotated[int, typer.Option("--reduction", help="Squeeze-and-excitation reduction ratio r.", rich_help_panel=_PU)] = 16,
     attention: Annotated[bool, typer.Option("--attention/--no-attention", help="Gate the multi-scale descriptor with squeeze-and-excitation (Eq. 5); --no-attention feeds the plain concatenation to the head (ablation).", rich_help_panel=_PU)] = True,
     risk: Annotated[str, typer.Option("--risk", help="nnpu (non-negative risk) or upu (unbiased, for ablation).", rich_help_panel=_PU)] = "nnpu",
@@ -97,7 +98,7 @@ def select(
                         augment_positives=augment_positives)
     options = SelectorOptions(
         class_prior=_parse_prior(prior), budget=budget, finetune=finetune, epochs=epochs, batch_size=batch_size,
-        train_batch_size=train_batch_size, reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma,
+        train_batch_size=train_batch_size, epoch_pool_max=epoch_pool_max or None, reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma,
         ensemble=ensemble, augment_positives=augment_positives, attention=attention, graph_neighbors=graph_neighbors,
         graph_alpha=graph_alpha, graph_steps=graph_steps, graph_exact_max=graph_exact_max, seed=seed, ranking=ranking,
     )

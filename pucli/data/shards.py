@@ -169,6 +169,8 @@ def _normalise(name: str) -> str:
     # `tar -C dir -cf x.tar .` stores "./a.png": the pool item is "a.png" either way. Member
     # paths go through pathlib (which folds "a//b" and "a/./b"), so the table keys are folded
     # the same way, or such members could be listed but never found.
+    if "//" not in name and "./" not in name and not name.endswith(("/", "/.")) and name != ".":
+        return name  # what pathlib would give back (no empty or "." component): skip building a path
     return PurePosixPath(name).as_posix().removeprefix("./") if name else name
 
 
@@ -185,6 +187,14 @@ def _member_table(shard: Path) -> dict[str, tuple[int, int]]:
         return table
     if key.lower().endswith(_COMPRESSED):
         raise DataError(f"{shard}: compressed shards cannot be read member by member; repack them as plain .tar")
+    table = _plain_ustar_members(key)
+    if table is None:
+        table = _tarfile_members(key, shard)
+    _MEMBERS[key] = table
+    return table
+
+
+def _tarfile_members(key: str, shard: Path) -> dict[str, tuple[int, int]]:
     table = {}
     try:
         # "r:" is an uncompressed tar read with seeks: only the headers are read, not the data.
@@ -194,8 +204,60 @@ def _member_table(shard: Path) -> dict[str, tuple[int, int]]:
                     table[_normalise(info.name)] = (info.offset_data, info.size)
     except tarfile.TarError as exc:
         raise DataError(f"{shard} is not an uncompressed tar file ({exc}); give WebDataset-style .tar shards") from exc
-    _MEMBERS[key] = table
     return table
+
+
+_BLOCK = tarfile.BLOCKSIZE
+_PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)  # regular files, as TarInfo.isreg
+_OTHER_PLAIN_TYPES = (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.DIRTYPE,
+                      tarfile.FIFOTYPE)  # members with no extended header, skipped
+
+
+def _plain_ustar_members(key: str) -> dict[str, tuple[int, int]] | None:
+    """The member table of a shard whose headers are all plain ustar/GNU blocks, parsed directly
+    (about 10x faster than :mod:`tarfile`'s ``TarInfo`` objects: a million-image pool lists in
+    seconds); None as soon as anything else appears (pax or GNU long-name headers, sparse files, a
+    bad checksum, a truncated header), and the caller reads the shard with :mod:`tarfile`, which
+    handles every format and reports the errors. Gives the same table as tarfile where it answers
+    (tests/test_shards.py)."""
+    encoding = tarfile.ENCODING
+    table: dict[str, tuple[int, int]] = {}
+    with open(key, "rb", buffering=0) as handle:
+        offset = 0
+        while True:
+            handle.seek(offset)
+            header = handle.read(_BLOCK)
+            if len(header) < _BLOCK:
+                return None  # no end-of-archive block, or a truncated header: tarfile decides
+            if header == tarfile.NUL * _BLOCK:
+                return table  # the end-of-archive block
+            if header[257:262] != b"ustar":
+                return None  # v7 or another format: let tarfile read it
+            typeflag = header[156:157]
+            regular = typeflag in _PLAIN_TYPES
+            if not regular and typeflag not in _OTHER_PLAIN_TYPES:
+                return None  # pax, GNU long names, sparse files, ...: tarfile
+            try:
+                checksum = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+                size_field = header[124:136]
+                if size_field[0] in (0o200, 0o377):
+                    return None  # base-256 sizes: tarfile
+                size = int(size_field.split(b"\0", 1)[0].strip() or b"0", 8)
+            except ValueError:
+                return None
+            if checksum != sum(header[:148]) + 256 + sum(header[156:]):
+                return None
+            if regular:
+                name = header[:100].split(b"\0", 1)[0].decode(encoding, "surrogateescape")
+                prefix = header[345:500].split(b"\0", 1)[0]
+                if prefix:
+                    name = prefix.decode(encoding, "surrogateescape") + "/" + name
+                if typeflag == tarfile.AREGTYPE and name.endswith("/"):
+                    regular = False  # an old-style directory entry, as tarfile reads it
+                else:
+                    table[_normalise(name)] = (offset + _BLOCK, size)
+            # As tarfile: only a regular member's data follows its header.
+            offset += _BLOCK + (-(-size // _BLOCK) * _BLOCK if regular else 0)
 
 
 def list_members(shard: str | os.PathLike[str], *, images_only: bool = True) -> list[str]:

@@ -27,22 +27,26 @@ from pucli.checkpoints import LoadedModel, ModelConfig
 from pucli.data.augment import PositiveAugmentation, resolve_augment
 from pucli.data.files import SkippedFile
 from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
-from pucli.data.shards import storage_path
+from pucli.data.shards import MEMBER_SEPARATOR, SHARD_SUFFIX
 from pucli.paths import cache_dir
 from pucli.progress import ProgressCallback, no_progress
 from pucli.pu.network import MultiScaleExtractor
 from pucli.pu.options import Scales
 
 __all__ = ["Descriptors", "DESCRIPTOR_CACHE_VERSION", "DESCRIPTOR_PART_IMAGES", "AUTO_AUGMENT_COPIES",
-           "AUTO_AUGMENT_MAX_PER_CLASS", "resolve_positive_augmentation", "descriptor_cache_key",
+           "AUTO_AUGMENT_MAX_PER_CLASS", "resolve_positive_augmentation", "descriptor_cache_key", "pool_cache_key",
+           "positive_cache_key",
            "extract_descriptors", "extract_augmented_descriptors", "load_or_extract_descriptors",
            "extract_descriptors_in_parts"]
 
 
 # (part number, positions of the readable images within the part, their descriptors, its unreadable files)
+_MEMBER_SPLIT = SHARD_SUFFIX + MEMBER_SEPARATOR  # where a member path splits (pucli.data.shards.split_member)
+
 PartCallback = Callable[[int, torch.Tensor, torch.Tensor, list[SkippedFile]], None]
 
-DESCRIPTOR_CACHE_VERSION = 4  # 2: augmented positives beside the plain ones; 3: pucli.cache entries; 4: timm eval transform
+DESCRIPTOR_CACHE_VERSION = 5  # 2: augmented positives beside the plain ones; 3: pucli.cache entries; 4: timm eval transform;
+# 5: the pool and the positives in separate entries (another labeled subset reuses the pool's)
 
 
 @dataclass
@@ -52,7 +56,12 @@ class Descriptors:
     positions in the input lists; ``skipped`` the unreadable files; ``cache_path`` where they
     live on disk (None with the cache off); ``from_cache`` whether this run loaded them;
     ``positive_augmented`` (copies * N_P', C) float32 the descriptors of the augmented copies of
-    the positives, copy-major (all images' copy 0, then copy 1, ...), (0, C) without augmentation."""
+    the positives, copy-major (all images' copy 0, then copy 1, ...), (0, C) without augmentation.
+
+    The pool and the positives are cached in separate entries (``cache_path``: the pool's, the
+    large one; ``positive_cache_path``: the positives'), so a run with another labeled subset
+    against the same pool reuses the pool's descriptors; ``from_cache`` says whether the pool's
+    were loaded. ``key`` names the two together (:func:`descriptor_cache_key`; None with the cache off)."""
 
     positive: torch.Tensor
     unlabeled: torch.Tensor
@@ -62,6 +71,8 @@ class Descriptors:
     cache_path: Path | None
     from_cache: bool
     positive_augmented: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0))
+    positive_cache_path: Path | None = None
+    key: str | None = None
 
     @property
     def positive_set(self) -> torch.Tensor:
@@ -96,16 +107,66 @@ def resolve_positive_augmentation(config: ModelConfig, copies: int | None, num_p
 
 def _file_identities(paths: Sequence[Path]) -> str:
     """sha256 over (path, size, mtime_ns) of each file, in order; a missing file hashes as -1.
-    A member of a tar shard takes the shard's size and mtime (:func:`pucli.data.shards.storage_path`)."""
+    A member of a tar shard takes the shard's size and mtime (:func:`pucli.data.shards.storage_path`),
+    and each shard is ``stat``-ed once, not once per member (a million-image pool in 100 shards:
+    100 calls, not 1,000,000)."""
     digest = hashlib.sha256()
+    shard_identities: dict[str, tuple[int, int]] = {}
+    lines: list[str] = []
     for path in paths:
-        try:
-            stat = os.stat(storage_path(path))
-            size, mtime = stat.st_size, stat.st_mtime_ns
-        except OSError:
-            size, mtime = -1, -1
-        digest.update(f"{path}\0{size}\0{mtime}\n".encode())
+        text = str(path)
+        cut = text.lower().find(_MEMBER_SPLIT)
+        storage = text[:cut + len(SHARD_SUFFIX)] if cut >= 0 else text
+        identity = shard_identities.get(storage) if cut >= 0 else None
+        if identity is None:
+            try:
+                stat = os.stat(storage)
+                identity = (stat.st_size, stat.st_mtime_ns)
+            except OSError:
+                identity = (-1, -1)
+            if cut >= 0:
+                shard_identities[storage] = identity
+        lines.append(f"{text}\0{identity[0]}\0{identity[1]}\n")
+        if len(lines) == 65536:  # hashed in blocks: the same digest as line by line, a fraction of the calls
+            digest.update("".join(lines).encode())
+            lines.clear()
+    digest.update("".join(lines).encode())
     return digest.hexdigest()
+
+
+def _model_parts(teacher: LoadedModel, preprocess: Preprocess, scales: Scales) -> dict[str, object]:
+    config = teacher.config
+    return {
+        "version": DESCRIPTOR_CACHE_VERSION,
+        "weights": teacher.digest,
+        "architecture": config.architecture,
+        "model_args": json.dumps(config.model_args, sort_keys=True, default=str),
+        "preprocess": [preprocess.channels, list(preprocess.size), preprocess.crop_pct, preprocess.crop_mode,
+                       str(preprocess.interpolation.value), list(config.mean), list(config.std)],
+        "scales": scales.describe(),
+    }
+
+
+def _key(parts: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def pool_cache_key(teacher: LoadedModel, unlabeled_paths: Sequence[Path], preprocess: Preprocess,
+                   scales: Scales) -> str:
+    """Hex key naming the cached descriptors of the pool alone: it changes when the teacher's
+    weights, the architecture, any pool file (path, size, mtime_ns), the pool's order, the
+    preprocessing or the scales change, and not with the labeled positives, so another labeled
+    subset against the same pool reuses the pool's descriptors."""
+    return _key({**_model_parts(teacher, preprocess, scales), "unlabeled": _file_identities(unlabeled_paths)})
+
+
+def positive_cache_key(teacher: LoadedModel, positive_paths: Sequence[Path], preprocess: Preprocess, scales: Scales,
+                       augmentation: PositiveAugmentation | None = None) -> str:
+    """Hex key naming the cached descriptors of the labeled positives (and their augmented
+    copies): as :func:`pool_cache_key`, over the positives' files, plus the augmentation's
+    settings (copies, seed, ranges)."""
+    return _key({**_model_parts(teacher, preprocess, scales), "positive": _file_identities(positive_paths),
+                 "augment": augmentation.describe() if augmentation is not None else "none"})
 
 
 def descriptor_cache_key(
@@ -116,54 +177,51 @@ def descriptor_cache_key(
     scales: Scales,
     augmentation: PositiveAugmentation | None = None,
 ) -> str:
-    """Hex key naming the cached descriptors of these inputs.
-
-    It changes when the teacher's weights, the architecture, any input file (path, size,
-    mtime_ns), the order of the inputs, the preprocessing, the scales or the augmentation of
-    the positives (copies, seed, ranges) change.
-    """
-    config = teacher.config
-    parts = {
-        "version": DESCRIPTOR_CACHE_VERSION,
-        "weights": teacher.digest,
-        "architecture": config.architecture,
-        "model_args": json.dumps(config.model_args, sort_keys=True, default=str),
-        "positive": _file_identities(positive_paths),
-        "unlabeled": _file_identities(unlabeled_paths),
-        "preprocess": [preprocess.channels, list(preprocess.size), preprocess.crop_pct, preprocess.crop_mode,
-                       str(preprocess.interpolation.value), list(config.mean), list(config.std)],
-        "scales": scales.describe(),
-        "augment": augmentation.describe() if augmentation is not None else "none",
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    """Hex key naming the descriptors of these positives and this pool together (what the
+    selector's saved ensemble members are keyed by, :func:`pucli.pu.training.training_state_path`):
+    it changes when either :func:`pool_cache_key` or :func:`positive_cache_key` does, i.e. with the
+    teacher's weights, the architecture, any input file (path, size, mtime_ns), the order of the
+    inputs, the preprocessing, the scales or the augmentation of the positives."""
+    return _combined_key(pool_cache_key(teacher, unlabeled_paths, preprocess, scales),
+                         positive_cache_key(teacher, positive_paths, preprocess, scales, augmentation))
 
 
-def _cache_file(key: str) -> Path:
-    return cache_dir() / "descriptors" / f"{key}.safetensors"
+def _combined_key(pool_key: str, positive_key: str) -> str:
+    return hashlib.sha256(f"{pool_key}+{positive_key}".encode()).hexdigest()[:32]
 
 
-def _read_cache(path: Path) -> Descriptors | None:
-    entry = read_entry(path, kind="descriptors", version=DESCRIPTOR_CACHE_VERSION)
+def _cache_file(kind: str, key: str) -> Path:
+    return cache_dir() / "descriptors" / f"{kind}-{key}.safetensors"
+
+
+@dataclass
+class _Part:
+    """The cached descriptors of one side (the pool, or the positives with their copies)."""
+
+    index: torch.Tensor
+    values: torch.Tensor
+    skipped: list[SkippedFile]
+    augmented: torch.Tensor | None = None
+
+
+def _read_cache(path: Path, kind: str) -> _Part | None:
+    entry = read_entry(path, kind=f"descriptors-{kind}", version=DESCRIPTOR_CACHE_VERSION)
     if entry is None:
         return None
     tensors = entry.tensors
     try:
-        return Descriptors(
-            positive=tensors["positive"], unlabeled=tensors["unlabeled"],
-            positive_index=tensors["positive_index"], unlabeled_index=tensors["unlabeled_index"],
-            skipped=[SkippedFile(**item) for item in entry.metadata.get("skipped", [])], cache_path=path,
-            from_cache=True, positive_augmented=tensors["positive_augmented"],
-        )
+        return _Part(tensors["index"], tensors["descriptors"],
+                     [SkippedFile(**item) for item in entry.metadata.get("skipped", [])], tensors.get("augmented"))
     except (KeyError, TypeError):
         return None  # a damaged entry is only a lost shortcut: recompute and overwrite it
 
 
-def _write_cache(path: Path, descriptors: Descriptors) -> bool:
-    tensors = {"positive": descriptors.positive, "unlabeled": descriptors.unlabeled,
-               "positive_index": descriptors.positive_index, "unlabeled_index": descriptors.unlabeled_index,
-               "positive_augmented": descriptors.positive_augmented}
-    return write_entry(path, tensors, kind="descriptors", version=DESCRIPTOR_CACHE_VERSION,
-                       metadata={"skipped": [asdict(s) for s in descriptors.skipped]})
+def _write_cache(path: Path, kind: str, part: _Part) -> bool:
+    tensors = {"index": part.index, "descriptors": part.values}
+    if part.augmented is not None:
+        tensors["augmented"] = part.augmented
+    return write_entry(path, tensors, kind=f"descriptors-{kind}", version=DESCRIPTOR_CACHE_VERSION,
+                       metadata={"skipped": [asdict(s) for s in part.skipped]})
 
 
 @torch.inference_mode()
@@ -271,54 +329,63 @@ def load_or_extract_descriptors(
     progress: ProgressCallback = no_progress,
     resume: bool = False,
 ) -> Descriptors | None:
-    """Descriptors of P and U: from the cache when the key matches, else extracted (and cached).
+    """Descriptors of P and U: each side from the cache when its key matches, else extracted (and cached).
 
-    Under torchrun the ranks share the extraction (:func:`_load_or_extract_sharded`): rank 0
-    gets the descriptors, the other ranks None.
+    Under torchrun the ranks share the pool's extraction (:func:`_load_or_extract_pool_sharded`):
+    rank 0 gets the descriptors, the other ranks None.
 
     With ``augmentation``, the augmented copies of P (:func:`extract_augmented_descriptors`) are
-    extracted and cached too, under a key that includes the augmentation's settings.
+    extracted and cached with P, under a key that includes the augmentation's settings.
 
-    The cache lives in ``pucli.paths.cache_dir()/descriptors/<key>.safetensors`` (key:
-    :func:`descriptor_cache_key`), written atomically, so an interrupted run never leaves a
+    The cache lives in ``pucli.paths.cache_dir()/descriptors/``: ``pool-<key>.safetensors`` (key:
+    :func:`pool_cache_key`, independent of the positives) and ``positive-<key>.safetensors``
+    (:func:`positive_cache_key`), each written atomically, so an interrupted run never leaves a
     half-written entry behind. While the pool is extracted, each finished part of it is saved in
-    ``<key>.parts/`` (:func:`extract_descriptors_in_parts`); ``resume`` loads the parts an
+    ``pool-<key>.parts/`` (:func:`extract_descriptors_in_parts`); ``resume`` loads the parts an
     interrupted run left instead of extracting them again (without it they are discarded).
     """
-    path = parts = None
+    pool_path = positive_path = key = None
     if use_cache:
-        path = _cache_file(descriptor_cache_key(teacher, positive_paths, unlabeled_paths, preprocess, scales,
-                                                augmentation))
-    if distributed.is_distributed():
-        return _load_or_extract_sharded(extractor, positive_paths, unlabeled_paths, preprocess, path,
-                                        device=device, batch_size=batch_size, workers=workers,
-                                        augmentation=augmentation, progress=progress)
-    if path is not None:
-        cached = _read_cache(path)
-        if cached is not None:
-            total = len(positive_paths) + len(unlabeled_paths)
-            progress("extract", total, total, cached=1)
-            return cached
-        parts = _parts_folder(path, keep=resume)
-    skipped: list[SkippedFile] = []
+        pool_key = pool_cache_key(teacher, unlabeled_paths, preprocess, scales)
+        positive_key = positive_cache_key(teacher, positive_paths, preprocess, scales, augmentation)
+        pool_path, positive_path = _cache_file("pool", pool_key), _cache_file("positive", positive_key)
+        key = _combined_key(pool_key, positive_key)
     total = len(positive_paths) + len(unlabeled_paths)
-    positive_index, positive, positive_augmented = _positive_descriptors(
-        extractor, positive_paths, preprocess, augmentation, device=device, batch_size=batch_size, skipped=skipped,
-        progress=progress, progress_total=total)
-    unlabeled_index, unlabeled = extract_descriptors_in_parts(
-        extractor, unlabeled_paths, preprocess, parts=parts, device=device, batch_size=batch_size, workers=workers,
-        skipped=skipped, progress=progress, progress_offset=len(positive_paths), progress_total=total,
-    )
-    descriptors = _store(Descriptors(positive, unlabeled, positive_index, unlabeled_index, skipped, path, False,
-                                     positive_augmented))
-    if parts is not None and descriptors.cache_path is not None:
-        shutil.rmtree(parts, ignore_errors=True)  # the whole entry now holds them
-    return descriptors
+    # The positives first (a few images: one process extracts them), then the pool.
+    positives = None
+    if distributed.is_main():
+        positives = _read_cache(positive_path, "positive") if positive_path is not None else None
+        if positives is None:
+            skipped: list[SkippedFile] = []
+            index, values, augmented = _positive_descriptors(
+                extractor, positive_paths, preprocess, augmentation, device=device, batch_size=batch_size,
+                skipped=skipped, progress=progress, progress_total=total)
+            positives = _Part(index, values, skipped, augmented)
+            if positive_path is not None and not _write_cache(positive_path, "positive", positives):
+                positive_path = None
+        else:
+            progress("extract", len(positive_paths), total, cached=1)
+    if distributed.is_distributed():
+        pool = _load_or_extract_pool_sharded(extractor, unlabeled_paths, preprocess, pool_path, device=device,
+                                             batch_size=batch_size, workers=workers, progress=progress,
+                                             progress_offset=len(positive_paths), progress_total=total)
+    else:
+        pool = _load_or_extract_pool(extractor, unlabeled_paths, preprocess, pool_path, device=device,
+                                     batch_size=batch_size, workers=workers, progress=progress, resume=resume,
+                                     progress_offset=len(positive_paths), progress_total=total)
+    if pool is None or positives is None:
+        return None
+    part, from_cache = pool
+    if pool_path is not None and not pool_path.is_file():
+        pool_path = None  # a read-only cache folder must not fail the run: the next run recomputes
+    augmented = positives.augmented if positives.augmented is not None else torch.empty(0, extractor.channels)
+    return Descriptors(positives.values, part.values, positives.index, part.index, positives.skipped + part.skipped,
+                       pool_path, from_cache, augmented, positive_cache_path=positive_path,
+                       key=key if pool_path is not None and positive_path is not None else None)
 
 
-def _load_or_extract_sharded(
+def _load_or_extract_pool(
     extractor: MultiScaleExtractor,
-    positive_paths: Sequence[Path],
     unlabeled_paths: Sequence[Path],
     preprocess: Preprocess,
     path: Path | None,
@@ -326,24 +393,57 @@ def _load_or_extract_sharded(
     device: torch.device,
     batch_size: int,
     workers: int,
-    augmentation: PositiveAugmentation | None,
     progress: ProgressCallback,
-) -> Descriptors | None:
-    """:func:`load_or_extract_descriptors` over the ranks of a torchrun launch.
+    resume: bool,
+    progress_offset: int,
+    progress_total: int,
+) -> tuple[_Part, bool]:
+    """The pool's descriptors and whether they came from the cache (one process)."""
+    parts = None
+    if path is not None:
+        cached = _read_cache(path, "pool")
+        if cached is not None:
+            progress("extract", progress_total, progress_total, cached=1)
+            return cached, True
+        parts = _parts_folder(path, keep=resume)
+    skipped: list[SkippedFile] = []
+    index, values = extract_descriptors_in_parts(
+        extractor, unlabeled_paths, preprocess, parts=parts, device=device, batch_size=batch_size, workers=workers,
+        skipped=skipped, progress=progress, progress_offset=progress_offset, progress_total=progress_total,
+    )
+    part = _Part(index, values, skipped)
+    if path is not None and _write_cache(path, "pool", part) and parts is not None:
+        shutil.rmtree(parts, ignore_errors=True)  # the whole entry now holds them
+    return part, False
+
+
+def _load_or_extract_pool_sharded(
+    extractor: MultiScaleExtractor,
+    unlabeled_paths: Sequence[Path],
+    preprocess: Preprocess,
+    path: Path | None,
+    *,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    progress: ProgressCallback,
+    progress_offset: int,
+    progress_total: int,
+) -> tuple[_Part, bool] | None:
+    """The pool's descriptors over the ranks of a torchrun launch.
 
     Rank 0 looks up the cache and tells the others. Otherwise each rank extracts its block of
     whole batches of the pool (:func:`pucli.distributed.batch_block`: the same batches, so the
-    same bits, as one process), the blocks are gathered on rank 0 in pool order, and rank 0 adds
-    the positives (tiny) and writes the cache entry a one-process run would have written.
-    Returns the descriptors on rank 0, None elsewhere. The per-part resume of a one-process
+    same bits, as one process) and the blocks are gathered on rank 0 in pool order. Returns
+    ``(descriptors, from cache)`` on rank 0, None elsewhere. The per-part resume of a one-process
     extraction is not used here: an interrupted run extracts the pool again.
     """
-    cached = _read_cache(path) if path is not None and distributed.is_main() else None
+    cached = _read_cache(path, "pool") if path is not None and distributed.is_main() else None
     if distributed.broadcast_object(cached is not None):
         if cached is not None:
-            total = len(positive_paths) + len(unlabeled_paths)
-            progress("extract", total, total, cached=1)
-        return cached
+            progress("extract", progress_total, progress_total, cached=1)
+            return cached, True
+        return None
     start, end = distributed.batch_block(len(unlabeled_paths), batch_size)
     skipped: list[SkippedFile] = []
     index, values = extract_descriptors(extractor, unlabeled_paths[start:end], preprocess, device=device,
@@ -352,13 +452,10 @@ def _load_or_extract_sharded(
     all_skipped = [item for part in distributed.gather_objects(skipped) for item in part]
     if gathered is None:
         return None
-    unlabeled_index, unlabeled = gathered
-    positive_skipped: list[SkippedFile] = []
-    positive_index, positive, positive_augmented = _positive_descriptors(
-        extractor, positive_paths, preprocess, augmentation, device=device, batch_size=batch_size,
-        skipped=positive_skipped)
-    return _store(Descriptors(positive, unlabeled, positive_index, unlabeled_index, positive_skipped + all_skipped,
-                              path, False, positive_augmented))
+    part = _Part(gathered[0], gathered[1], all_skipped)
+    if path is not None:
+        _write_cache(path, "pool", part)
+    return part, False
 
 
 def _positive_descriptors(
@@ -381,14 +478,6 @@ def _positive_descriptors(
         augmented = extract_augmented_descriptors(extractor, positive_paths, preprocess, augmentation, device=device,
                                                   batch_size=batch_size)
     return index, positive, augmented
-
-
-def _store(descriptors: Descriptors) -> Descriptors:
-    """Cache ``descriptors`` at their ``cache_path``; a read-only cache folder must not fail the
-    run (``cache_path`` becomes None: the next run recomputes)."""
-    if descriptors.cache_path is not None and not _write_cache(descriptors.cache_path, descriptors):
-        descriptors.cache_path = None
-    return descriptors
 
 
 # Images per saved part of the pool's descriptors (rounded to whole batches): an interrupted

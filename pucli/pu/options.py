@@ -50,6 +50,11 @@ class SelectorOptions:
         batch_size: images per batch when extracting descriptors, scoring and fine-tuning.
         train_batch_size: unlabeled descriptors per frozen-mode mini-batch (large: the head is
             tiny, so big batches cost little and make the nnPU risk estimate less noisy).
+        epoch_pool_max: at most this many pool descriptors per frozen-mode training epoch (and
+            per epoch of the head's warm-up before fine-tuning): a larger pool contributes a fresh
+            seeded random sample of this size to each epoch, so training costs the same from this
+            size on (a million-image pool: 32 steps of 4,096 an epoch instead of 245); None sees
+            the whole pool every epoch. Pools up to this size train exactly as without it.
         positive_per_batch: P samples drawn with replacement per mini-batch (the fixed P:U mix);
             None uses a quarter of the unlabeled batch.
         lr, weight_decay, optimizer: ``"adamw"`` (AdamW, as ``pucli distill`` spells it) or ``"sgd"``
@@ -91,6 +96,7 @@ class SelectorOptions:
     epochs: int = 20
     batch_size: int = 256
     train_batch_size: int = 4096
+    epoch_pool_max: int | None = 131_072
     positive_per_batch: int | None = None
     lr: float = 0.03
     weight_decay: float = 1e-4
@@ -121,6 +127,8 @@ class SelectorOptions:
             ("epochs", self.epochs >= 1, "must be >= 1"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("train_batch_size", self.train_batch_size >= 1, "must be >= 1"),
+            ("epoch_pool_max", self.epoch_pool_max is None or self.epoch_pool_max >= 1,
+             "must be >= 1 (pool descriptors per training epoch)"),
             ("positive_per_batch", self.positive_per_batch is None or self.positive_per_batch >= 1, "must be >= 1"),
             ("risk", self.risk in RISKS, "use nnpu or upu"),
             ("loss", self.loss in SURROGATES, "use sigmoid or logistic"),

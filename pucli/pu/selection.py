@@ -468,7 +468,7 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
             prior_estimate = estimate_prior_from_descriptors(descriptors, options, positive_labels=run.positive_labels,
                                                              progress=run.progress, graph=graph, held_out=held_out)
         options = dataclasses.replace(options, class_prior=prior_estimate.class_prior)
-    state_path = training_state_path(descriptors.cache_path, options) if descriptors.cache_path else None
+    state_path = training_state_path(descriptors.key, options) if descriptors.key else None
     if state_path is not None and not resume:
         state_path.unlink(missing_ok=True)
     with timed(run.timings, "train"):

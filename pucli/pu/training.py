@@ -41,6 +41,7 @@ __all__ = [
     "FinetuneSchedule",
     "train_finetune",
     "train_frozen",
+    "steps_per_training_epoch",
     "training_state_path",
 ]
 
@@ -61,6 +62,12 @@ def _risk(scores_p: torch.Tensor, scores_u: torch.Tensor, options: SelectorOptio
                      gamma=options.gamma, non_negative=options.risk == "nnpu")
 
 
+def steps_per_training_epoch(pool_size: int, options: SelectorOptions) -> int:
+    """Optimiser steps per frozen-mode epoch: ``ceil(min(pool_size, epoch_pool_max) / train_batch_size)``, at least 1."""
+    seen = pool_size if options.epoch_pool_max is None else min(pool_size, options.epoch_pool_max)
+    return max(1, math.ceil(seen / options.train_batch_size))
+
+
 def _train_head_member(
     head: AttentionScoreHead,
     positive: torch.Tensor,
@@ -69,10 +76,16 @@ def _train_head_member(
     generator: torch.Generator,
     on_step: Callable[[int, int], None],
 ) -> list[dict[str, float]]:
-    """Train one head on standardised descriptors; returns per-epoch mean risks."""
+    """Train one head on standardised descriptors; returns per-epoch mean risks.
+
+    A pool larger than ``options.epoch_pool_max`` contributes a fresh seeded random sample of that
+    many descriptors to each epoch (standardised batch by batch, so no standardised copy of the
+    whole pool is held); a smaller pool is seen whole every epoch."""
     positive = head.standardize(positive)
-    unlabeled = head.standardize(unlabeled)
-    steps_per_epoch = max(1, math.ceil(len(unlabeled) / options.train_batch_size))
+    sampled = options.epoch_pool_max is not None and len(unlabeled) > options.epoch_pool_max
+    if not sampled:
+        unlabeled = head.standardize(unlabeled)
+    steps_per_epoch = steps_per_training_epoch(len(unlabeled), options)
     total_steps = steps_per_epoch * options.epochs
     optimizer = _optimizer(head.parameters(), options)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -82,9 +95,13 @@ def _train_head_member(
     head.train()
     for epoch in range(options.epochs):
         order = torch.randperm(len(unlabeled), generator=generator)
+        if sampled:
+            order = order[:options.epoch_pool_max]
         sums = {"risk": 0.0, "positive_risk": 0.0, "negative_risk": 0.0, "ascent_steps": 0.0}
         for start in range(0, len(order), options.train_batch_size):
             batch_u = unlabeled[order[start:start + options.train_batch_size]]
+            if sampled:
+                batch_u = head.standardize(batch_u)
             # P is tiny: resample with replacement and jitter, so no step sees the same few points.
             draw = torch.randint(len(positive), (n_p,), generator=generator)
             batch_p = positive[draw] + options.positive_noise * torch.randn(n_p, positive.shape[1], generator=generator)
@@ -135,7 +152,7 @@ def train_frozen(
     members = []
     histories = []
     finished = _read_training_state(state_path) if state_path is not None else {}
-    steps = options.epochs * max(1, math.ceil(len(unlabeled) / options.train_batch_size))
+    steps = options.epochs * steps_per_training_epoch(len(unlabeled), options)
     for member in range(options.ensemble):
         generator = torch.Generator().manual_seed(options.seed * 1000 + member)
         torch.manual_seed(options.seed * 1000 + member)  # layer initialisation
@@ -168,13 +185,15 @@ TRAINING_STATE_FORMAT = "pucli-selector-state"
 TRAINING_STATE_VERSION = 2  # 2: a pucli.cache entry (safetensors), no longer torch.save
 
 
-def training_state_path(descriptor_cache: Path, options: SelectorOptions) -> Path:
+def training_state_path(descriptors_key: str, options: SelectorOptions) -> Path:
     """Where :func:`train_frozen` keeps finished members for these descriptors and options:
-    ``cache_dir()/selector-runs/<key>.safetensors`` (:mod:`pucli.cache`); the key changes with any option but the budget and
-    the graph smoothing and the ranking (which only act on the trained heads' scores)."""
+    ``cache_dir()/selector-runs/<key>.safetensors`` (:mod:`pucli.cache`). ``descriptors_key`` names
+    the positives' and the pool's descriptors together (:attr:`pucli.pu.descriptors.Descriptors.key`);
+    the key changes with it and with any option but the budget and the graph smoothing and the
+    ranking (which only act on the trained heads' scores)."""
     after_training = {"budget", "graph_neighbors", "graph_alpha", "graph_steps", "graph_exact_max", "ranking"}
     settings = {k: v for k, v in asdict(options).items() if k not in after_training}
-    text = json.dumps({"descriptors": descriptor_cache.stem, "options": settings}, sort_keys=True, default=str)
+    text = json.dumps({"descriptors": descriptors_key, "options": settings}, sort_keys=True, default=str)
     return cache_dir() / "selector-runs" / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.safetensors"
 
 
@@ -429,7 +448,7 @@ def _warm_up_head(net: PUSelectorNet, positive_images: torch.Tensor, unlabeled: 
     positive = torch.cat([net.extractor(preprocess.normalize(chunk.to(device)))
                           for chunk in positive_images.split(options.batch_size)]).float()
     generator = torch.Generator().manual_seed(options.seed * 1000)
-    steps = options.epochs * max(1, math.ceil(len(unlabeled) / options.train_batch_size))
+    steps = options.epochs * steps_per_training_epoch(len(unlabeled), options)
 
     def on_step(step: int, _total: int) -> None:
         progress("warmup", step, steps)
