@@ -151,3 +151,37 @@ def test_auto_ranking_propagates_with_five_positives_per_class_else_ranks_by_the
     assert ranks_by_propagation(auto, 40, None) and not ranks_by_propagation(auto, 39, None)
     assert ranks_by_propagation(SelectorOptions(class_prior=0.3, ranking="propagation"), 10, one_per_class)
     assert not ranks_by_propagation(SelectorOptions(class_prior=0.3, ranking="nnpu"), 100, ten_per_class)
+
+
+def test_spreading_several_labelings_together_gives_each_ones_own_spread() -> None:
+    """propagate on (V, F) is F single spreads in one sparse product a step, bit for bit."""
+    pool, _ = clusters([40, 60, 50], seed=2)
+    graph = PoolGraph(knn_graph(graph_features(pool), 6), pool.shape[1], False, "exact")
+    walk = positive_walk(graph, pool, pool[:5])
+    generator = torch.Generator().manual_seed(0)
+    labelings = torch.rand(len(pool) + 5, 3, generator=generator) > 0.8
+    together = propagate(labelings.float(), walk, alpha=0.9, steps=30)
+    assert together.shape == (len(pool) + 5, 3)
+    for column in range(3):
+        alone = propagate(labelings[:, column].float(), walk, alpha=0.9, steps=30)
+        assert torch.equal(together[:, column], alone)
+
+
+def test_the_batched_cross_fit_is_the_fold_by_fold_one() -> None:
+    from pucli.pu.prior import cross_fit_propagation
+
+    pool, _ = clusters([100, 300, 300], seed=5)
+    positives, _ = clusters([12, 0, 0], seed=6)
+    graph = PoolGraph(knn_graph(graph_features(pool), 8), pool.shape[1], False, "exact")
+    walk = positive_walk(graph, pool, positives)
+    calls = []
+
+    def score(seeds: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(seeds.shape))
+        return propagate(seeds.float(), walk, alpha=0.99, steps=100)
+
+    one_by_one = cross_fit_propagation(score, len(pool), len(positives), seed=3)
+    together = cross_fit_propagation(score, len(pool), len(positives), seed=3, batched=True)
+    assert calls == [(len(pool) + 12,)] * 5 + [(len(pool) + 12, 5)]
+    assert torch.equal(one_by_one.scores, together.scores) and torch.equal(one_by_one.rank, together.rank)
+    assert torch.equal(one_by_one.pool_scores, together.pool_scores) and together.folds == 5

@@ -122,7 +122,8 @@ def held_out_positives(walk: Any, pool_size: int, positive_count: int, seed_coun
     copies = seed_count // max(1, positive_count) - 1
     return cross_fit_propagation(
         lambda seeds: propagate(seeds.float(), walk, alpha=options.graph_alpha, steps=options.graph_steps),
-        pool_size, positive_count, copies, seed=options.seed, positive_labels=positive_labels, progress=progress)
+        pool_size, positive_count, copies, seed=options.seed, positive_labels=positive_labels, progress=progress,
+        batched=True)
 
 
 @dataclass

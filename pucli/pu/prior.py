@@ -417,7 +417,7 @@ class HeldOutPositives:
 def cross_fit_propagation(score: Callable[[torch.Tensor], torch.Tensor], pool_size: int, positive_count: int,
                           copies: int = 0, *, folds: int = 5, seed: int = 0,
                           positive_labels: torch.Tensor | None = None,
-                          progress: ProgressCallback = no_progress) -> HeldOutPositives:
+                          progress: ProgressCallback = no_progress, batched: bool = False) -> HeldOutPositives:
     """Hold out each fold of the labeled positives in turn and propagate from the others.
 
     The graph's nodes are the pool (``0..N-1``), the plain positives (``N..N+N_P-1``) and their
@@ -427,7 +427,9 @@ def cross_fit_propagation(score: Callable[[torch.Tensor], torch.Tensor], pool_si
     and the selection's recall estimate (:mod:`pucli.pu.trust`) both read.
 
     Args:
-        score: (V,) bool seeds -> (V,) float32 propagated scores, V = N + N_P * (1 + copies).
+        score: (V,) bool seeds -> (V,) float32 propagated scores, V = N + N_P * (1 + copies); with
+            ``batched``, (V, K) bool seeds of all K folds at once -> (V, K) float32 (one call;
+            :func:`pucli.pu.graph.propagate` spreads the columns together, with the same result).
         pool_size, positive_count, copies: N, N_P and the augmented copies per positive.
         folds: K, capped at N_P; seed: seeds the folds; positive_labels: (N_P,) int64 classes, to
             stratify the folds.
@@ -448,13 +450,21 @@ def cross_fit_propagation(score: Callable[[torch.Tensor], torch.Tensor], pool_si
     positive_scores = torch.empty(positive_count)
     rank = torch.empty(positive_count, dtype=torch.long)
     unlabeled_scores = torch.zeros(pool_size, dtype=torch.float64)
-    for k in range(folds):
-        progress("prior", k, folds)
+
+    def fold_seeds(k: int) -> torch.Tensor:
         train = torch.nonzero(fold_p != k)[:, 0]
         seeds = torch.zeros(nodes, dtype=torch.bool)
         for copy in range(1 + copies):
             seeds[pool_size + copy * positive_count + train] = True
-        scores = score(seeds)
+        return seeds
+
+    if batched:
+        progress("prior", 0, folds)
+        all_scores = score(torch.stack([fold_seeds(k) for k in range(folds)], dim=1))
+    for k in range(folds):
+        if not batched:
+            progress("prior", k, folds)
+        scores = all_scores[:, k] if batched else score(fold_seeds(k))
         held = torch.nonzero(fold_p == k)[:, 0]
         positive_scores[held] = scores[pool_size + held]
         pool = scores[:pool_size].contiguous()
