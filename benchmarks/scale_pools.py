@@ -374,13 +374,9 @@ def generate(pool: PhotoPool | AffinePool, out: Path, *, workers: int = 1,
     return manifest
 
 
-def selection_quality(pool_dir: Path, index: Path) -> dict:
-    """Precision, recall and F1 of the selection index ``index`` (``pucli select --out``) against
-    the ground truth of the pool generated in ``pool_dir``."""
-    from _common import precision_recall_f1
-
-    from pucli.data.index import read_index
-
+def task_images(pool_dir: Path) -> set[str]:
+    """The member paths of the task images of the pool generated in ``pool_dir`` (its
+    ``ground_truth.tsv``, which only benchmarks read)."""
     positives = set()
     with open(pool_dir / "ground_truth.tsv", encoding="utf-8") as handle:
         next(handle)
@@ -388,6 +384,17 @@ def selection_quality(pool_dir: Path, index: Path) -> dict:
             path, positive = line.split("\t", 2)[:2]
             if positive == "1":
                 positives.add(path)
+    return positives
+
+
+def selection_quality(pool_dir: Path, index: Path) -> dict:
+    """Precision, recall and F1 of the selection index ``index`` (``pucli select --out``) against
+    the ground truth of the pool generated in ``pool_dir``."""
+    from _common import precision_recall_f1
+
+    from pucli.data.index import read_index
+
+    positives = task_images(pool_dir)
     rows = read_index(index)
     selected = [str(row.path) for row in rows if row.selected]
     true_positive = sum(path in positives for path in selected)

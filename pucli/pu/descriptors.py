@@ -331,7 +331,7 @@ def load_or_extract_descriptors(
 ) -> Descriptors | None:
     """Descriptors of P and U: each side from the cache when its key matches, else extracted (and cached).
 
-    Under torchrun the ranks share the pool's extraction (:func:`_load_or_extract_pool_sharded`):
+    Under torchrun the ranks share the pool's extraction (:func:`_load_or_extract_pool`):
     rank 0 gets the descriptors, the other ranks None.
 
     With ``augmentation``, the augmented copies of P (:func:`extract_augmented_descriptors`) are
@@ -365,14 +365,9 @@ def load_or_extract_descriptors(
                 positive_path = None
         else:
             progress("extract", len(positive_paths), total, cached=1)
-    if distributed.is_distributed():
-        pool = _load_or_extract_pool_sharded(extractor, unlabeled_paths, preprocess, pool_path, device=device,
-                                             batch_size=batch_size, workers=workers, progress=progress,
-                                             progress_offset=len(positive_paths), progress_total=total)
-    else:
-        pool = _load_or_extract_pool(extractor, unlabeled_paths, preprocess, pool_path, device=device,
-                                     batch_size=batch_size, workers=workers, progress=progress, resume=resume,
-                                     progress_offset=len(positive_paths), progress_total=total)
+    pool = _load_or_extract_pool(extractor, unlabeled_paths, preprocess, pool_path, device=device,
+                                 batch_size=batch_size, workers=workers, progress=progress, resume=resume,
+                                 progress_offset=len(positive_paths), progress_total=total)
     if pool is None or positives is None:
         return None
     part, from_cache = pool
@@ -397,64 +392,42 @@ def _load_or_extract_pool(
     resume: bool,
     progress_offset: int,
     progress_total: int,
-) -> tuple[_Part, bool]:
-    """The pool's descriptors and whether they came from the cache (one process)."""
-    parts = None
-    if path is not None:
-        cached = _read_cache(path, "pool")
-        if cached is not None:
-            progress("extract", progress_total, progress_total, cached=1)
-            return cached, True
-        parts = _parts_folder(path, keep=resume)
+) -> tuple[_Part, bool] | None:
+    """The pool's descriptors and whether they came from the cache.
+
+    Under torchrun rank 0 looks up the cache and tells the others. Otherwise each rank extracts
+    its block of whole batches of the pool (:func:`pucli.distributed.batch_block`: the same
+    batches, so the same bits, as one process) and the blocks are gathered on rank 0 in pool
+    order; the other ranks get None. The per-part resume of a one-process extraction is not used
+    there: an interrupted run extracts the pool again.
+    """
+    sharded = distributed.is_distributed()
+    cached = _read_cache(path, "pool") if path is not None and distributed.is_main() else None
+    if (distributed.broadcast_object(cached is not None) if sharded else cached is not None):
+        if cached is None:
+            return None  # a rank other than 0: rank 0 has the cached pool
+        progress("extract", progress_total, progress_total, cached=1)
+        return cached, True
     skipped: list[SkippedFile] = []
-    index, values = extract_descriptors_in_parts(
-        extractor, unlabeled_paths, preprocess, parts=parts, device=device, batch_size=batch_size, workers=workers,
-        skipped=skipped, progress=progress, progress_offset=progress_offset, progress_total=progress_total,
-    )
+    parts = None
+    if sharded:
+        start, end = distributed.batch_block(len(unlabeled_paths), batch_size)
+        index, values = extract_descriptors(extractor, unlabeled_paths[start:end], preprocess, device=device,
+                                            batch_size=batch_size, workers=workers, skipped=skipped, progress=progress)
+        gathered = distributed.gather_rows(index + start, values)
+        skipped = [item for rank_skipped in distributed.gather_objects(skipped) for item in rank_skipped]
+        if gathered is None:
+            return None
+        index, values = gathered
+    else:
+        parts = _parts_folder(path, keep=resume) if path is not None else None
+        index, values = extract_descriptors_in_parts(
+            extractor, unlabeled_paths, preprocess, parts=parts, device=device, batch_size=batch_size,
+            workers=workers, skipped=skipped, progress=progress, progress_offset=progress_offset,
+            progress_total=progress_total)
     part = _Part(index, values, skipped)
     if path is not None and _write_cache(path, "pool", part) and parts is not None:
         shutil.rmtree(parts, ignore_errors=True)  # the whole entry now holds them
-    return part, False
-
-
-def _load_or_extract_pool_sharded(
-    extractor: MultiScaleExtractor,
-    unlabeled_paths: Sequence[Path],
-    preprocess: Preprocess,
-    path: Path | None,
-    *,
-    device: torch.device,
-    batch_size: int,
-    workers: int,
-    progress: ProgressCallback,
-    progress_offset: int,
-    progress_total: int,
-) -> tuple[_Part, bool] | None:
-    """The pool's descriptors over the ranks of a torchrun launch.
-
-    Rank 0 looks up the cache and tells the others. Otherwise each rank extracts its block of
-    whole batches of the pool (:func:`pucli.distributed.batch_block`: the same batches, so the
-    same bits, as one process) and the blocks are gathered on rank 0 in pool order. Returns
-    ``(descriptors, from cache)`` on rank 0, None elsewhere. The per-part resume of a one-process
-    extraction is not used here: an interrupted run extracts the pool again.
-    """
-    cached = _read_cache(path, "pool") if path is not None and distributed.is_main() else None
-    if distributed.broadcast_object(cached is not None):
-        if cached is not None:
-            progress("extract", progress_total, progress_total, cached=1)
-            return cached, True
-        return None
-    start, end = distributed.batch_block(len(unlabeled_paths), batch_size)
-    skipped: list[SkippedFile] = []
-    index, values = extract_descriptors(extractor, unlabeled_paths[start:end], preprocess, device=device,
-                                        batch_size=batch_size, workers=workers, skipped=skipped, progress=progress)
-    gathered = distributed.gather_rows(index + start, values)
-    all_skipped = [item for part in distributed.gather_objects(skipped) for item in part]
-    if gathered is None:
-        return None
-    part = _Part(gathered[0], gathered[1], all_skipped)
-    if path is not None:
-        _write_cache(path, "pool", part)
     return part, False
 
 
