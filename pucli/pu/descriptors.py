@@ -2,8 +2,9 @@
 
 With the teacher frozen, each image's multi-scale descriptor (:class:`~pucli.pu.network.MultiScaleExtractor`)
 is computed once, with the deterministic evaluation transform, and cached
-(``cache_dir()/descriptors/<key>.safetensors``, :mod:`pucli.cache`); the pool's extraction is saved
-in parts as it goes, so an interrupted run resumes. Under torchrun the ranks share the extraction.
+(``cache_dir()/descriptors/pool-<key>.safetensors`` for the pool, ``positive-<key>.safetensors``
+for the labeled positives, :mod:`pucli.cache`: another labeled subset reuses the pool's entry);
+the pool's extraction is saved in parts as it goes, so an interrupted run resumes. Under torchrun the ranks share the extraction.
 When P is tiny, seeded affine copies of the positives (:class:`~pucli.data.augment.PositiveAugmentation`)
 are extracted and cached beside them.
 """

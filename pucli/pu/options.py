@@ -128,7 +128,7 @@ class SelectorOptions:
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("train_batch_size", self.train_batch_size >= 1, "must be >= 1"),
             ("epoch_pool_max", self.epoch_pool_max is None or self.epoch_pool_max >= 1,
-             "must be >= 1 (pool descriptors per training epoch)"),
+             "must be >= 1 pool images per training epoch (--epoch-pool-max 0 or None: the whole pool every epoch)"),
             ("positive_per_batch", self.positive_per_batch is None or self.positive_per_batch >= 1, "must be >= 1"),
             ("risk", self.risk in RISKS, "use nnpu or upu"),
             ("loss", self.loss in SURROGATES, "use sigmoid or logistic"),
