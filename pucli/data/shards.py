@@ -48,6 +48,7 @@ __all__ = [
     "member_path",
     "split_member",
     "storage_path",
+    "storage_name",
     "member_exists",
     "list_members",
     "read_member",
@@ -141,10 +142,23 @@ def split_member(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
     The split is at the first ``.tar#``: a shard's own name must not contain that text.
     """
     text = os.fspath(path)
-    cut = text.lower().find(_SPLIT)  # shard names are matched case-insensitively (POOL.TAR)
+    cut = _member_cut(text)
     if cut < 0:
         return None
     return Path(text[: cut + len(SHARD_SUFFIX)]), text[cut + len(_SPLIT):]
+
+
+def _member_cut(text: str) -> int:
+    """Where ``text`` splits into shard and member (the first ``.tar#``), or -1."""
+    return text.lower().find(_SPLIT)  # shard names are matched case-insensitively (POOL.TAR)
+
+
+def storage_name(path: str | os.PathLike[str]) -> str:
+    """:func:`storage_path` as text, without building a ``Path`` (cheap enough to call once per
+    item of a million-image pool): the shard of a member path, else ``path`` itself."""
+    text = os.fspath(path)
+    cut = _member_cut(text)
+    return text[: cut + len(SHARD_SUFFIX)] if cut >= 0 else text
 
 
 def storage_path(path: str | os.PathLike[str]) -> Path:
@@ -215,8 +229,8 @@ _OTHER_PLAIN_TYPES = (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile
 
 def _plain_ustar_members(key: str) -> dict[str, tuple[int, int]] | None:
     """The member table of a shard whose headers are all plain ustar/GNU blocks, parsed directly
-    (about 10x faster than :mod:`tarfile`'s ``TarInfo`` objects: a million-image pool lists in
-    seconds); None as soon as anything else appears (pax or GNU long-name headers, sparse files, a
+    (about 4x faster than :mod:`tarfile`'s ``TarInfo`` objects: 0.06 s against 0.23 s for a shard of
+    10,000 members); None as soon as anything else appears (pax or GNU long-name headers, sparse files, a
     bad checksum, a truncated header), and the caller reads the shard with :mod:`tarfile`, which
     handles every format and reports the errors. Gives the same table as tarfile where it answers
     (tests/test_shards.py)."""

@@ -28,7 +28,7 @@ from pucli.checkpoints import LoadedModel, ModelConfig
 from pucli.data.augment import PositiveAugmentation, resolve_augment
 from pucli.data.files import SkippedFile
 from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
-from pucli.data.shards import MEMBER_SEPARATOR, SHARD_SUFFIX
+from pucli.data.shards import storage_name
 from pucli.paths import cache_dir
 from pucli.progress import ProgressCallback, no_progress
 from pucli.pu.network import MultiScaleExtractor
@@ -42,8 +42,6 @@ __all__ = ["Descriptors", "DESCRIPTOR_CACHE_VERSION", "DESCRIPTOR_PART_IMAGES", 
 
 
 # (part number, positions of the readable images within the part, their descriptors, its unreadable files)
-_MEMBER_SPLIT = SHARD_SUFFIX + MEMBER_SEPARATOR  # where a member path splits (pucli.data.shards.split_member)
-
 PartCallback = Callable[[int, torch.Tensor, torch.Tensor, list[SkippedFile]], None]
 
 DESCRIPTOR_CACHE_VERSION = 5  # 2: augmented positives beside the plain ones; 3: pucli.cache entries; 4: timm eval transform;
@@ -108,7 +106,7 @@ def resolve_positive_augmentation(config: ModelConfig, copies: int | None, num_p
 
 def _file_identities(paths: Sequence[Path]) -> str:
     """sha256 over (path, size, mtime_ns) of each file, in order; a missing file hashes as -1.
-    A member of a tar shard takes the shard's size and mtime (:func:`pucli.data.shards.storage_path`),
+    A member of a tar shard takes the shard's size and mtime (:func:`pucli.data.shards.storage_name`),
     and each shard is ``stat``-ed once, not once per member (a million-image pool in 100 shards:
     100 calls, not 1,000,000)."""
     digest = hashlib.sha256()
@@ -116,16 +114,16 @@ def _file_identities(paths: Sequence[Path]) -> str:
     lines: list[str] = []
     for path in paths:
         text = str(path)
-        cut = text.lower().find(_MEMBER_SPLIT)
-        storage = text[:cut + len(SHARD_SUFFIX)] if cut >= 0 else text
-        identity = shard_identities.get(storage) if cut >= 0 else None
+        storage = storage_name(text)
+        member = storage != text  # a member of a shard: its shard is stat-ed once
+        identity = shard_identities.get(storage) if member else None
         if identity is None:
             try:
                 stat = os.stat(storage)
                 identity = (stat.st_size, stat.st_mtime_ns)
             except OSError:
                 identity = (-1, -1)
-            if cut >= 0:
+            if member:
                 shard_identities[storage] = identity
         lines.append(f"{text}\0{identity[0]}\0{identity[1]}\n")
         if len(lines) == 65536:  # hashed in blocks: the same digest as line by line, a fraction of the calls
