@@ -1,46 +1,66 @@
-"""Teacher and student I/O: any timm architecture plus weights, never unpickled code.
+"""Teacher and student I/O: a timm architecture, a torchvision model or the user's own code, plus
+weights; never unpickled code.
 
-Formats read (:func:`load_model`):
+Formats read (:func:`load_model`; the files themselves: :mod:`pucli.model_files`):
 
 - **safetensors** (``.safetensors``): the architecture comes from a sidecar config in timm's
   pretrained-config form (``<stem>.config.json``, else ``config.json`` in the same folder), else
-  from the file's own metadata (pucli writes both), else from ``--arch``.
+  from the file's own metadata (pucli writes both), else from the ``arch`` given.
 - **timm ``train.py`` checkpoints** (``.pth``/``.pth.tar``): a dict with ``state_dict`` and ``arch``
   (or ``args.model``); loaded with ``torch.load(weights_only=True)``, ``argparse.Namespace``
-  being the only extra type allowed.
-- **bare state dicts** (``.pth``/``.pt``/``.bin``/``.safetensors``) plus ``--arch NAME``.
+  being the only extra type allowed. Any other ``{'state_dict': ...}`` checkpoint reads the same way.
+- **bare state dicts** (``.pth``/``.pt``/``.bin``/``.th``/``.safetensors``) plus an ``arch``.
 
-Class count and input channels are read off the classifier and first-conv weights when no config
-gives them. Written (:func:`save_model`): ``.safetensors`` with the config in its metadata, plus the
-sidecar config written by timm's own exporter, so ``timm.create_model(arch, pretrained=True,
-pretrained_cfg_overlay=dict(file=...))`` and ``timm.create_model("local-dir:DIR")`` load it.
+The architecture is a timm name, ``torchvision:NAME`` or ``PATH.py:NAME`` (the user's file, imported
+only when named: :mod:`pucli.architectures`). For timm models, class count and input channels are
+read off the classifier and first-conv weights when no config gives them; a model of other code
+gives its class count by its output on one image of its input size, which the config or the
+given preprocessing (:class:`~pucli.architectures.ModelSpec`) must say.
+
+Written (:func:`save_model`): ``.safetensors`` with the config in its metadata, plus the sidecar
+config. For a timm model that is the config timm's own exporter writes, so
+``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=...))`` and
+``timm.create_model("local-dir:DIR")`` load it; for other code, the same form with a ``code``
+section naming the code (:func:`pucli.architectures.code_record`) instead of a timm architecture.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import difflib
 import functools
 import hashlib
 import json
 import os
-import pickle
 import tempfile
-import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from pucli.errors import TeacherFormatError, UsageError
+from pucli.architectures import ArchSpec, ModelSpec, build_network, code_record, spec_from_record, warn_if_changed
+from pucli.errors import OptionError, TeacherFormatError, UsageError
+from pucli.model_files import (
+    CONFIG_METADATA_KEY,
+    SAFETENSORS_SUFFIX,
+    parse_config,
+    read_safetensors,
+    read_torch_file,
+    sidecar_config_path,
+    strip_prefixes,
+)
+from pucli.model_config import ModelConfig, output_width, resolve_code_config, resolve_timm_config, with_output_width
 from pucli.paths import output_stem, replace_atomically
 
 __all__ = [
+    "CONFIG_METADATA_KEY",
+    "SAFETENSORS_SUFFIX",
     "ModelConfig",
     "LoadedModel",
+    "build_student",
+    "config_text",
     "load_model",
     "save_model",
     "sidecar_config_path",
@@ -48,44 +68,6 @@ __all__ = [
     "check_architecture",
     "weights_digest",
 ]
-
-SAFETENSORS_SUFFIX = ".safetensors"
-CONFIG_METADATA_KEY = "pucli.config"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What pucli needs to know about a classifier besides its weights.
-
-    ``input_size`` is (channels, height, width) in pixels; ``mean``/``std`` have one entry per
-    channel, on the 0-1 pixel scale; ``label_names[k]`` names output k.
-    """
-
-    architecture: str
-    num_classes: int
-    in_chans: int
-    input_size: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bilinear"
-    crop_pct: float = 1.0
-    crop_mode: str = "center"
-    label_names: tuple[str, ...] | None = None
-    model_args: dict[str, Any] = field(default_factory=dict)
-
-    def data_config(self) -> dict[str, Any]:
-        """The preprocessing in timm's data-config form (``input_size``, ``mean``, ``std``,
-        ``interpolation``, ``crop_pct``, ``crop_mode``): what ``timm.data.resolve_model_data_config``
-        gives for this model and what :class:`pucli.data.loading.Preprocess` applies."""
-        return {
-            "input_size": self.input_size,
-            "mean": self.mean,
-            "std": self.std,
-            "interpolation": self.interpolation,
-            "crop_pct": self.crop_pct,
-            "crop_mode": self.crop_mode,
-        }
-
 
 @dataclass
 class LoadedModel:
@@ -95,7 +77,7 @@ class LoadedModel:
     config: ModelConfig
     path: Path
     file_bytes: int
-    source_format: str  # "safetensors" | "timm-checkpoint" | "state-dict"
+    source_format: str  # "safetensors" | "timm-checkpoint" | "checkpoint" | "state-dict" | "pucli-compressed"
 
     @functools.cached_property
     def digest(self) -> str:
@@ -142,25 +124,27 @@ def check_architecture(name: str) -> str:
     raise UsageError(f"unknown architecture '{name}': {hint}")
 
 
-def sidecar_config_path(weights: Path) -> Path:
-    """The config file written beside ``weights``: ``config.json`` for timm's ``model.safetensors``
-    folder layout, else ``<stem>.config.json`` (so several models can share one folder)."""
-    stem = weights.name.removesuffix(SAFETENSORS_SUFFIX)
-    return weights.with_name("config.json" if stem == "model" else f"{stem}.config.json")
-
-
-def load_model(path: str | os.PathLike[str], arch: str | None = None, *, option: str = "--teacher") -> LoadedModel:
+def load_model(path: str | os.PathLike[str], arch: str | ModelSpec | None = None, *, option: str = "--teacher") -> LoadedModel:
     """Load a classifier from any supported file (module docstring) into eval mode on the CPU.
 
     Args:
         path: weights file.
-        arch: timm architecture name; overrides what the file says, required for bare state dicts.
+        arch: the architecture (a timm name, ``torchvision:NAME`` or ``PATH.py:NAME``), or a
+            :class:`~pucli.architectures.ModelSpec` that also gives its keyword arguments and the
+            preprocessing; overrides what the file says, required for bare state dicts.
         option: the CLI option that named ``path``, quoted in error messages.
 
     Raises:
-        UsageError: missing file, unknown or missing architecture.
+        UsageError: missing file, unknown or missing architecture; a model of other code than
+            timm whose input size nothing says (:class:`~pucli.errors.MissingOptionError`), or
+            whose code the command line does not name.
         TeacherFormatError: pickled module, corrupt file, weights that do not fit the architecture.
+        DataError: the user's code raises on import or when called.
+
+    Warns:
+        PucliWarning: the user's code file changed since the model was written (both digests named).
     """
+    spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch=arch)
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a weights file" if path.is_dir() else "does not exist"
@@ -170,43 +154,116 @@ def load_model(path: str | os.PathLike[str], arch: str | None = None, *, option:
     compression = None
     if is_compressed(path):
         state_dict, raw_config, compression = read_compressed(path, option=option)
-        config_dict, source_format = _parse_config(raw_config, path), "pucli-compressed"
+        config_dict, source_format = parse_config(raw_config, path), "pucli-compressed"
     elif path.name.endswith(SAFETENSORS_SUFFIX):
-        state_dict, config_dict, source_format = _read_safetensors(path)
+        state_dict, config_dict, source_format = read_safetensors(path)
     else:
-        state_dict, config_dict, source_format = _read_torch_file(path)
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        state_dict, config_dict, source_format = read_torch_file(path)
+    state_dict = strip_prefixes(state_dict)
 
-    architecture = arch or config_dict.get("architecture")
-    if not architecture:
-        raise UsageError(f"{path} does not name its architecture: pass --arch NAME (a timm model name)")
-    check_architecture(architecture)
-    config = _resolve_config(architecture, config_dict, state_dict, path)
-    model = build_model(config, path=path)
+    code = _code_spec(spec, config_dict, path)
+    if code is None:
+        architecture = spec.arch or config_dict.get("architecture")
+        if not architecture:
+            raise UsageError(f"{path} does not name its architecture: pass --arch NAME (a timm model name)")
+        check_architecture(architecture)
+        config = resolve_timm_config(architecture, _with_given(config_dict, spec), state_dict, path)
+        model = build_model(config, path=path)
+    else:
+        config = resolve_code_config(code, _with_given(config_dict, spec), state_dict, path)
+        model = build_network(code, num_classes=config.num_classes or None)
     if compression is not None:
         rebuild(model, config.input_size, compression)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
-        missing, unexpected = _key_mismatch(model.state_dict(), state_dict)
-        detail = "; ".join(
-            part
-            for part in (
-                f"missing {', '.join(missing[:3])}" if missing else "",
-                f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
-                "shapes differ" if not missing and not unexpected else "",
-            )
-            if part
-        )
-        raise TeacherFormatError(
-            f"weights in {path} do not fit architecture '{architecture}'{_described(config)} ({detail}): "
-            f"{_fit_advice(path, arch, source_format)}"
-        ) from exc
+        raise TeacherFormatError(_misfit(model, state_dict, path, config, spec.arch, source_format)) from exc
     model.eval()
+    if code is not None:
+        config = with_output_width(model, config, path)
     from pucli.report import record_model_file
 
-    record_model_file(path, "read", architecture, config.data_config())
+    record_model_file(path, "read", config.architecture, config.data_config(), code=config.code)
     return LoadedModel(model, config, path, path.stat().st_size, source_format)
+
+
+def _with_given(config: Mapping[str, Any], spec: ModelSpec) -> dict[str, Any]:
+    """The file's config with what the command line gives on top: the preprocessing, and a timm
+    architecture's keyword arguments as ``model_args``."""
+    given = {**config, **spec.preprocessing()}
+    if spec.arch_kwargs and (spec.arch is None or spec.architecture().kind == "timm") and "code" not in config:  # type: ignore[union-attr]
+        given["model_args"] = {**(config.get("model_args") or {}), **spec.arch_kwargs}
+    return given
+
+
+def _code_spec(spec: ModelSpec, config: Mapping[str, Any], path: Path) -> ArchSpec | None:
+    """The torchvision or file code that builds the model (None: a timm architecture): the one
+    the command line names, else the one the file's config records (file code only when the
+    command line names that file too). Keyword arguments: those given, else the recorded ones.
+
+    Raises:
+        OptionError, MissingOptionError: as :func:`pucli.architectures.parse_arch`,
+            :func:`~pucli.architectures.spec_from_record`.
+    """
+    record = config.get("code") if isinstance(config.get("code"), Mapping) else None
+    if spec.arch is not None:
+        given = spec.architecture()
+        assert given is not None
+        if given.kind == "timm":
+            return None
+        if spec.arch_kwargs is None and record is not None:
+            given = dataclasses.replace(given, kwargs=dict(record.get("kwargs") or {}))
+        warn_if_changed(given, record, path)
+        return given
+    if record is None:
+        return None
+    recorded = spec_from_record(record, spec, path)
+    return recorded if spec.arch_kwargs is None else dataclasses.replace(recorded, kwargs=dict(spec.arch_kwargs))
+
+
+def _misfit(model: nn.Module, state_dict: Mapping[str, Any], path: Path, config: ModelConfig, arch: str | None,
+            source_format: str) -> str:
+    """The one-line error for weights that do not fit: the first missing and unexpected keys, and what to fix."""
+    missing, unexpected = _key_mismatch(model.state_dict(), state_dict)
+    detail = "; ".join(
+        part
+        for part in (
+            f"missing {', '.join(missing[:3])}" if missing else "",
+            f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
+            "shapes differ" if not missing and not unexpected else "",
+        )
+        if part
+    )
+    if config.code is not None:
+        return (f"weights in {path} do not fit {config.architecture}{_described(config)} ({detail}): check that "
+                "this code, with these keyword arguments, made them")
+    return (f"weights in {path} do not fit architecture '{config.architecture}'{_described(config)} ({detail}): "
+            f"{_fit_advice(path, arch, source_format)}")
+
+
+def build_student(spec: ArchSpec, teacher: ModelConfig) -> tuple[nn.Module, ModelConfig]:
+    """A fresh student of ``spec`` for ``teacher``: the teacher's class count, input channels and
+    preprocessing, and ``spec``'s keyword arguments (timm: ``model_args``; torchvision: with the
+    teacher's ``num_classes`` unless given; file code: exactly ``NAME(**kwargs)``).
+
+    Raises:
+        UsageError: an unknown timm architecture (:func:`check_architecture`).
+        OptionError: as :func:`pucli.architectures.build_network`; a student whose output width is
+            not the teacher's class count (names the student's keyword arguments).
+        DataError: the user's code raises.
+    """
+    if spec.kind == "timm":
+        check_architecture(spec.name)
+        config = dataclasses.replace(teacher, architecture=spec.name, model_args=dict(spec.kwargs), code=None)
+        return build_model(config), config
+    model = build_network(spec, num_classes=teacher.num_classes)
+    config = dataclasses.replace(teacher, architecture=spec.label, model_args=dict(spec.kwargs), code=code_record(spec))
+    width = output_width(model, config)
+    if width != teacher.num_classes:
+        raise OptionError(spec.kwargs_parameter, _json(dict(spec.kwargs)),
+                          f"{spec.label} builds {width} outputs but the teacher has {teacher.num_classes} classes: "
+                          f"make it build {teacher.num_classes} (e.g. {{\"num_classes\": {teacher.num_classes}}})")
+    return model, config
 
 
 def build_model(config: ModelConfig, *, path: Path | None = None) -> nn.Module:
@@ -256,23 +313,24 @@ def save_model(
     label_names: Sequence[str] | None = None,
     data_config: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    config: ModelConfig | None = None,
 ) -> Path:
-    """Write ``model``'s weights to ``path`` (.safetensors) and its timm config beside it.
+    """Write ``model``'s weights to ``path`` (.safetensors) and its config beside it.
 
-    The config (timm's export format, written by timm's own ``save_config_for_hf``) goes both into
-    the safetensors metadata and into :func:`sidecar_config_path`. ``data_config`` overrides the
-    preprocessing (a student declares the one it was trained with: its teacher's). ``provenance``
-    (:func:`student_provenance`) marks weights pucli trained: the architecture's own weight
-    provenance (``tag``, ``license``, papers, notes: those of its ImageNet weights) is left out,
-    and the config says where these weights come from instead (``pretrained_cfg.description``,
-    ``notes`` and a ``pucli`` section). Both files are written atomically with the mode a plain
-    ``open`` gives (0666 less the umask).
+    The config (:func:`config_text`: timm's export format, written by timm's own
+    ``save_config_for_hf``; for a model of other code, ``config``'s code record in the same form)
+    goes both into the safetensors metadata and into :func:`sidecar_config_path`. ``data_config``
+    overrides the preprocessing (a student declares the one it was trained with: its teacher's).
+    ``provenance`` (:func:`student_provenance`) marks weights pucli trained: the architecture's
+    own weight provenance (``tag``, ``license``, papers, notes: those of its ImageNet weights) is
+    left out, and the config says where these weights come from instead
+    (``pretrained_cfg.description``, ``notes`` and a ``pucli`` section). Both files are written
+    atomically with the mode a plain ``open`` gives (0666 less the umask).
 
     Raises:
         UsageError: ``path`` does not end in .safetensors, or its folder is missing / read-only.
     """
     from safetensors.torch import save_file
-    from timm.models._hub import save_config_for_hf  # timm's exporter; not re-exported publicly
 
     path = Path(path)
     if not path.name.endswith(SAFETENSORS_SUFFIX):
@@ -281,6 +339,50 @@ def save_model(
         raise UsageError(f"--out {path}: folder {path.parent} does not exist; create it first")
     if not os.access(path.parent, os.W_OK):
         raise UsageError(f"--out {path}: folder {path.parent} is not writable; choose another --out")
+    text = config_text(model, config, label_names=label_names, data_config=data_config)
+    if provenance is not None:
+        text = _with_provenance(text, provenance)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt", "architecture": json.loads(text)["architecture"], CONFIG_METADATA_KEY: text}
+    replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    replace_atomically(sidecar_config_path(path), lambda tmp: tmp.write_text(text))
+    from pucli.report import record_model_file
+
+    written = parse_config(json.loads(text), path)
+    record_model_file(path, "written", metadata["architecture"],
+                      {k: written.get(k) for k in ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")},
+                      code=written.get("code"))
+    return path
+
+
+def config_text(model: nn.Module, config: ModelConfig | None = None, *, label_names: Sequence[str] | None = None,
+                data_config: Mapping[str, Any] | None = None) -> str:
+    """The JSON config saved with ``model`` (timm's config form).
+
+    A timm model: what timm's own exporter ``save_config_for_hf`` writes, with ``label_names`` and
+    the preprocessing ``data_config`` (None: the model's own). A model of other code (``config.code``
+    set): ``architecture`` (its short name), ``num_classes``, ``label_names``, ``code`` (the code
+    record: file, sha256, kwargs; never the code) and ``pretrained_cfg`` with the preprocessing
+    (``data_config``, else ``config``'s), which :func:`load_model` reads back.
+    """
+    if config is not None and config.code is not None:
+        data = dict(data_config or config.data_config())
+        out: dict[str, Any] = {"architecture": config.architecture, "num_classes": config.num_classes}
+        if label_names:
+            out["label_names"] = list(label_names)
+        out["code"] = dict(config.code)
+        out["pretrained_cfg"] = {
+            "input_size": [int(v) for v in data["input_size"]],
+            "interpolation": str(data.get("interpolation") or config.interpolation),
+            "crop_pct": float(data.get("crop_pct") or config.crop_pct),
+            "crop_mode": str(data.get("crop_mode") or config.crop_mode),
+            "mean": [float(v) for v in data["mean"]],
+            "std": [float(v) for v in data["std"]],
+            "num_classes": config.num_classes,
+        }
+        return json.dumps(out, indent=2)
+    from timm.models._hub import save_config_for_hf  # timm's exporter; not re-exported publicly
+
     model_config: dict[str, Any] = {}
     if label_names:
         model_config["label_names"] = list(label_names)
@@ -289,19 +391,7 @@ def save_model(
         data["input_size"] = tuple(data["input_size"])
     with tempfile.TemporaryDirectory() as scratch:
         save_config_for_hf(model, f"{scratch}/config.json", model_config=model_config, data_config=data)
-        config_text = Path(scratch, "config.json").read_text()
-    if provenance is not None:
-        config_text = _with_provenance(config_text, provenance)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": "pt", "architecture": json.loads(config_text)["architecture"], CONFIG_METADATA_KEY: config_text}
-    replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    replace_atomically(sidecar_config_path(path), lambda tmp: tmp.write_text(config_text))
-    from pucli.report import record_model_file
-
-    written = _parse_config(json.loads(config_text), path)
-    record_model_file(path, "written", metadata["architecture"],
-                      {k: written.get(k) for k in ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")})
-    return path
+        return Path(scratch, "config.json").read_text()
 
 
 # What an architecture's pretrained config says about its published weights, not about weights
@@ -332,216 +422,6 @@ def _with_provenance(config_text: str, provenance: Mapping[str, Any]) -> str:
     config["pucli"] = dict(provenance)
     return json.dumps(config, indent=2)
 
-
-# --- reading ---------------------------------------------------------------------------------
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise TeacherFormatError(
-            f"{path} is not a valid safetensors file ({_first_line(exc)}): re-export or re-download it"
-        ) from exc
-    config: dict[str, Any] = {}
-    sidecar = sidecar_config_path(path)
-    if not sidecar.is_file() and (path.parent / "config.json").is_file():
-        sidecar = path.parent / "config.json"
-    if sidecar.is_file():
-        config = _read_json_config(sidecar)
-    elif CONFIG_METADATA_KEY in metadata:
-        config = _parse_config(json.loads(metadata[CONFIG_METADATA_KEY]), path)
-    elif "architecture" in metadata:
-        config = {"architecture": metadata["architecture"]}
-    return state_dict, config, "safetensors"
-
-
-def _read_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise TeacherFormatError(
-            f"{path} holds a pickled Python object, which pucli never unpickles (it could run code): "
-            "save a state dict instead, torch.save(model.state_dict(), 'teacher.pth'), and pass --arch NAME "
-            "(or save the state dict with safetensors)"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise TeacherFormatError(
-            f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)}): check the file is complete"
-        ) from exc
-    if not isinstance(obj, Mapping):
-        raise TeacherFormatError(f"{path} holds a {type(obj).__name__}, not a state dict: save model.state_dict()")
-    config: dict[str, Any] = {}
-    source_format = "state-dict"
-    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        source_format = "timm-checkpoint"
-        args = obj.get("args")
-        # timm's train.py stores the variant name in args.model; "arch" is only the class name.
-        arch = getattr(args, "model", None) or obj.get("arch")
-        if arch:
-            config["architecture"] = arch
-        config.update(_train_args_config(args))
-        obj = obj["state_dict"]
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise TeacherFormatError(f"{path} holds no weight tensors: save model.state_dict()")
-    sidecar = sidecar_config_path(path.with_name(output_stem(path) + SAFETENSORS_SUFFIX))
-    if sidecar.is_file():
-        # The sidecar adds what the checkpoint's args do not record; its model_args win (they are
-        # the user's fix for a build the args describe wrongly or not at all).
-        written = _read_json_config(sidecar)
-        model_args = {**(config.get("model_args") or {}), **(written.get("model_args") or {})}
-        config = {**written, **config}
-        if model_args:
-            config["model_args"] = model_args
-    return tensors, config, source_format
-
-
-# timm train.py's arguments that it passes to timm.create_model, and the keyword each becomes;
-# args.model_kwargs (--model-kwargs) is passed as it is. None means "not set" (train.py's default).
-_TRAIN_MODEL_ARGS = {
-    "gp": "global_pool",
-    "drop": "drop_rate",
-    "drop_path": "drop_path_rate",
-    "drop_block": "drop_block_rate",
-    "bn_momentum": "bn_momentum",
-    "bn_eps": "bn_eps",
-}
-# train.py's arguments that describe the data (resolve_data_config reads them the same way).
-_TRAIN_DATA_ARGS = ("num_classes", "in_chans", "input_size", "mean", "std", "interpolation", "crop_pct")
-
-
-def _train_args_config(args: Any) -> dict[str, Any]:
-    """The config part of a timm ``train.py`` checkpoint's ``args`` (an ``argparse.Namespace``):
-    its data arguments, ``img_size`` as ``input_size``, and ``model_args``, the keywords train.py
-    gave ``timm.create_model`` (``--model-kwargs``, ``--gp``, ``--drop*``, ``--bn-*``)."""
-    if args is None:
-        return {}
-    config: dict[str, Any] = {}
-    for key in _TRAIN_DATA_ARGS:
-        value = getattr(args, key, None)
-        if value is not None and value != "":
-            config[key] = value
-    img_size = getattr(args, "img_size", None)
-    if "input_size" not in config and isinstance(img_size, int):
-        config["input_size"] = (config.get("in_chans") or 3, img_size, img_size)
-    model_args = dict(getattr(args, "model_kwargs", None) or {})
-    for name, keyword in _TRAIN_MODEL_ARGS.items():
-        value = getattr(args, name, None)
-        # A drop rate of 0 is every timm model's default (and no rate acts in eval mode): left out.
-        if value is not None and not (keyword.endswith("_rate") and value == 0) and keyword not in model_args:
-            model_args[keyword] = value
-    if model_args:
-        config["model_args"] = model_args
-    return config
-
-
-def _read_json_config(path: Path) -> dict[str, Any]:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TeacherFormatError(f"{path} is not valid JSON ({_first_line(exc)}): fix or delete it") from exc
-    if not isinstance(raw, dict):
-        raise TeacherFormatError(f"{path} must hold a JSON object in timm's config form")
-    return _parse_config(raw, path)
-
-
-def _parse_config(raw: dict[str, Any], source: Path) -> dict[str, Any]:
-    """Flatten timm's config form ({architecture, num_classes, pretrained_cfg: {...}}) or the flat
-    form ({architecture, num_classes, input_size, mean, std, label_names}) to one flat dict."""
-    flat = dict(raw.get("pretrained_cfg") or {})
-    flat.update({k: v for k, v in raw.items() if k != "pretrained_cfg"})
-    if "labels" in flat and "label_names" not in flat:
-        flat["label_names"] = flat.pop("labels")
-    if isinstance(flat.get("label_names"), dict):
-        names = flat["label_names"]
-        try:
-            flat["label_names"] = [names[k] for k in sorted(names, key=int)]
-        except ValueError as exc:
-            raise TeacherFormatError(f"{source}: label_names keys must be class indices") from exc
-    return flat
-
-
-def _resolve_config(architecture: str, raw: dict[str, Any], state_dict: Mapping[str, torch.Tensor], path: Path) -> ModelConfig:
-    import timm
-
-    default = timm.models.get_pretrained_cfg(architecture)
-    default_cfg = default.to_dict() if default is not None else {}
-    model_args = dict(raw.get("model_args") or {})
-    num_classes = raw.get("num_classes") or model_args.get("num_classes")
-    if num_classes is None:
-        num_classes = _classifier_width(default_cfg.get("classifier"), state_dict)
-    if num_classes is None:
-        # No classifier weight where the architecture keeps it: the load below reports the mismatch.
-        num_classes = default_cfg.get("num_classes") or 1000
-    in_chans = model_args.get("in_chans") or raw.get("in_chans")
-    if in_chans is None:
-        in_chans = _first_conv_channels(default_cfg.get("first_conv"), state_dict)
-    if in_chans is None:
-        in_chans = (raw.get("input_size") or default_cfg.get("input_size") or (3,))[0]
-    size = raw.get("input_size") or default_cfg.get("input_size") or (3, 224, 224)
-    input_size = (int(in_chans), int(size[-2]), int(size[-1]))
-    mean = _per_channel(raw.get("mean") or default_cfg.get("mean") or (0.485, 0.456, 0.406), in_chans)
-    std = _per_channel(raw.get("std") or default_cfg.get("std") or (0.229, 0.224, 0.225), in_chans)
-    labels = raw.get("label_names")
-    if labels is not None and len(labels) != int(num_classes):
-        raise TeacherFormatError(
-            f"{path}: label_names lists {len(labels)} names for {num_classes} classes; fix the config"
-        )
-    return ModelConfig(
-        architecture=architecture,
-        num_classes=int(num_classes),
-        in_chans=int(in_chans),
-        input_size=input_size,
-        mean=mean,
-        std=std,
-        # With neither the file nor timm saying, timm's own defaults (resolve_data_config).
-        interpolation=str(raw.get("interpolation") or default_cfg.get("interpolation") or "bicubic"),
-        crop_pct=float(raw.get("crop_pct") or default_cfg.get("crop_pct") or 0.875),
-        crop_mode=_crop_mode(raw.get("crop_mode") or default_cfg.get("crop_mode") or "center", path),
-        label_names=tuple(str(n) for n in labels) if labels is not None else None,
-        model_args={k: v for k, v in model_args.items() if k not in {"num_classes", "in_chans"}},
-    )
-
-
-def _crop_mode(value: Any, path: Path) -> str:
-    if value not in _CROP_MODES:
-        raise TeacherFormatError(f"{path}: crop_mode {value!r} is not one of timm's {', '.join(_CROP_MODES)}; fix the config")
-    return str(value)
-
-
-_CROP_MODES = ("center", "squash", "border")
-
-
-def _classifier_width(classifier: str | Sequence[str] | None, state_dict: Mapping[str, torch.Tensor]) -> int | None:
-    if not classifier:
-        return None
-    name = classifier if isinstance(classifier, str) else classifier[0]
-    weight = state_dict.get(f"{name}.weight")
-    return int(weight.shape[0]) if weight is not None else None
-
-
-def _first_conv_channels(first_conv: str | Sequence[str] | None, state_dict: Mapping[str, torch.Tensor]) -> int | None:
-    if not first_conv:
-        return None
-    name = first_conv if isinstance(first_conv, str) else first_conv[0]
-    weight = state_dict.get(f"{name}.weight")
-    return int(weight.shape[1]) if weight is not None and weight.ndim == 4 else None
-
-
-def _per_channel(values: Sequence[float] | float, channels: int) -> tuple[float, ...]:
-    values = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
-    if len(values) == channels:
-        return tuple(values)
-    if len(values) == 1:
-        return tuple(values * channels)
-    # timm does the same when a model is built for other channels than its pretrained config.
-    return tuple([sum(values) / len(values)] * channels)
 
 
 def _key_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> tuple[list[str], list[str]]:

@@ -62,3 +62,22 @@ class Interrupted(PucliError):
     The CLI exits with 128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
 
     exit_code = 130
+
+
+class MissingOptionError(OptionError):
+    """An engine parameter that must be given in this case was not (``input_size is needed: ...``).
+
+    Like :class:`OptionError`, front ends rename the parameter (:meth:`renamed`): ``pucli evaluate``
+    says ``--input-size is needed: ...``."""
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        self.parameter, self.value, self.problem = parameter, None, problem
+        UsageError.__init__(self, f"{parameter} is needed: {problem}")
+
+    def renamed(self, name: str) -> str:
+        return f"{name} is needed: {self.problem}"
+
+
+class PucliWarning(UserWarning):
+    """Something a user should know that does not stop the command (issued with :func:`warnings.warn`;
+    the CLI prints each as one ``warning:`` line on stderr)."""

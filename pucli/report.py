@@ -12,7 +12,8 @@ Format (``format_version`` 1)::
      "seed": int|null, "device": "cpu", "threads": int, "counts": {...}, "results": {...},
      "preprocessing": [{"file": ..., "role": "read"|"written", "architecture": ...,
                         "input_size": [C, H, W], "interpolation": ..., "crop_pct": ...,
-                        "crop_mode": ..., "mean": [...], "std": [...]}],
+                        "crop_mode": ..., "mean": [...], "std": [...],
+                        "code": {"arch": ..., "sha256": ..., "kwargs": {...}}}],
      "skipped": {"count": int, "files": [{"path": ..., "reason": ...}]},
      "timings_s": {"stage": seconds, ..., "total": seconds}}
 
@@ -51,12 +52,16 @@ _MODEL_FILES: list[dict[str, Any]] = []
 
 
 def record_model_file(path: str | os.PathLike[str], role: str, architecture: str,
-                      data_config: Mapping[str, Any]) -> None:
+                      data_config: Mapping[str, Any], *, code: Mapping[str, Any] | None = None) -> None:
     """Note that this run read (``role`` "read") or wrote ("written") the model file ``path`` of
     ``architecture`` whose config declares the preprocessing ``data_config`` (timm's data-config
-    form); every run report made before lists it under ``preprocessing``."""
-    _MODEL_FILES.append({"file": str(path), "role": role, "architecture": architecture,
-                         **{k: _jsonable(v) for k, v in data_config.items()}})
+    form); every run report made before lists it under ``preprocessing``. ``code``: what builds a
+    model that is not a timm model (:func:`pucli.architectures.code_record`), listed with it."""
+    entry = {"file": str(path), "role": role, "architecture": architecture,
+             **{k: _jsonable(v) for k, v in data_config.items()}}
+    if code is not None:
+        entry["code"] = _jsonable(code)
+    _MODEL_FILES.append(entry)
 
 
 def report_path_for(output: str | os.PathLike[str]) -> Path:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from pucli.cli._output import error, escape
+from pucli.cli._output import error, escape, shows_warnings
 
 __all__ = ["flag_for", "handles_errors", "set_debug"]
 
@@ -58,7 +58,7 @@ def handles_errors(command: F | None = None, *, flags: Mapping[str, str] | None 
         from pucli.errors import Interrupted, OptionError, PucliError
 
         try:
-            with _signals_interrupt():
+            with _signals_interrupt(), shows_warnings():
                 return command(*args, **kwargs)
         except typer.Exit:
             raise

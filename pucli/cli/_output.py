@@ -38,6 +38,7 @@ __all__ = [
     "info",
     "progress_bars",
     "show_result",
+    "shows_warnings",
     "silenced",
     "start_run",
     "warn_skipped",
@@ -80,6 +81,32 @@ def info(message: str, *, quiet: bool = False) -> None:
     """A message for humans on stderr (suppressed by ``--quiet``)."""
     if not silenced(quiet):
         console.print(message, soft_wrap=True)
+
+
+@contextmanager
+def shows_warnings() -> Iterator[None]:
+    """While a command runs, each :class:`pucli.errors.PucliWarning` the engine issues is one
+    ``warning:`` line on stderr (each time, not once per place; suppressed by ``--quiet``); other
+    Python warnings go where they went before."""
+    import warnings
+
+    from pucli.errors import PucliWarning
+
+    with warnings.catch_warnings():
+        previous = warnings.showwarning
+        warnings.simplefilter("always", PucliWarning)
+
+        def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                 line: str | None = None) -> None:
+            if issubclass(category, PucliWarning):
+                context = current_context()
+                quiet = bool(context is not None and context.params.get("quiet"))
+                info(f"[yellow]warning:[/] {escape(str(message))}", quiet=quiet)
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def warn_skipped(skipped: list[Any], *, quiet: bool = False, what: str = "file(s)") -> None:

@@ -11,6 +11,13 @@ import typer
 from pucli.cli._errors import handles_errors
 from pucli.cli._options import (
     ArchOption,
+    ArchKwargsOption,
+    CropPctOption,
+    InputSizeOption,
+    InterpolationOption,
+    MeanOption,
+    ModelCommand,
+    StdOption,
     DeviceOption,
     ForceOption,
     JsonOption,
@@ -19,6 +26,7 @@ from pucli.cli._options import (
     SeedOption,
     ThreadsOption,
     WorkersOption,
+    model_spec,
 )
 from pucli.cli._output import command_help, console, emit_json, info, progress_bars, start_run
 from pucli.cli._prompts import guard_output
@@ -56,14 +64,14 @@ Each output channel's weights go to the integer grid {-q..q} x scale, q = 2^(bit
   pucli quantize teacher.safetensors --weight-bits 4 --out - | pucli recalibrate - --data index.tsv --out teacher-4bit.safetensors
 """
 
-ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.safetensors, .pth, .pth.tar), or - for stdin.", show_default=False)]
+ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.safetensors, .pth, .pth.tar, .th; a state dict with --arch), or - for stdin.", show_default=False)]
 OutOption = Annotated[str, typer.Option("--out", help="Model file to write (.safetensors), or - for stdout.", show_default=False, rich_help_panel="Output")]
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prune", help=command_help(PRUNE_HELP), no_args_is_help=True)(prune)
-    app.command("quantize", help=command_help(QUANTIZE_HELP), no_args_is_help=True)(quantize)
-    app.command("recalibrate", help=command_help(RECALIBRATE_HELP), no_args_is_help=True)(recalibrate)
+    app.command("prune", cls=ModelCommand, help=command_help(PRUNE_HELP), no_args_is_help=True)(prune)
+    app.command("quantize", cls=ModelCommand, help=command_help(QUANTIZE_HELP), no_args_is_help=True)(quantize)
+    app.command("recalibrate", cls=ModelCommand, help=command_help(RECALIBRATE_HELP), no_args_is_help=True)(recalibrate)
 
 
 @handles_errors
@@ -75,6 +83,12 @@ def recalibrate(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Largest batch; all batches get one size.")] = 100,
     augment: Annotated[str, typer.Option("--augment", help="none (the evaluation transform) or flip-crop.")] = "none",
     arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    interpolation: InterpolationOption = None,
+    crop_pct: CropPctOption = None,
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
@@ -87,10 +101,11 @@ def recalibrate(
     from pucli.compress.steps import recalibrate as recalibrate_model
     from pucli.device import default_workers
 
+    spec = model_spec(arch, arch_kwargs, input_size, mean, std, interpolation, crop_pct)
     _check_out(out, force=force, json_output=json_output)
     report, run_device = start_run(device=device, threads=threads)
     with progress_bars(quiet=quiet) as progress, report.stage("re-estimate"):
-        result = recalibrate_model(model, data, out, arch=arch, images=images, batch_size=batch_size, augment=augment,
+        result = recalibrate_model(model, data, out, arch=spec, images=images, batch_size=batch_size, augment=augment,
                                    seed=seed, device=run_device, workers=default_workers(images) if workers is None else workers,
                                    skipped=report.skipped, progress=progress)
     report.counts = {"images": result.images, "batches": result.batches, "available": result.available,
@@ -112,6 +127,12 @@ def prune(
     importance: Annotated[str, typer.Option("--importance", help="group-norm (L2 over each coupled group) or magnitude (L1 of the layer's own channel).")] = "group-norm",
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Module to keep whole (repeatable); the classifier always is.", show_default=False)] = None,
     arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    interpolation: InterpolationOption = None,
+    crop_pct: CropPctOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
     json_output: JsonOption = False,
@@ -120,10 +141,11 @@ def prune(
 ) -> None:
     from pucli.compress.steps import prune as prune_model
 
+    spec = model_spec(arch, arch_kwargs, input_size, mean, std, interpolation, crop_pct)
     _check_out(out, force=force, json_output=json_output)
     report, _ = start_run(device="cpu", threads=threads)
     with report.stage("prune"):
-        result = prune_model(model, out, ratio=ratio, importance=importance, ignore=tuple(ignore or ()), arch=arch)
+        result = prune_model(model, out, ratio=ratio, importance=importance, ignore=tuple(ignore or ()), arch=spec)
     report.counts = {"layers_pruned": len(result.channels)}
     written = _finish(report, result, out, report_path, json_output)
     if not quiet and not json_output:
@@ -139,6 +161,12 @@ def quantize(
     out: OutOption,
     first_last_bits: Annotated[int, typer.Option("--first-last-bits", help="Bits of the first conv and the classifier: 8, 4, 3 or 2.")] = 8,
     arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    interpolation: InterpolationOption = None,
+    crop_pct: CropPctOption = None,
     force: ForceOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -146,10 +174,11 @@ def quantize(
 ) -> None:
     from pucli.compress.steps import quantize as quantize_model
 
+    spec = model_spec(arch, arch_kwargs, input_size, mean, std, interpolation, crop_pct)
     _check_out(out, force=force, json_output=json_output)
     report, _ = start_run()
     with report.stage("quantize"):
-        result = quantize_model(model, out, bits=weight_bits, first_last_bits=first_last_bits, arch=arch)
+        result = quantize_model(model, out, bits=weight_bits, first_last_bits=first_last_bits, arch=spec)
     report.counts = {"layers": result.layers}
     written = _finish(report, result, out, report_path, json_output)
     info(f"quantized {result.layers} layers to {weight_bits} bits (first and last: {first_last_bits}); weights "

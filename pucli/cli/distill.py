@@ -10,6 +10,12 @@ import typer
 from pucli.cli._errors import handles_errors
 from pucli.cli._options import (
     ArchOption,
+    ArchKwargsOption,
+    CropPctOption,
+    InputSizeOption,
+    InterpolationOption,
+    MeanOption,
+    StdOption,
     BatchSizeOption,
     DeviceOption,
     ForceOption,
@@ -21,6 +27,8 @@ from pucli.cli._options import (
     TeacherCommand,
     ThreadsOption,
     WorkersOption,
+    code_file,
+    model_spec,
     teacher_label,
 )
 from pucli.cli._output import command_help, console, escape, info, progress_bars, show_result, start_run, warn_skipped
@@ -36,6 +44,9 @@ TEACHER may also be given as --teacher FILE.
 [bold]Example[/]
 
   pucli distill teacher.safetensors --data ./expanded --student lenet5_half --out student.safetensors
+  pucli distill resnet56.th --arch resnet.py:resnet56 --input-size 3 32 32 --data ./expanded --student resnet.py:resnet20 --out resnet20.safetensors
+
+A student from torchvision (torchvision:NAME) or your own code (PATH.py:NAME, called as NAME(**--student-kwargs)) is saved as safetensors with a config naming its code (file, sha256, keyword arguments; never the code itself) and the teacher's preprocessing: the next command needs --arch PATH.py:NAME again, and no preprocessing flags.
 """
 
 _RUN = "Training"
@@ -50,21 +61,30 @@ def _check_student_file(out: Path) -> None:
 
 
 def _check_student(name: str) -> None:
-    """A timm architecture name, or a model file to fine-tune (a pruned teacher: docs/compress.md)."""
+    """A timm architecture name, ``torchvision:NAME`` or ``PATH.py:NAME`` (the file must exist; it is
+    not imported yet), or a model file to fine-tune (a pruned teacher: docs/compress.md)."""
+    from pucli.architectures import parse_arch
     from pucli.checkpoints import check_architecture
 
     if not name.endswith(".safetensors"):
-        check_architecture(name)
+        spec = parse_arch(name, parameter="student")
+        if spec.kind == "timm":
+            check_architecture(name)
 
 
-def _student_init(student: str) -> tuple[str, Any, Any]:
+def _student_init(student: str, student_kwargs: str | None, code_files: tuple[str, ...]) -> tuple[Any, Any, Any]:
     """``(architecture, (network, config) or None, compression or None)`` for ``--student``: a
-    file starts training from its network (and is saved again in its compressed format)."""
+    name (with ``--student-kwargs``), or a file to start training from (its network; saved again
+    in its compressed format), whose code, if it is not a timm model, the line must name
+    (``code_files``: the Python files of ``--arch`` and ``--student``)."""
+    from pucli.architectures import ModelSpec, parse_arch, parse_kwargs
+
     if not student.endswith(".safetensors"):
-        return student, None, None
+        return parse_arch(student, parameter="student",
+                          kwargs=parse_kwargs(student_kwargs, parameter="student_kwargs")), None, None
     from pucli.compress.formats import load_student_init
 
-    network, config, compression = load_student_init(student, option="--student")
+    network, config, compression = load_student_init(student, option="--student", arch=ModelSpec(code_files=code_files))
     return config.architecture, (network, config), compression
 
 
@@ -76,9 +96,16 @@ def register(app: typer.Typer) -> None:
 def distill(
     teacher: TeacherArgument,
     data: Annotated[Path, typer.Option("--data", help="Expanded-set folder written by `pucli expand`.", show_default=False)],
-    student: Annotated[str, typer.Option("--student", callback=checked_answer(_check_student), help="Student architecture: any timm name (lenet5_half, resnet18, ...), or a model file to fine-tune (a pruned teacher from `pucli prune`).", show_default=False)],
+    student: Annotated[str, typer.Option("--student", callback=checked_answer(_check_student), help="Student architecture: any timm name (lenet5_half, resnet18, ...), torchvision:NAME, PATH.py:NAME (your own code), or a model file to fine-tune (a pruned teacher from `pucli prune`).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", callback=checked_answer(_check_student_file), help="Student weights to write (*.safetensors).", show_default=False)],
+    student_kwargs: Annotated[str | None, typer.Option("--student-kwargs", metavar="JSON", help="Keyword arguments for --student, a JSON object such as '{\"num_classes\": 10}' (a timm student's go to timm.create_model).", show_default=False)] = None,
     arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    interpolation: InterpolationOption = None,
+    crop_pct: CropPctOption = None,
     loss: Annotated[str, typer.Option("--loss", help="robust-kd (Eq. 10), weighted-kd (Eq. 8) or kd (Eq. 1).", rich_help_panel=_RUN)] = "robust-kd",
     temperature: Annotated[float | None, typer.Option("--temperature", help="KD temperature T \\[default: the expanded set's].", rich_help_panel=_RUN)] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs \\[default: ~5,000 steps, 20 to 200 epochs].", rich_help_panel=_RUN)] = None,
@@ -112,6 +139,7 @@ def distill(
     from pucli.report import report_location, side_file
 
     _check_student_file(out)
+    spec = model_spec(arch, arch_kwargs, input_size, mean, std, interpolation, crop_pct, code_files=code_file(student))
     config = DistillConfig(loss=loss, temperature=temperature, epochs=epochs, batch_size=batch_size, lr=lr,
                            optimizer=optimizer, eps=eps, num_weight_vectors=num_weight_vectors,
                            redraw_weight_set=not fixed_weight_set, augment=augment, keep=keep, seed=seed,
@@ -128,8 +156,8 @@ def distill(
     # Under torchrun every rank trains (DistributedDataParallel); only rank 0 reports and writes.
     report, run_device = start_run(device=device, threads=threads, torchrun=True, checkpoint=checkpoint)
     with report.stage("load"):
-        loaded, expanded, val_set = _load_inputs(teacher, arch, data, val)
-        architecture, init, compression = _student_init(student)
+        loaded, expanded, val_set = _load_inputs(teacher, spec, data, val)
+        architecture, init, compression = _student_init(student, student_kwargs, code_file(arch) + code_file(student))
     with progress_bars(quiet=quiet) as progress, report.stage("train"):
         result = train_student(
             loaded, expanded, architecture, config=config, checkpoint_path=checkpoint, resume=resume, val_set=val_set,
@@ -162,7 +190,7 @@ def _save_student(result: Any, out: Path, compression: Any, loaded: Any, expande
         save_compressed(result.student, out, result.student_config, compression)
         return
     save_model(result.student, out, label_names=loaded.config.label_names or expanded.class_names,
-               data_config=loaded.config.data_config(),
+               data_config=loaded.config.data_config(), config=result.student_config,
                provenance=student_provenance(student=student, teacher=teacher, teacher_digest=loaded.digest,
                                              data=data, loss=loss))
 
@@ -205,7 +233,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _load_inputs(teacher: Path, arch: str | None, data: Path, val: Path | None) -> Any:
+def _load_inputs(teacher: Path, arch: Any, data: Path, val: Path | None) -> Any:
     """``(LoadedModel, ExpandedSet, LabeledFolder | None)``: the teacher, the expanded set and the
     validation folder (in the teacher's class order) if given.
 

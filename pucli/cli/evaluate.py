@@ -9,16 +9,23 @@ import typer
 
 from pucli.cli._errors import handles_errors
 from pucli.cli._options import (
-    ArchOption,
+    ArchKwargsOption,
     BatchSizeOption,
     ClassesOption,
+    CropPctOption,
     DeviceOption,
+    InputSizeOption,
+    InterpolationOption,
     JsonOption,
+    MeanOption,
     QuietOption,
     StateReportOption,
+    StdOption,
     TeacherCommand,
     ThreadsOption,
     WorkersOption,
+    code_file,
+    model_spec,
 )
 from pucli.cli._output import command_help, emit_json, info, progress_bars, start_run, warn_skipped
 
@@ -30,8 +37,9 @@ Reports top-1/top-5 accuracy, parameters, FLOPs per image, weight file size, CPU
 
   pucli evaluate teacher.safetensors student.safetensors --data ./mnist-test
   pucli evaluate teacher.safetensors student.onnx student.int8.onnx --data ./mnist-test --plot tradeoff.png
+  pucli evaluate resnet56.th --arch resnet.py:resnet56 --input-size 3 32 32 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 --data cifar10-test.tar
 
---data has one subfolder per class (as for --positive). The first MODEL is the teacher, the reference of the ratios (--teacher FILE names it too, as in the other commands). Each MODEL is a .safetensors file (config in its metadata or a sidecar config.json), a timm train.py checkpoint, a bare state dict with --arch, or an .onnx file written by `pucli export` (run on ONNX Runtime's CPU provider; needs pucli[export]). --plot draws accuracy against latency and file size, one point per model, the first (the teacher) marked (needs pucli[plot]).
+--data has one subfolder per class (as for --positive), or is tar shards whose members are <class>/<file>. The first MODEL is the teacher, the reference of the ratios (--teacher FILE names it too, as in the other commands). Each MODEL is a .safetensors file (config in its metadata or a sidecar config.json), a timm train.py checkpoint, a bare state dict with --arch (a timm name, torchvision:NAME or PATH.py:NAME; one --arch for every MODEL, or one per MODEL in order), or an .onnx file written by `pucli export` (run on ONNX Runtime's CPU provider; needs pucli[export]). --plot draws accuracy against latency and file size, one point per model, the first (the teacher) marked (needs pucli[plot]).
 """
 
 
@@ -42,8 +50,14 @@ def register(app: typer.Typer) -> None:
 @handles_errors
 def evaluate(
     models: Annotated[list[Path], typer.Argument(metavar="MODEL...", help="Model files to compare (teacher first, then students).", show_default=False)],
-    data: Annotated[Path, typer.Option("--data", help="Labeled test folder: one subfolder of images per class.", show_default=False)],
-    arch: ArchOption = None,
+    data: Annotated[Path, typer.Option("--data", help="Labeled test folder: one subfolder of images per class, or tar shards of <class>/<file> members.", show_default=False)],
+    arch: Annotated[list[str] | None, typer.Option("--arch", metavar="ARCH", help="Architecture of the MODELs: a timm name, torchvision:NAME, or PATH.py:NAME (pucli imports that file, only because you name it); once for every MODEL, or once per MODEL in order. Needed for a bare state dict, overrides what a file says.", show_default=False, rich_help_panel="Model")] = None,
+    arch_kwargs: ArchKwargsOption = None,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    interpolation: InterpolationOption = None,
+    crop_pct: CropPctOption = None,
     classes: ClassesOption = None,
     batch_size: BatchSizeOption = 256,
     device: DeviceOption = "auto",
@@ -63,9 +77,11 @@ def evaluate(
 
     if plot is not None:
         check_plot_output(plot)
+    specs = _model_specs(models, arch, arch_kwargs, input_size, mean, std, interpolation, crop_pct)
     report, run_device = start_run(device=device, threads=threads)
     with report.stage("load"):
-        loaded = [load_onnx(path) if is_onnx_file(path) else load_model(path, arch, option="MODEL") for path in models]
+        loaded = [load_onnx(path) if is_onnx_file(path) else load_model(path, spec, option="MODEL")
+                  for path, spec in zip(models, specs)]
     results = []
     with progress_bars(quiet=quiet) as progress:
         for item in loaded:
@@ -89,6 +105,25 @@ def evaluate(
         _print_table(results)
     warn_skipped(report.skipped, quiet=quiet)
     info(f"report: {written}", quiet=quiet)
+
+
+def _model_specs(models: list[Path], arch: list[str] | None, arch_kwargs: str | None, *preprocessing: Any) -> list[Any]:
+    """One :func:`model_spec` per MODEL: ``--arch`` given once applies to every MODEL, given once
+    per MODEL to each in order; every Python file named is one a MODEL's config may name.
+
+    Raises:
+        UsageError: another number of ``--arch`` than 1 or one per MODEL.
+        OptionError: a model option the spec refuses.
+    """
+    from pucli.errors import UsageError
+
+    archs = list(arch or [])
+    if len(archs) > 1 and len(archs) != len(models):
+        raise UsageError(f"--arch given {len(archs)} times for {len(models)} MODELs: give it once for all of them, "
+                         "or once per MODEL in their order")
+    files = tuple(sorted({file for name in archs for file in code_file(name)}))
+    per_model = archs if len(archs) > 1 else [archs[0] if archs else None] * len(models)
+    return [model_spec(name, arch_kwargs, *preprocessing, code_files=files) for name in per_model]
 
 
 def _row(result: Any, reference: Any) -> dict[str, Any]:

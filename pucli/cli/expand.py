@@ -10,6 +10,12 @@ import typer
 from pucli.cli._errors import handles_errors
 from pucli.cli._options import (
     ArchOption,
+    ArchKwargsOption,
+    CropPctOption,
+    InputSizeOption,
+    InterpolationOption,
+    MeanOption,
+    StdOption,
     BatchSizeOption,
     ClassesOption,
     DeviceOption,
@@ -23,6 +29,7 @@ from pucli.cli._options import (
     ThreadsOption,
     WorkersOption,
     load_teacher_and_positives,
+    model_spec,
 )
 from pucli.cli._output import command_help, console, info, progress_bars, show_result, start_run, warn_skipped
 from pucli.cli._prompts import guard_output
@@ -53,6 +60,12 @@ def expand(
     index: Annotated[str, typer.Option("--index", help="Selection index from `pucli select` (TSV), or - for stdin.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Folder to write the expanded set to (replaced if it holds one).", show_default=False)],
     arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    interpolation: InterpolationOption = None,
+    crop_pct: CropPctOption = None,
     classes: ClassesOption = None,
     temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature T of the soft targets.")] = 1.0,
     whole_pool: Annotated[bool, typer.Option("--whole-pool", help="Take every image of the index, kept or not (an index from `pucli select --all`), with its score: the whole pool, for `distill --weighting pu-score` or unselected, when `pucli select` recommends it.")] = False,
@@ -65,6 +78,7 @@ def expand(
     report_path: ReportOption = None,
     force: ForceOption = False,
 ) -> None:
+    spec = model_spec(arch, arch_kwargs, input_size, mean, std, interpolation, crop_pct)
     guard_output(out, force=force)
     from pucli import distributed
     from pucli.device import default_workers
@@ -74,7 +88,7 @@ def expand(
     # Under torchrun every rank runs this command; only rank 0 reports and writes the set.
     report, run_device = start_run(device=device, threads=threads, torchrun=True)
     with report.stage("load"):
-        loaded, positive_set, entries = _load_inputs(teacher, arch, positive, classes, index, whole_pool=whole_pool)
+        loaded, positive_set, entries = _load_inputs(teacher, spec, positive, classes, index, whole_pool=whole_pool)
     selected = sum(1 for e in entries if e.selected)
     if whole_pool and selected == len(entries):
         info(f"[yellow]warning:[/] --whole-pool: {index} lists only the kept images (written without `pucli select "
@@ -100,7 +114,7 @@ def expand(
     info(f"expanded set: {out} ({len(expanded)} images); report: {written}", quiet=quiet)
 
 
-def _load_inputs(teacher: Path, arch: str | None, positive: Path, classes: Path | None, index: str, *,
+def _load_inputs(teacher: Path, arch: Any, positive: Path, classes: Path | None, index: str, *,
                  whole_pool: bool = False) -> Any:
     """``(LoadedModel, LabeledFolder, index entries)``: the teacher, the positives in its class
     order and the selection index, whose selected files must exist.

@@ -11,12 +11,20 @@ import typer
 from pucli.cli._errors import handles_errors
 from pucli.cli._options import (
     ArchOption,
+    ArchKwargsOption,
+    CropPctOption,
+    InputSizeOption,
+    InterpolationOption,
+    MeanOption,
+    ModelCommand,
+    StdOption,
     ForceOption,
     JsonOption,
     QuietOption,
     SeedOption,
     ThreadsOption,
     WorkersOption,
+    model_spec,
 )
 from pucli.cli._output import command_help, emit_json, info, progress_bars
 from pucli.cli._prompts import check_output_path, confirm_overwrite
@@ -40,12 +48,12 @@ class ExportFormat(str, Enum):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export", help=command_help(HELP), no_args_is_help=True)(export)
+    app.command("export", cls=ModelCommand, help=command_help(HELP), no_args_is_help=True)(export)
 
 
 @handles_errors
 def export(
-    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Model file (.safetensors, timm .pth.tar, or a state dict with --arch).", show_default=False)],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Model file (.safetensors, a .pth / .pth.tar / .th checkpoint, or a state dict with --arch).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", dir_okay=False, help="ONNX file to write (float32).", show_default=False)],
     export_format: Annotated[ExportFormat, typer.Option("--format", help="Output format.")] = ExportFormat.onnx,
     int8: Annotated[bool, typer.Option("--int8", help="Also write <stem>.int8.onnx, statically quantized to int8.")] = False,
@@ -54,6 +62,12 @@ def export(
     method: Annotated[str, typer.Option("--calibration-method", help="minmax, entropy or percentile (ORT's calibrators).")] = "minmax",
     opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset.")] = 17,
     arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    interpolation: InterpolationOption = None,
+    crop_pct: CropPctOption = None,
     seed: SeedOption = 0,
     workers: WorkersOption = None,
     threads: ThreadsOption = None,
@@ -66,12 +80,13 @@ def export(
     from pucli.deploy.export import export_model, int8_path_for
     from pucli.device import configure_threads
 
+    spec = model_spec(arch, arch_kwargs, input_size, mean, std, interpolation, crop_pct)
     check_output_path(out)
     for path in (out, int8_path_for(out)) if int8 else (out,):
         confirm_overwrite(path, force=force)
     configure_threads(threads)
     with progress_bars(quiet=quiet) as progress:
-        result = export_model(model, out, arch=arch, int8=int8, calibration=calibration, images=images,
+        result = export_model(model, out, arch=spec, int8=int8, calibration=calibration, images=images,
                               calibration_method=method, seed=seed, opset=opset, workers=workers or 0, progress=progress)
     check = result.check
     if json_output:

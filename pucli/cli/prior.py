@@ -10,6 +10,13 @@ import typer
 from pucli.cli._errors import handles_errors
 from pucli.cli._options import (
     ArchOption,
+    ArchKwargsOption,
+    CropPctOption,
+    InputSizeOption,
+    InterpolationOption,
+    MeanOption,
+    StdOption,
+    TapsOption,
     BatchSizeOption,
     ClassesOption,
     DeviceOption,
@@ -24,6 +31,7 @@ from pucli.cli._options import (
     UnlabeledOption,
     WorkersOption,
     load_pu_inputs,
+    model_spec,
 )
 from pucli.cli._output import command_help, console, emit_json, info, progress_bars, start_run, warn_skipped
 
@@ -48,6 +56,13 @@ def prior(
     positive: PositiveOption,
     unlabeled: UnlabeledOption,
     arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    interpolation: InterpolationOption = None,
+    crop_pct: CropPctOption = None,
+    taps: TapsOption = None,
     classes: ClassesOption = None,
     batch_size: BatchSizeOption = 256,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the descriptor cache.")] = False,
@@ -59,6 +74,10 @@ def prior(
     quiet: QuietOption = False,
     report_path: StateReportOption = None,
 ) -> None:
+    from pucli.pu.options import Scales, parse_taps
+
+    scales = Scales(taps=parse_taps(taps))
+    spec = model_spec(arch, arch_kwargs, input_size, mean, std, interpolation, crop_pct)
     _check_single_process()
     from pucli.device import default_workers
     from pucli.pu.selection import estimate_prior
@@ -66,10 +85,10 @@ def prior(
 
     report, run_device = start_run(device=device, threads=threads)
     with report.stage("load"):
-        loaded, positive_set, pool = load_pu_inputs(teacher, arch, positive, classes, unlabeled)
+        loaded, positive_set, pool = load_pu_inputs(teacher, spec, positive, classes, unlabeled)
     with progress_bars(quiet=quiet) as progress:
         result = estimate_prior(
-            loaded, positive_set.paths, pool.paths, seed=seed, device=run_device, batch_size=batch_size,
+            loaded, positive_set.paths, pool.paths, seed=seed, scales=scales, device=run_device, batch_size=batch_size,
             positive_labels=positive_set.labels, workers=workers if workers is not None else default_workers(len(pool)),
             use_cache=not no_cache, progress=progress,
         )
@@ -77,7 +96,7 @@ def prior(
     report.skipped = list(result.skipped)
     report.counts = {"positive": result.estimate.positive, "unlabeled": result.estimate.unlabeled,
                      "skipped": len(result.skipped)}
-    report.results = {"prior_estimate": result.estimate.as_dict()}
+    report.results = {"prior_estimate": result.estimate.as_dict(), "taps": result.taps}
     written = report.write(report_location("prior", None, report_path))
     estimate = result.estimate
     if json_output:

@@ -12,6 +12,13 @@ import typer
 from pucli.cli._errors import handles_errors
 from pucli.cli._options import (
     ArchOption,
+    ArchKwargsOption,
+    CropPctOption,
+    InputSizeOption,
+    InterpolationOption,
+    MeanOption,
+    StdOption,
+    TapsOption,
     BatchSizeOption,
     ClassesOption,
     DeviceOption,
@@ -27,6 +34,7 @@ from pucli.cli._options import (
     UnlabeledOption,
     WorkersOption,
     load_pu_inputs,
+    model_spec,
 )
 from pucli.cli._output import command_help, console, escape, info, progress_bars, show_result, start_run, warn_skipped
 from pucli.cli._prompts import guard_output
@@ -40,6 +48,7 @@ Ranks the pool by label propagation from the labeled positives over the k-neares
   pucli select teacher.safetensors --positive ./labeled --unlabeled ./pool.txt --out selected.tsv
   pucli select teacher.safetensors ... --prior 0.3 --budget 30000 --out - | pucli expand teacher.safetensors ... --index -   (a known prior; PU-s2)
   torchrun --nproc_per_node=8 -m pucli select ...   (one process per GPU; the same index)
+  pucli select resnet56.th --arch resnet.py:resnet56 --input-size 3 32 32 --positive ./labeled --unlabeled 'pool-{000..009}.tar' --out selected.tsv   (a teacher from your own code: docs/models.md)
 
 TEACHER may also be given as --teacher FILE. --positive has one subfolder per class; --unlabeled is a folder, a file listing image paths, - (a list on stdin), or WebDataset-style tar shards (a brace pattern such as 'pool-{000000..000099}.tar'; `pucli shards pack` makes them). Frozen descriptors are cached, so a second run on the same inputs trains in seconds. Ctrl-C or SIGTERM keeps the finished parts of the extraction and the trained ensemble members: the same command with --resume continues and writes the same index. An existing --out is replaced only with --force (or a yes on a terminal). A degenerate selection (nothing or nearly the whole pool kept, a count far from the prior, a collapsed training) is reported by a warning on stderr, even with --quiet, and in the report; an empty one is an error (exit 1) unless --allow-empty."""
 
@@ -59,6 +68,13 @@ def select(
     prior: Annotated[str, typer.Option("--prior", help="Class prior: the fraction of the pool that belongs to the teacher's task, in (0, 1), or auto to estimate it (best-bin estimation; see `pucli prior`).")] = "auto",
     budget: Annotated[int | None, typer.Option("--budget", help="PU-s2: keep the N best-scored images \\[default: PU-s1, keep score > 0].", show_default=False)] = None,
     arch: ArchOption = None,
+    arch_kwargs: ArchKwargsOption = None,
+    input_size: InputSizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    interpolation: InterpolationOption = None,
+    crop_pct: CropPctOption = None,
+    taps: TapsOption = None,
     classes: ClassesOption = None,
     all_items: Annotated[bool, typer.Option("--all", help="Write every pool item with a selected column (1/0), not only the kept ones.", rich_help_panel="Output")] = False,
     preview: Annotated[Path | None, typer.Option("--preview", dir_okay=False, help="Also draw the selection's contact sheet here (.png or .html, as `pucli show`).", rich_help_panel="Output", show_default=False)] = None,
@@ -92,7 +108,7 @@ def select(
     quiet: QuietOption = False,
     report_path: ReportOption = None,
 ) -> None:
-    from pucli.pu.options import SelectorOptions  # no torch yet: a usage error answers at once
+    from pucli.pu.options import Scales, SelectorOptions, parse_taps  # no torch yet: a usage error answers at once
 
     _check_option_pairs(out, json_output=json_output, finetune=finetune, no_cache=no_cache, resume=resume,
                         augment_positives=augment_positives)
@@ -101,7 +117,9 @@ def select(
         train_batch_size=train_batch_size, epoch_pool_max=epoch_pool_max or None, reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma,
         ensemble=ensemble, augment_positives=augment_positives, attention=attention, graph_neighbors=graph_neighbors,
         graph_alpha=graph_alpha, graph_steps=graph_steps, graph_exact_max=graph_exact_max, seed=seed, ranking=ranking,
+        scales=Scales(taps=parse_taps(taps)),
     )
+    spec = model_spec(arch, arch_kwargs, input_size, mean, std, interpolation, crop_pct)
     guard_output(out, force=force or resume)
     _check_preview(preview, force=force)
 
@@ -114,7 +132,7 @@ def select(
     report, run_device = start_run(device=device, threads=threads, torchrun=True)
     _check_stdin_under_torchrun(unlabeled)
     with report.stage("load"):
-        loaded, positive_set, pool = load_pu_inputs(teacher, arch, positive, classes, unlabeled)
+        loaded, positive_set, pool = load_pu_inputs(teacher, spec, positive, classes, unlabeled)
     _check_budget(budget, len(pool))
     with progress_bars(quiet=quiet) as progress, _keeps_finished_work(finetune or no_cache):
         result = run_selection(loaded, positive_set.paths, pool.paths, options, device=run_device, resume=resume,
@@ -243,6 +261,7 @@ def _record(report: Any, result: Any, options: Any, selector: Path) -> None:
         "graph": result.metadata["graph"],
         "risks_per_epoch": result.history,
         "selector": str(selector),
+        "taps": result.taps,
         "warnings": list(result.warnings),
         "trust": result.trust.as_dict() if result.trust is not None else None,
         "recommendation": _recommendation(result),

@@ -35,7 +35,7 @@ def show(
     source: Annotated[str, typer.Argument(metavar="SOURCE", help="Index (TSV from `pucli select`), - for one on stdin, or an expanded-set folder.", show_default=False)],
     out: Annotated[str | None, typer.Option("--out", help="Sheet to write: .png or .html, or - for stdout (with --format) \\[default: beside SOURCE].", show_default=False)] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="png or html \\[default: from --out's suffix, else png].", show_default=False)] = None,
-    positive: Annotated[Path | None, typer.Option("--positive", help="Labeled positives (one subfolder per class): a reference line per class.", show_default=False)] = None,
+    positive: Annotated[Path | None, typer.Option("--positive", help="Labeled positives (one subfolder per class, or tar shards of <class>/<file> members): a reference line per class.", show_default=False)] = None,
     per_group: Annotated[int | None, typer.Option("--per-group", min=1, help="Images per group \\[default: 16; 8 per class for an expanded set].", show_default=False)] = None,
     columns: Annotated[int, typer.Option("--columns", min=1, help="Images per line.")] = 8,
     thumb: Annotated[int, typer.Option("--thumb", min=16, help="Thumbnail size in pixels.")] = 96,

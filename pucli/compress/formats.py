@@ -20,7 +20,8 @@ from typing import BinaryIO
 
 from torch import nn
 
-from pucli.checkpoints import CONFIG_METADATA_KEY, SAFETENSORS_SUFFIX, LoadedModel, ModelConfig, load_model
+from pucli.architectures import ModelSpec
+from pucli.checkpoints import CONFIG_METADATA_KEY, SAFETENSORS_SUFFIX, LoadedModel, ModelConfig, config_text, load_model
 from pucli.compress.stored import (
     CODES_SUFFIX,
     COMPRESSION_KEY,
@@ -35,7 +36,7 @@ __all__ = ["COMPRESSION_KEY", "Compression", "is_compressed", "load_student_init
 
 
 
-def open_model(source: str | os.PathLike[str], arch: str | None = None, *, option: str = "MODEL",
+def open_model(source: str | os.PathLike[str], arch: str | ModelSpec | None = None, *, option: str = "MODEL",
                stdin: BinaryIO | None = None) -> tuple[LoadedModel, Compression]:
     """Load any model pucli reads, or a compressed one, from a path or ``-`` (a safetensors file
     on stdin), with what compression it already has (empty for a plain model).
@@ -60,7 +61,7 @@ def open_model(source: str | os.PathLike[str], arch: str | None = None, *, optio
     return loaded, compression
 
 
-def _open_path(path: Path, arch: str | None, option: str) -> tuple[LoadedModel, Compression]:
+def _open_path(path: Path, arch: str | ModelSpec | None, option: str) -> tuple[LoadedModel, Compression]:
     loaded = load_model(path, arch, option=option)  # pruned / quantized files too (pucli.compress.stored)
     return loaded, (read_compression(path, option=option) if is_compressed(path) else Compression())
 
@@ -75,7 +76,6 @@ def save_compressed(model: nn.Module, out: str | os.PathLike[str], config: Model
         UsageError: ``out`` does not end in .safetensors, or its folder is missing / read-only.
     """
     from safetensors.torch import save_file
-    from timm.models._hub import save_config_for_hf  # timm's exporter, as pucli.checkpoints.save_model
 
     from pucli.compress.quantize import quantize_tensor
     from pucli.paths import replace_atomically
@@ -91,13 +91,11 @@ def save_compressed(model: nn.Module, out: str | os.PathLike[str], config: Model
     for name, bits in compression.quantization_bits.items():
         codes, scale = quantize_tensor(tensors.pop(name + ".weight"), bits, compression.quantization_scales.get(name))
         tensors[name + CODES_SUFFIX], tensors[name + SCALE_SUFFIX] = codes.contiguous(), scale.contiguous()
-    with tempfile.TemporaryDirectory(prefix="pucli-config-") as folder:
-        config_file = Path(folder) / "config.json"
-        data = dict(config.data_config(), input_size=tuple(config.input_size))
-        model_config = {"label_names": list(config.label_names)} if config.label_names else {}
-        save_config_for_hf(model, str(config_file), model_config=model_config, data_config=data)
-        config_text = config_file.read_text()
-    metadata = {"format": "pt", "architecture": config.architecture, CONFIG_METADATA_KEY: config_text}
+    # The config pucli.checkpoints.save_model writes: timm's exporter's for a timm model, the code
+    # record for a model of other code (docs/models.md).
+    text = config_text(model, config, label_names=config.label_names,
+                       data_config=dict(config.data_config(), input_size=tuple(config.input_size)))
+    metadata = {"format": "pt", "architecture": config.architecture, CONFIG_METADATA_KEY: text}
     if not compression.is_empty():
         metadata[COMPRESSION_KEY] = compression.to_json()
 
@@ -116,15 +114,17 @@ def save_compressed(model: nn.Module, out: str | os.PathLike[str], config: Model
     return None
 
 
-def load_student_init(path: str | os.PathLike[str], *, option: str = "--student") -> tuple[nn.Module, ModelConfig, Compression]:
+def load_student_init(path: str | os.PathLike[str], *, option: str = "--student",
+                      arch: str | ModelSpec | None = None) -> tuple[nn.Module, ModelConfig, Compression]:
     """A pruned (or any pucli) model file as the starting point of ``pucli distill --student FILE``:
     the network in train-ready form (float weights, CPU), its config and its compression (to save
-    the fine-tuned student with :func:`save_compressed`, so that it loads again).
+    the fine-tuned student with :func:`save_compressed`, so that it loads again). ``arch``: as
+    :func:`pucli.checkpoints.load_model` (a model of the user's code loads only when it names that code).
 
     Raises:
         UsageError, TeacherFormatError: as :func:`open_model`.
     """
-    loaded, compression = open_model(path, option=option)
+    loaded, compression = open_model(path, arch, option=option)
     compression.quantization_bits.clear()  # fine-tuning moves weights off the grid: a float student
     compression.quantization_scales.clear()
     compression.reestimated_on = None

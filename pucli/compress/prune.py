@@ -113,10 +113,17 @@ def prune_channels(
             pruner = tp.pruner.BasePruner(model, example, importance=scorer, pruning_ratio=ratio,
                                           ignored_layers=[m for m in ignored if m is not None])
             pruner.step()
+    except Exception as exc:
+        raise DataError(_cannot(architecture, exc)) from exc
+    try:
         with torch.no_grad():
             got = tuple(model(example).shape)
     except Exception as exc:
-        raise DataError(_cannot(architecture, exc)) from exc
+        # Torch-Pruning pruned channels that an operation it does not follow ties to others
+        # (the CIFAR ResNets' "option A" shortcut pads channels with F.pad, for one).
+        raise DataError(_cannot(architecture, f"the pruned network no longer runs: {_first_line(exc)}; an operation "
+                                              "ties channels together in a way Torch-Pruning does not follow, such as "
+                                              "a shortcut that pads or slices channels")) from exc
     if got != expected:
         raise DataError(_cannot(architecture, f"output shape {got} instead of {expected}"))
     history = [(str(name), bool(out), [int(i) for i in idxs]) for name, out, idxs in pruner.pruning_history()]
@@ -165,7 +172,7 @@ def _width(module: nn.Module) -> int | None:
 
 def _cannot(architecture: str, reason: object) -> str:
     text = _first_line(reason) if isinstance(reason, BaseException) else str(reason)
-    return (f"Torch-Pruning cannot prune {architecture} ({text}): prune a CNN such as a ResNet, or keep "
+    return (f"Torch-Pruning cannot prune {architecture} ({text}): prune another architecture, or keep "
             "the failing modules whole with --ignore NAME")
 
 

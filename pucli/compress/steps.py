@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, TextIO
 
 import torch
 
+from pucli.architectures import ModelSpec
 from pucli.data.files import SkippedFile
 from pucli.errors import UsageError
 from pucli.progress import ProgressCallback, no_progress
@@ -69,7 +70,7 @@ def recalibrate(
     data: str,
     out: str,
     *,
-    arch: str | None = None,
+    arch: str | ModelSpec | None = None,
     images: int = 1000,
     batch_size: int = 100,
     augment: str = "none",
@@ -132,7 +133,7 @@ class PruneResult:
 
 
 def prune(model_source: str, out: str, *, ratio: float, importance: str = "group-norm", ignore: tuple[str, ...] = (),
-          arch: str | None = None, measure_latency: bool = True, stdin: BinaryIO | None = None,
+          arch: str | ModelSpec | None = None, measure_latency: bool = True, stdin: BinaryIO | None = None,
           stdout: BinaryIO | None = None) -> PruneResult:
     """Prune ``ratio`` of the channels of the model at ``model_source`` (:mod:`pucli.compress.prune`)
     and write it to ``out``.
@@ -181,7 +182,7 @@ class QuantizeResult:
     batchnorm: bool
 
 
-def quantize(model_source: str, out: str, *, bits: int, first_last_bits: int = 8, arch: str | None = None,
+def quantize(model_source: str, out: str, *, bits: int, first_last_bits: int = 8, arch: str | ModelSpec | None = None,
              stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> QuantizeResult:
     """Quantize the conv and linear weights of the model at ``model_source``
     (:mod:`pucli.compress.quantize`) and write it to ``out``.

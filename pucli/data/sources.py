@@ -2,7 +2,10 @@
 
 - A **labeled folder** has one subfolder per class. Classes map to the model's outputs by the
   model's ``label_names`` when it has them, else by sorted folder names, or by a ``--classes``
-  file (one class name per line, in output order).
+  file (one class name per line, in output order). Tar shards serve as well (a ``.tar`` or a
+  brace pattern of them): each image member ``.../<class>/<file>`` belongs to the class its
+  parent folder names, and is read in place as the member path ``x.tar#member``
+  (:mod:`pucli.data.shards`).
 - The **unlabeled pool** is a folder scanned recursively for image files, a text file with one
   image path per line, or ``-`` for such a list on stdin; or tar shards, whose image members are
   read in place (:mod:`pucli.data.shards`).
@@ -16,11 +19,11 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 from pucli.data.files import IMAGE_EXTENSIONS, read_path_list, scan_images
-from pucli.data.shards import expand_braces, is_shard_name, shard_members
+from pucli.data.shards import expand_braces, is_shard_name, shard_members, split_member
 from pucli.errors import ClassMappingError, NoImagesError, UsageError
 
 __all__ = ["LabeledFolder", "UnlabeledPool", "read_class_names"]
@@ -60,7 +63,8 @@ class LabeledFolder:
         classes_file: str | os.PathLike[str] | None = None,
         option: str = "--positive",
     ) -> LabeledFolder:
-        """Scan ``root/<class>/**/<image>``.
+        """Scan ``root/<class>/**/<image>``, or the image members ``.../<class>/<file>`` of tar
+        shards (``root`` a ``.tar`` or a brace pattern of them; module docstring).
 
         Args:
             num_classes: the model's number of outputs.
@@ -69,13 +73,15 @@ class LabeledFolder:
             option: the CLI option that named ``root``, quoted in errors.
 
         Raises:
-            UsageError: ``root`` missing or not a folder; bad ``classes_file``.
+            UsageError: ``root`` missing or not a folder (or shard); bad ``classes_file``.
             ClassMappingError: folders that do not map onto the model's classes.
             NoImagesError: no image file in any class folder.
+            DataError: a shard that is not an uncompressed tar file.
         """
-        from torchvision.datasets.folder import make_dataset
-
         root = Path(root)
+        if is_shard_name(root) and not root.is_dir():
+            return cls._from_shards(str(root), num_classes=num_classes, label_names=label_names,
+                                    classes_file=classes_file, option=option)
         if not root.exists():
             raise UsageError(f"{option} {root} does not exist: give a folder with one subfolder per class")
         if not root.is_dir():
@@ -83,27 +89,10 @@ class LabeledFolder:
         folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
         if not folders:
             raise NoImagesError(f"{option} {root} has no class subfolders: put each class's images in {root}/<class>/")
-        if classes_file is not None:
-            names = read_class_names(classes_file, num_classes)
-            source = f"--classes {classes_file}"
-        elif label_names is not None:
-            names, source = list(label_names), "the teacher's label_names"
-        else:
-            if len(folders) != num_classes:
-                raise ClassMappingError(
-                    f"{option} {root} has {len(folders)} class folders but the teacher has {num_classes} outputs: "
-                    "pass --classes FILE listing the teacher's classes in output order"
-                )
-            names, source = folders, "sorted folder names"
-        index = {name: k for k, name in enumerate(names)}
-        unknown = [name for name in folders if name not in index]
-        if unknown:
-            shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-            raise ClassMappingError(
-                f"{option} {root}: folder(s) {', '.join(unknown[:5])} are not classes of the teacher "
-                f"(by {source}: {shown}); rename them or pass --classes FILE"
-            )
-        folder_to_class = {name: index[name] for name in folders}
+        folder_to_class, names = _class_mapping(folders, root, num_classes=num_classes, label_names=label_names,
+                                                classes_file=classes_file, option=option)
+        from torchvision.datasets.folder import make_dataset
+
         items = make_dataset(root, folder_to_class, extensions=IMAGE_EXTENSIONS, allow_empty=True)
         if not items:
             raise NoImagesError(f"{option} {root} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
@@ -114,6 +103,70 @@ class LabeledFolder:
             labels=[label for _, label in items],
             folder_to_class=folder_to_class,
         )
+
+    @classmethod
+    def _from_shards(cls, source: str, *, num_classes: int, label_names: Sequence[str] | None,
+                     classes_file: str | os.PathLike[str] | None, option: str) -> LabeledFolder:
+        """The labeled images of tar shards: every image member ``.../<class>/<file>``, its class
+        the member's parent folder; ordered as a folder is (by class name, then member name).
+
+        Raises:
+            UsageError: a shard that does not exist.
+            DataError: a shard that is not an uncompressed tar file.
+            NoImagesError: no image member inside a folder.
+            ClassMappingError: as :meth:`from_folder`.
+        """
+        members = shard_members(expand_braces(source), option=option)
+        by_class: dict[str, list[Path]] = {}
+        for member in members:
+            name = PurePosixPath(split_member(member)[1])  # type: ignore[index]
+            if len(name.parts) >= 2:
+                by_class.setdefault(name.parent.name, []).append(member)
+        if not by_class:
+            raise NoImagesError(f"{option} {source} has no image member inside a class folder: "
+                                "pack the images as <class>/<file> (each member's parent folder names its class)")
+        folders = sorted(by_class)
+        folder_to_class, names = _class_mapping(folders, Path(source), num_classes=num_classes, label_names=label_names,
+                                                classes_file=classes_file, option=option)
+        paths: list[Path] = []
+        labels: list[int] = []
+        for folder in folders:
+            for member in sorted(by_class[folder], key=lambda path: split_member(path)[1]):  # type: ignore[index]
+                paths.append(member)
+                labels.append(folder_to_class[folder])
+        return cls(root=Path(source), class_names=names, paths=paths, labels=labels, folder_to_class=folder_to_class)
+
+
+def _class_mapping(folders: Sequence[str], root: Path, *, num_classes: int, label_names: Sequence[str] | None,
+                   classes_file: str | os.PathLike[str] | None, option: str) -> tuple[dict[str, int], list[str]]:
+    """``(folder -> output index, class names in output order)`` of a labeled source's class
+    folders: by ``classes_file``, else the model's ``label_names``, else the sorted folder names.
+
+    Raises:
+        UsageError: a bad ``classes_file``.
+        ClassMappingError: folders that do not map onto the model's classes.
+    """
+    if classes_file is not None:
+        names = read_class_names(classes_file, num_classes)
+        source = f"--classes {classes_file}"
+    elif label_names is not None:
+        names, source = list(label_names), "the teacher's label_names"
+    else:
+        if len(folders) != num_classes:
+            raise ClassMappingError(
+                f"{option} {root} has {len(folders)} class folders but the teacher has {num_classes} outputs: "
+                "pass --classes FILE listing the teacher's classes in output order"
+            )
+        names, source = list(folders), "sorted folder names"
+    index = {name: k for k, name in enumerate(names)}
+    unknown = [name for name in folders if name not in index]
+    if unknown:
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise ClassMappingError(
+            f"{option} {root}: folder(s) {', '.join(unknown[:5])} are not classes of the teacher "
+            f"(by {source}: {shown}); rename them or pass --classes FILE"
+        )
+    return {name: index[name] for name in folders}, names
 
 
 def read_class_names(path: str | os.PathLike[str], num_classes: int) -> list[str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pucli.architectures import ModelSpec
 from pucli.data.files import SkippedFile
 from pucli.deploy.onnx_export import DEFAULT_OPSET, DEFAULT_TOLERANCE, OnnxCheck
 from pucli.errors import UsageError
@@ -54,7 +55,7 @@ def export_model(
     model_path: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    arch: str | None = None,
+    arch: str | ModelSpec | None = None,
     int8: bool = False,
     calibration: str | None = None,
     images: int = 1000,

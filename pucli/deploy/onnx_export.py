@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ DEFAULT_OPSET = 17
 # reassociated sums in bigger networks while catching any real graph difference.
 DEFAULT_TOLERANCE = 1e-4
 INPUT_NAME = "input"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the torch.export exporter colours its messages
 OUTPUT_NAME = "logits"
 
 
@@ -136,7 +138,12 @@ def check_against_pytorch(
 
 def _trace(model: torch.nn.Module, input_size: Sequence[int], out: Path, *, opset: int, name: str) -> None:
     """``torch.onnx.export`` with the batch axis dynamic: the TorchScript exporter, else the
-    ``torch.export`` one. Their chatter (warnings, progress prints) is kept off the terminal."""
+    ``torch.export`` one. Their chatter (warnings, progress prints, logs, C++ graph dumps) is kept off
+    the terminal. A graph that does not read its input (the trace lost it) counts as a failure.
+
+    Raises:
+        DataError: neither exporter gives a graph (both reasons, first lines, in one line).
+    """
     example = (torch.zeros(2, *input_size),)
     errors: list[str] = []
     for dynamo in (False, True):
@@ -146,11 +153,59 @@ def _trace(model: torch.nn.Module, input_size: Sequence[int], out: Path, *, opse
         else:
             options.update(dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            with warnings.catch_warnings(), _output_off(), _logging_off():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model, example, str(out), **options)
-            return
         except Exception as exc:  # noqa: BLE001  (the exporters raise many types; the message is what helps)
-            errors.append(f"{'torch.export' if dynamo else 'TorchScript'} exporter: {first_line(exc)}")
+            errors.append(f"{'torch.export' if dynamo else 'TorchScript'} exporter: {_ANSI.sub('', first_line(exc))}")
+            continue
+        if _reads_input(out):
+            return
+        # The trace lost the input (the forward left torch, e.g. through numpy): the graph is a constant.
+        errors.append(f"{'torch.export' if dynamo else 'TorchScript'} exporter: the graph does not read its input "
+                      "(the forward leaves torch, through numpy or Python numbers, so the trace holds constants)")
     raise DataError(f"cannot export {name} to ONNX ({'; '.join(errors)[:400]})")
+
+
+@contextlib.contextmanager
+def _output_off() -> Iterator[None]:
+    """Nothing on stdout or stderr while an exporter runs, from Python or from C++: the exporters
+    print progress, and the TorchScript one writes the whole graph to the C++ stdout when it fails
+    (stdout carries pucli's data; the error pucli raises says what failed)."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    try:
+        with open(os.devnull, "w") as devnull:
+            for fd in saved:
+                os.dup2(devnull.fileno(), fd)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+@contextlib.contextmanager
+def _logging_off() -> Iterator[None]:
+    """No log records while an exporter runs: the ``torch.export`` one logs its opset and version
+    conversion chatter (tracebacks included) through :mod:`logging`, on stderr."""
+    import logging
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _reads_input(path: Path) -> bool:
+    """True when the ONNX graph at ``path`` takes the ``input`` it was exported with."""
+    import onnx
+
+    return any(value.name == INPUT_NAME for value in onnx.load(str(path), load_external_data=False).graph.input)
 

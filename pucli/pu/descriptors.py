@@ -143,6 +143,8 @@ def _model_parts(teacher: LoadedModel, preprocess: Preprocess, scales: Scales) -
         "preprocess": [preprocess.channels, list(preprocess.size), preprocess.crop_pct, preprocess.crop_mode,
                        str(preprocess.interpolation.value), list(config.mean), list(config.std)],
         "scales": scales.describe(),
+        # The code of a model that is not a timm model (its file's digest): only then, so timm keys stay as they were.
+        **({"code": config.code.get("sha256") or config.code.get("arch")} if config.code else {}),
     }
 
 

@@ -11,6 +11,9 @@ Scales (:class:`~pucli.pu.options.Scales`): the stages of timm's feature API
 features ``forward_head(x, pre_logits=True)``. The pre-logits scale matters for small backbones
 such as LeNet-5, whose conv stages have only 6 and 16 channels while its 84-d penultimate layer
 holds the class evidence; for ResNets it equals the pooled last stage, so it only repeats that scale.
+A model without timm's feature API (torchvision's, the user's own), or any model with named
+``Scales.taps``, is tapped where :mod:`pucli.pu.taps` says: the stages torch.fx finds (the last node
+at each spatial resolution) and the penultimate features, or the named layers.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pucli.errors import OptionError, UsageError
+from pucli.errors import MissingOptionError, OptionError, UsageError
 from pucli.pu.options import Scales
+from pucli.pu.taps import Tap, find_taps, pool_tap
 
 __all__ = ["MultiScaleExtractor", "AttentionScoreHead", "ScoreEnsemble", "PUSelectorNet"]
 
@@ -31,27 +35,39 @@ __all__ = ["MultiScaleExtractor", "AttentionScoreHead", "ScoreEnsemble", "PUSele
 class MultiScaleExtractor(nn.Module):
     """The backbone part of ``N_A``: images -> concatenated pooled descriptors ``o`` (Eq. 4).
 
-    Wraps a timm classifier (the teacher, or a copy of it for fine-tuning). Stage maps come from
-    ``model.forward_intermediates`` when the model has it, else from forward hooks on the modules
-    named by ``model.feature_info`` (the modules timm's ``features_only`` wrapper taps).
+    Wraps a classifier (the teacher, or a copy of it for fine-tuning). For a timm model, stage
+    maps come from ``model.forward_intermediates`` when the model has it, else from forward hooks
+    on the modules named by ``model.feature_info`` (the modules timm's ``features_only`` wrapper
+    taps). Any other model, or ``scales.taps``, is tapped by :func:`pucli.pu.taps.find_taps`
+    (``input_size`` (C, H, W) is then needed to find the taps' shapes); ``taps`` lists them.
 
     Shapes: ``forward`` (B, C_in, H, W) float32 normalised images -> (B, C) float32, where
     ``C = sum(scale_channels)``.
 
     Raises:
-        UsageError: the model exposes no feature stages, or ``scales.stages`` names one it lacks.
+        UsageError: ``scales.stages`` names a stage the model lacks.
+        MissingOptionError: a model tapped by :mod:`pucli.pu.taps` without ``input_size``.
+        OptionError: as :func:`pucli.pu.taps.find_taps`.
     """
 
-    def __init__(self, model: nn.Module, scales: Scales = Scales()) -> None:
+    def __init__(self, model: nn.Module, scales: Scales = Scales(), *, input_size: Sequence[int] | None = None) -> None:
         super().__init__()
-        self.model = model
         self.scales = scales
+        self.taps: list[Tap] | None = None
         info = _feature_info(model)
-        if not info:
-            raise UsageError(
-                f"architecture {type(model).__name__} exposes no feature stages (timm feature_info): "
-                "the PU selector needs a timm model with features_only / forward_intermediates support"
-            )
+        if scales.taps is not None or not info:
+            if input_size is None:
+                raise MissingOptionError("input_size", f"{type(model).__name__} has no feature stages of timm's; "
+                                         "the stages to tap are found on one image of the model's input size")
+            # The tapped graph shares the model's layers and weights; it is the only copy registered.
+            self.model, self.taps = find_taps(model, input_size, scales.taps, stages=scales.stages,
+                                              pre_logits=scales.pre_logits)
+            self.stage_indices = list(range(len(self.taps)))
+            self.scale_channels = [tap.channels for tap in self.taps]
+            self.channels = sum(self.scale_channels)
+            self._use_intermediates, self._hook_modules = False, []
+            return
+        self.model = model
         count = len(info)
         requested = range(count) if scales.stages is None else scales.stages
         stages: list[int] = []
@@ -68,6 +84,8 @@ class MultiScaleExtractor(nn.Module):
         self._hook_modules = [info[i]["module"] for i in self.stage_indices]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.taps is not None:
+            return torch.cat([pool_tap(value) for value in self.model(images)], dim=1)
         maps, final = self._stage_maps(images)
         pooled = [m.float().mean(dim=(2, 3)) for m in maps]
         if self.scales.pre_logits:
@@ -90,6 +108,30 @@ class MultiScaleExtractor(nn.Module):
             for handle in handles:
                 handle.remove()
         return [captured[name] for name in self._hook_modules], final
+
+
+    def tap_summary(self, input_size: Sequence[int]) -> list[dict[str, object]]:
+        """Which nodes are tapped and what each gives per image, for run reports: ``[{"node": name,
+        "shape": [C, H, W] or [F]}, ...]``. A timm model's stages are named by their ``feature_info``
+        module and its penultimate features ``forward_head(pre_logits=True)``; their shapes come
+        from one zero image of ``input_size`` (C, H, W), run in eval mode (the mode is restored)."""
+        if self.taps is not None:
+            return [tap.as_dict() for tap in self.taps]
+        info = _feature_info(self.model)
+        names = [str(info[i].get("module", f"stage {i}")) for i in self.stage_indices]
+        device = next(self.model.parameters()).device
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                maps, final = self._stage_maps(torch.zeros(1, *input_size, device=device))
+                shapes = [list(m.shape[1:]) for m in maps]
+                if self.scales.pre_logits:
+                    names.append("forward_head(pre_logits=True)")
+                    shapes.append(list(self.model.forward_head(final, pre_logits=True).flatten(1).shape[1:]))
+        finally:
+            self.model.train(training)
+        return [{"node": name, "shape": shape} for name, shape in zip(names, shapes)]
 
 
 def _feature_info(model: nn.Module) -> list[dict[str, Any]]:

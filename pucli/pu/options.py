@@ -6,11 +6,12 @@ parameter (:class:`pucli.errors.OptionError`), and the CLI maps parameters to it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from pucli.errors import OptionError, UsageError
 
-__all__ = ["OPTIMIZERS", "RANKINGS", "RISKS", "SURROGATES", "Scales", "SelectorOptions"]
+__all__ = ["OPTIMIZERS", "RANKINGS", "RISKS", "SURROGATES", "Scales", "SelectorOptions", "options_record", "parse_taps"]
 
 OPTIMIZERS = ("adamw", "sgd")
 RANKINGS = ("auto", "propagation", "nnpu")
@@ -27,14 +28,32 @@ class Scales:
             counts from the end); None takes every stage.
         pre_logits: also append the penultimate features ``forward_head(x, pre_logits=True)``
             as the last scale (see the module docstring for why).
+        taps: the model's layers to tap instead, by module or FX node name (``layer1``,
+            ``layer2``, ``layer3``); then exactly these, ``stages`` and ``pre_logits`` unused
+            (:mod:`pucli.pu.taps`). None: timm's stages, or for a model without timm's feature
+            API the stages torch.fx finds.
     """
 
     stages: tuple[int, ...] | None = None
     pre_logits: bool = True
+    taps: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.taps is not None and (not self.taps or any(not name.strip() for name in self.taps)):
+            raise OptionError("taps", ",".join(self.taps), "give layer names separated by commas, e.g. layer1,layer2,layer3")
 
     def describe(self) -> str:
         stages = "all" if self.stages is None else ",".join(str(s) for s in self.stages)
-        return f"stages={stages};pre_logits={int(self.pre_logits)}"
+        taps = "" if self.taps is None else f";taps={','.join(self.taps)}"
+        return f"stages={stages};pre_logits={int(self.pre_logits)}{taps}"
+
+
+def parse_taps(text: str | None) -> tuple[str, ...] | None:
+    """Layer names separated by commas (``"layer1,layer2,layer3"``) as :attr:`Scales.taps`; None
+    (or blank) leaves the choice to the model (timm's stages, or those torch.fx finds)."""
+    if text is None or not text.strip():
+        return None
+    return tuple(name.strip() for name in text.split(","))
 
 
 @dataclass(frozen=True)
@@ -150,3 +169,12 @@ class SelectorOptions:
                 raise OptionError(parameter, getattr(self, parameter), problem)
         if self.finetune and self.augment_positives:
             raise UsageError("augment_positives applies to frozen descriptors: drop it or finetune")
+
+
+def options_record(options: SelectorOptions) -> dict[str, Any]:
+    """``options`` as a plain dict (``dataclasses.asdict``), for files and cache keys; ``scales.taps``
+    only when set, so what runs without taps writes and finds what it did before taps existed."""
+    record = asdict(options)
+    if record["scales"].get("taps") is None:
+        del record["scales"]["taps"]
+    return record

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,12 +129,14 @@ def held_out_positives(walk: Any, pool_size: int, positive_count: int, seed_coun
 @dataclass
 class PriorResult:
     """What :func:`estimate_prior` produced: the estimate, the unreadable files left out, seconds
-    per stage (``extract``, ``graph``, ``prior``) and the descriptor cache used."""
+    per stage (``extract``, ``graph``, ``prior``), the descriptor cache used and the teacher's
+    nodes the descriptors were tapped at (:meth:`MultiScaleExtractor.tap_summary`)."""
 
     estimate: PriorEstimate
     skipped: list[SkippedFile]
     timings: dict[str, float]
     cache_path: Path | None
+    taps: list[dict[str, object]] = field(default_factory=list)
 
 
 def estimate_prior(
@@ -166,7 +168,7 @@ def estimate_prior(
     options = SelectorOptions(class_prior=None, augment_positives=augment_positives, scales=scales, seed=seed,
                               batch_size=batch_size)
     timings: dict[str, float] = {}
-    extractor = MultiScaleExtractor(teacher.model, scales).to(device)
+    extractor = MultiScaleExtractor(teacher.model, scales, input_size=teacher.config.input_size).to(device)
     augmentation = resolve_positive_augmentation(teacher.config, augment_positives, len(positive_paths), seed)
     with timed(timings, "extract"):
         descriptors = load_or_extract_descriptors(
@@ -189,4 +191,5 @@ def estimate_prior(
     with timed(timings, "prior"):
         estimate = estimate_prior_from_descriptors(descriptors, options, positive_labels=positive_labels,
                                                    progress=progress, graph=graph)
-    return PriorResult(estimate, descriptors.skipped, timings, descriptors.cache_path)
+    return PriorResult(estimate, descriptors.skipped, timings, descriptors.cache_path,
+                       extractor.tap_summary(teacher.config.input_size))

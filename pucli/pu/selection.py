@@ -69,7 +69,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ from pucli.progress import ProgressCallback, no_progress
 from pucli.pu.descriptors import Descriptors, load_or_extract_descriptors, resolve_positive_augmentation
 from pucli.pu.graph import PoolGraph, pool_graph, positive_walk, smooth_over_graph
 from pucli.pu.network import AttentionScoreHead, MultiScaleExtractor, PUSelectorNet
-from pucli.pu.options import SelectorOptions
+from pucli.pu.options import SelectorOptions, options_record
 from pucli.pu.pool_prior import (
     PriorResult,
     estimate_prior,
@@ -137,6 +137,8 @@ class SelectionResult:
             (:mod:`pucli.pu.trust`); None with the nnPU ranking or without the graph.
         recommendation: keep the selection, weight the pool by the scores, or take the whole pool
             (:func:`pucli.pu.trust.recommend`).
+        taps: the teacher's nodes the descriptors were tapped at and the shape each gives per
+            image (:meth:`MultiScaleExtractor.tap_summary`), for the run report.
     """
 
     paths: list[Path]
@@ -156,6 +158,7 @@ class SelectionResult:
     warnings: list[str] = field(default_factory=list)
     trust: SelectionTrust | None = None
     recommendation: Recommendation | None = None
+    taps: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.head_scores is None:
@@ -308,6 +311,7 @@ def run_selection(
                   "positive_augmentation": augmentation.describe() if augmentation is not None else "none",
                   "positive_augmented": trained.augmented_count, "graph": graph_metadata},
         class_prior=options.class_prior, prior_estimate=trained.prior_estimate, head_scores=head_scores,
+        taps=trained.extractor.tap_summary(teacher.config.input_size),
     )
     from pucli.pu.degenerate import selection_warnings  # the collapse guard: no degenerate selection is silent
 
@@ -403,7 +407,8 @@ def _train_finetuned(run: _Run, options: SelectorOptions) -> _Trained:
         run.timings.update(prior_result.timings)
         options = dataclasses.replace(options, class_prior=prior_estimate.class_prior)
     torch.manual_seed(options.seed)
-    extractor = MultiScaleExtractor(copy.deepcopy(run.teacher.model), options.scales)
+    extractor = MultiScaleExtractor(copy.deepcopy(run.teacher.model), options.scales,
+                                    input_size=run.teacher.config.input_size)
     net = PUSelectorNet(extractor, AttentionScoreHead(extractor.channels, reduction=options.reduction,
                                                       attention=options.attention)).to(run.device)
     skipped: list[SkippedFile] = []
@@ -434,7 +439,8 @@ def _train_finetuned(run: _Run, options: SelectorOptions) -> _Trained:
 def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trained | None:
     """Frozen descriptors (cached), then the head ensemble on them; the head on the descriptors is
     the pool's score. Under torchrun, None on every rank but 0."""
-    extractor = MultiScaleExtractor(run.teacher.model, options.scales).to(run.device)
+    extractor = MultiScaleExtractor(run.teacher.model, options.scales,
+                                    input_size=run.teacher.config.input_size).to(run.device)
     augmentation = resolve_positive_augmentation(run.teacher.config, options.augment_positives,
                                                  len(run.positive_paths), options.seed)
     with timed(run.timings, "extract"):
@@ -536,7 +542,7 @@ def save_selector(result: SelectionResult, options: SelectorOptions, path: str |
     if not path.name.endswith(".safetensors"):
         raise DataError(f"selector weights are safetensors: {path} must end in .safetensors")
     tensors = {k: v.detach().cpu().contiguous() for k, v in result.network.state_dict().items()}
-    options_dict = asdict(options)
+    options_dict = options_record(options)
     options_dict["class_prior"] = result.class_prior if result.class_prior is not None else options.class_prior
     metadata = {
         "format_version": str(SELECTOR_FORMAT_VERSION),

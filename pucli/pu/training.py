@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from pucli.pu.degenerate import risk_stuck
 from pucli.pu.descriptors import extract_descriptors
 from pucli.pu.network import AttentionScoreHead, PUSelectorNet, ScoreEnsemble
 from pucli.pu.nnpu import nnpu_risk
-from pucli.pu.options import SelectorOptions
+from pucli.pu.options import SelectorOptions, options_record
 
 __all__ = [
     "FINETUNE_SCHEDULE",
@@ -192,7 +192,7 @@ def training_state_path(descriptors_key: str, options: SelectorOptions) -> Path:
     the key changes with it and with any option but the budget and the graph smoothing and the
     ranking (which only act on the trained heads' scores)."""
     after_training = {"budget", "graph_neighbors", "graph_alpha", "graph_steps", "graph_exact_max", "ranking"}
-    settings = {k: v for k, v in asdict(options).items() if k not in after_training}
+    settings = {k: v for k, v in options_record(options).items() if k not in after_training}
     text = json.dumps({"descriptors": descriptors_key, "options": settings}, sort_keys=True, default=str)
     return cache_dir() / "selector-runs" / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.safetensors"
 

@@ -204,14 +204,25 @@ def sheet_from_expanded(
 
 def positive_groups(root: str | os.PathLike[str], columns: int) -> list[Group]:
     """One reference group per class subfolder of ``root`` (sorted): its first ``columns`` images
-    by path (nothing decoded).
+    by path (nothing decoded). Tar shards of ``<class>/<file>`` members serve too
+    (:meth:`pucli.data.sources.LabeledFolder.from_folder`).
 
     Raises:
-        UsageError: ``root`` is not a folder with class subfolders.
+        UsageError: ``root`` is not a folder with class subfolders (nor shards).
     """
     from pucli.data.files import scan_images
+    from pucli.data.shards import expand_braces, is_shard_name, shard_members, split_member
 
     root = Path(root)
+    if is_shard_name(root) and not root.is_dir():
+        by_class: dict[str, list[Path]] = {}
+        for member in shard_members(expand_braces(str(root)), option="--positive"):
+            name = Path(split_member(member)[1])  # type: ignore[index]
+            if len(name.parts) >= 2:
+                by_class.setdefault(name.parent.name, []).append(member)
+        return [Group(name, f"{min(columns, len(images))} of {len(images)}",
+                      [Tile(p, p.name) for p in sorted(images, key=str)[:columns]], kind="positive")
+                for name, images in sorted(by_class.items())]
     if not root.is_dir():
         raise UsageError(f"--positive {root} is not a folder: give the labeled folder (one subfolder per class)")
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

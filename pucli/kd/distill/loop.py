@@ -36,7 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from pucli import distributed
-from pucli.checkpoints import LoadedModel, ModelConfig, build_model, check_architecture
+from pucli.architectures import ArchSpec, parse_arch
+from pucli.checkpoints import LoadedModel, ModelConfig, build_student, check_architecture
 from pucli.data.augment import FlipCrop, resolve_augment
 from pucli.data.files import SkippedFile
 from pucli.data.loading import Preprocess
@@ -151,7 +152,7 @@ class _Run:
 def distill(
     teacher: LoadedModel,
     expanded: ExpandedSet,
-    student_arch: str,
+    student_arch: str | ArchSpec,
     *,
     config: DistillConfig,
     checkpoint_path: str | os.PathLike[str],
@@ -172,7 +173,9 @@ def distill(
     Args:
         teacher: the loaded teacher (runs only with augmentation).
         expanded: the extended set (``pucli.data.manifest.read_expanded_set``).
-        student_arch: any timm model name, e.g. ``lenet5_half`` or ``resnet18``.
+        student_arch: any timm model name, e.g. ``lenet5_half`` or ``resnet18``, or an
+            :class:`~pucli.architectures.ArchSpec` (``torchvision:NAME``, ``PATH.py:NAME`` with its
+            keyword arguments; :func:`pucli.checkpoints.build_student`).
         config: the training settings (checked when built).
         checkpoint_path: written after epochs (see ``config.checkpoint_interval``); read when ``resume``.
         val_set: labeled folder evaluated after every epoch (selects the model when ``keep=best``).
@@ -189,13 +192,18 @@ def distill(
     Raises:
         OptionError: ``keep=best`` without ``val_set``; fewer images per batch than torchrun processes;
             ``align_stage`` names a stage the student lacks.
-        UsageError: unknown architecture, no checkpoint to resume, or a checkpoint from different settings.
+        UsageError: unknown architecture, no checkpoint to resume, or a checkpoint from different settings;
+            a student of other code whose output width is not the teacher's class count.
         DataError: the set and the teacher disagree on the number of classes; no image readable;
             the checkpoint is unreadable; the loss diverged; adversarial alignment on a set without
             labeled positives or without unlabeled images.
         TrainingInterrupted: Ctrl-C; the checkpoint holds the last finished epoch.
     """
-    check_architecture(student_arch)
+    spec = None
+    if student_init is None:
+        spec = student_arch if isinstance(student_arch, ArchSpec) else parse_arch(student_arch, parameter="student")
+        if spec.kind == "timm":
+            check_architecture(spec.name)
     if config.keep == "best" and val_set is None:
         raise OptionError("keep", "best", "needs a validation set: a labeled folder, never the test set")
     teacher_config = teacher.config
@@ -208,11 +216,16 @@ def distill(
     temperature = config.temperature or expanded.temperature
     augment = resolve_augment(teacher_config, config.augment)
     preprocess = Preprocess(teacher_config)
-    student_config = dataclasses.replace(teacher_config, architecture=student_arch,
-                                         model_args=dict(student_init[1].model_args) if student_init else {})
 
     torch.manual_seed(config.seed)
-    student = (copy.deepcopy(student_init[0]) if student_init else build_model(student_config)).to(device)
+    if student_init:
+        student = copy.deepcopy(student_init[0])
+        student_config = dataclasses.replace(teacher_config, architecture=student_init[1].architecture,
+                                             model_args=dict(student_init[1].model_args), code=student_init[1].code)
+    else:
+        assert spec is not None
+        student, student_config = build_student(spec, teacher_config)
+    student = student.to(device)
     use_cuda = device.type == "cuda"
     # channels_last speeds up convolutions on tensor cores; on the CPU it only adds copies.
     memory_format = torch.channels_last if use_cuda else torch.contiguous_format
@@ -227,7 +240,7 @@ def distill(
     weights = class_weights(soft_class_counts(soft_targets, source)).float().to(device)
     soft_targets = soft_targets.to(device)
     epochs = config.epochs or default_epochs(len(source), config.batch_size)
-    settings = run_settings(config, student=student_arch, temperature=temperature, epochs=epochs, augment=augment,
+    settings = run_settings(config, student=student_config.architecture, temperature=temperature, epochs=epochs, augment=augment,
                             num_items=len(source), num_classes=student_config.num_classes,
                             in_chans=student_config.in_chans)
     run_steps = steps_per_epoch(len(source), config.batch_size)
