@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from pucli.data.loading import Preprocess
     from pucli.device import configure_threads
     from pucli.pu.descriptors import load_or_extract_descriptors, resolve_positive_augmentation
-    from pucli.pu.graph import approximate_knn_graph, graph_features, ivf_settings, knn_graph, smooth_scores
+    from pucli.pu.neighbors import approximate_knn_graph, graph_features, ivf_settings, knn_graph
+    from pucli.pu.propagation import smooth_scores
     from pucli.pu.network import MultiScaleExtractor
     from pucli.pu.options import SelectorOptions
     from pucli.pu.selection import run_selection

@@ -254,7 +254,8 @@ def select_on(pool: torch.Tensor, positive: torch.Tensor, options: Any, *, graph
     """What ``run_selection`` does for the default ranking with a given prior, on these descriptors:
     the pool's graph (built here with ``use_cache=False`` unless given), the walk over pool and
     positives, label propagation, PU-s1. Returns (the pool graph, the (N,) bool selection)."""
-    from pucli.pu.graph import pool_graph, positive_walk
+    from pucli.pu.neighbors import pool_graph
+    from pucli.pu.propagation import positive_walk
     from pucli.pu.ranking import rank_by_propagation
     from pucli.pu.selection import select_indices
 
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     from pucli.data.loading import Preprocess
     from pucli.device import configure_threads
     from pucli.pu.descriptors import load_or_extract_descriptors, resolve_positive_augmentation
-    from pucli.pu.graph import MAX_GRAPH_CHANNELS, pool_graph
+    from pucli.pu.neighbors import MAX_GRAPH_CHANNELS, pool_graph
     from pucli.pu.network import MultiScaleExtractor
     from pucli.pu.options import SelectorOptions
     from pucli.pu.ranking import ranks_by_propagation, readable_labels

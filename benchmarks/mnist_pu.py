@@ -454,7 +454,8 @@ def set_unit(settings: Settings, spec: SetSpec, soft: dict[str, Any]) -> dict[st
         return {**json.loads((folder / "set.json").read_text()), "folder": str(folder)}
     import torch
 
-    from pucli.data.manifest import build_expanded_set, write_expanded_set
+    from pucli.data.manifest import write_expanded_set
+    from pucli.kd.expand import build_expanded_set
     from pucli.kd.expand import teacher_soft_targets
     from pucli.pu.selection import select_indices
 

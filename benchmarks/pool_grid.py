@@ -77,7 +77,7 @@ Per cell (one JSON file under ``<work>/cells-v2/``; version 1, before the propag
 * ``pu_nnpu``: PU-s1 with the true prior and ``ranking="nnpu"`` (the nnPU head smoothed over the
   pool's graph, keeping the head's ``F(x) > 0`` count: pucli's default before 2026-12-01);
 * ``confidence``: the top ``pi * N`` of the pool by the teacher's max softmax (``pi`` the true prior);
-* ``pvu``: a plain class-balanced P-vs-U logistic classifier (``pucli.pu.prior.logistic_fit``) on
+* ``pvu``: a plain class-balanced P-vs-U logistic classifier (``pucli.pu.mixture_proportion.logistic_fit``) on
   the same frozen descriptors, 5-fold cross-fitted (each pool image scored by a fold that did not
   train on it), keeping its top ``pi * N``;
 * ``bound``: the supervised bound: a linear classifier (plain logistic regression on standardised
@@ -415,7 +415,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, sources: Sources) -> dict[str
     from pucli.pu.descriptors import load_or_extract_descriptors, resolve_positive_augmentation
     from pucli.pu.network import MultiScaleExtractor
     from pucli.pu.options import SelectorOptions
-    from pucli.pu.prior import cross_fitted_scores
+    from pucli.pu.mixture_proportion import cross_fitted_scores
     from pucli.pu.selection import run_selection
 
     record: dict[str, Any] = {"cell": asdict(cell), "name": cell.name, "composition": cell.composition(),

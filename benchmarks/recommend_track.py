@@ -84,7 +84,8 @@ def run_cell(spec: str, args: argparse.Namespace, sources: Any) -> dict[str, Any
     from safetensors.torch import load_file, save_file
 
     from pucli.checkpoints import load_model, save_model
-    from pucli.data.manifest import build_expanded_set, read_expanded_set, write_expanded_set
+    from pucli.data.manifest import read_expanded_set, write_expanded_set
+    from pucli.kd.expand import build_expanded_set
     from pucli.device import configure_threads
     from pucli.evaluate import evaluate_model
     from pucli.kd.distill import DistillConfig, distill, steps_per_epoch

@@ -41,6 +41,7 @@ from typing import Any
 from torch import nn
 
 from pucli.architectures import ArchSpec, ModelSpec, build_network, code_record, spec_from_record, warn_if_changed
+from pucli.compressed_files import is_compressed, read_compressed, rebuild
 from pucli.errors import OptionError, TeacherFormatError, UsageError
 from pucli.model_files import (
     CONFIG_METADATA_KEY,
@@ -52,7 +53,8 @@ from pucli.model_files import (
     strip_prefixes,
 )
 from pucli.model_config import ModelConfig, output_width, resolve_code_config, resolve_timm_config, with_output_width
-from pucli.paths import output_stem, replace_atomically
+from pucli.paths import check_weights_file, output_stem, replace_atomically
+from pucli.report import ModelFileLog
 
 __all__ = [
     "CONFIG_METADATA_KEY",
@@ -124,7 +126,8 @@ def check_architecture(name: str) -> str:
     raise UsageError(f"unknown architecture '{name}': {hint}")
 
 
-def load_model(path: str | os.PathLike[str], arch: str | ModelSpec | None = None, *, option: str = "--teacher") -> LoadedModel:
+def load_model(path: str | os.PathLike[str], arch: str | ModelSpec | None = None, *,
+               parameter: str = "teacher", model_files: ModelFileLog | None = None) -> LoadedModel:
     """Load a classifier from any supported file (module docstring) into eval mode on the CPU.
 
     Args:
@@ -132,7 +135,9 @@ def load_model(path: str | os.PathLike[str], arch: str | ModelSpec | None = None
         arch: the architecture (a timm name, ``torchvision:NAME`` or ``PATH.py:NAME``), or a
             :class:`~pucli.architectures.ModelSpec` that also gives its keyword arguments and the
             preprocessing; overrides what the file says, required for bare state dicts.
-        option: the CLI option that named ``path``, quoted in error messages.
+        parameter: the parameter that named ``path``, which errors name (and carry).
+        model_files: the run's log of model files (:class:`pucli.report.ModelFileLog`), where the
+            file is noted as read with the preprocessing its config declares; None: not noted.
 
     Raises:
         UsageError: missing file, unknown or missing architecture; a model of other code than
@@ -148,12 +153,12 @@ def load_model(path: str | os.PathLike[str], arch: str | ModelSpec | None = None
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a weights file" if path.is_dir() else "does not exist"
-        raise UsageError(f"{option} {path} {what}: give a .safetensors, .pth or .pth.tar file")
-    from pucli.compress.stored import is_compressed, read_compressed, rebuild  # pruned / quantized (docs/compress.md)
+        raise UsageError(f"{parameter} {path} {what}: give a .safetensors, .pth or .pth.tar file",
+                         parameter=parameter, path=path)
 
     compression = None
-    if is_compressed(path):
-        state_dict, raw_config, compression = read_compressed(path, option=option)
+    if is_compressed(path):  # pruned / quantized (docs/compress.md)
+        state_dict, raw_config, compression = read_compressed(path, parameter=parameter)
         config_dict, source_format = parse_config(raw_config, path), "pucli-compressed"
     elif path.name.endswith(SAFETENSORS_SUFFIX):
         state_dict, config_dict, source_format = read_safetensors(path)
@@ -165,7 +170,7 @@ def load_model(path: str | os.PathLike[str], arch: str | ModelSpec | None = None
     if code is None:
         architecture = spec.arch or config_dict.get("architecture")
         if not architecture:
-            raise UsageError(f"{path} does not name its architecture: pass --arch NAME (a timm model name)")
+            raise UsageError(f"{path} does not name its architecture: pass `arch=NAME` (a timm model name)", path=path)
         check_architecture(architecture)
         config = resolve_timm_config(architecture, _with_given(config_dict, spec), state_dict, path)
         model = build_model(config, path=path)
@@ -181,9 +186,8 @@ def load_model(path: str | os.PathLike[str], arch: str | ModelSpec | None = None
     model.eval()
     if code is not None:
         config = with_output_width(model, config, path)
-    from pucli.report import record_model_file
-
-    record_model_file(path, "read", config.architecture, config.data_config(), code=config.code)
+    if model_files is not None:
+        model_files.record(path, "read", config.architecture, config.data_config(), code=config.code)
     return LoadedModel(model, config, path, path.stat().st_size, source_format)
 
 
@@ -294,7 +298,7 @@ def _described(config: ModelConfig) -> str:
 def _fit_advice(path: Path, arch: str | None, source_format: str) -> str:
     """What to do when weights do not fit: depends on who named the architecture."""
     if arch:
-        return "check --arch"
+        return "check `arch`"
     sidecar = sidecar_config_path(path.with_name(output_stem(path) + SAFETENSORS_SUFFIX))
     if source_format == "timm-checkpoint":
         return (f"the checkpoint's args do not say everything the model was built with; give the rest under "
@@ -314,8 +318,10 @@ def save_model(
     data_config: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
     config: ModelConfig | None = None,
+    model_files: ModelFileLog | None = None,
 ) -> Path:
-    """Write ``model``'s weights to ``path`` (.safetensors) and its config beside it.
+    """Write ``model``'s weights to ``path`` (.safetensors) and its config beside it; note it as
+    written in ``model_files`` (the run's :class:`pucli.report.ModelFileLog`), if given.
 
     The config (:func:`config_text`: timm's export format, written by timm's own
     ``save_config_for_hf``; for a model of other code, ``config``'s code record in the same form)
@@ -332,13 +338,7 @@ def save_model(
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    if not path.name.endswith(SAFETENSORS_SUFFIX):
-        raise UsageError(f"--out {path}: weights are written as safetensors, name the file *.safetensors")
-    if not path.parent.is_dir():
-        raise UsageError(f"--out {path}: folder {path.parent} does not exist; create it first")
-    if not os.access(path.parent, os.W_OK):
-        raise UsageError(f"--out {path}: folder {path.parent} is not writable; choose another --out")
+    path = check_weights_file(path)
     text = config_text(model, config, label_names=label_names, data_config=data_config)
     if provenance is not None:
         text = _with_provenance(text, provenance)
@@ -346,12 +346,11 @@ def save_model(
     metadata = {"format": "pt", "architecture": json.loads(text)["architecture"], CONFIG_METADATA_KEY: text}
     replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     replace_atomically(sidecar_config_path(path), lambda tmp: tmp.write_text(text))
-    from pucli.report import record_model_file
-
-    written = parse_config(json.loads(text), path)
-    record_model_file(path, "written", metadata["architecture"],
-                      {k: written.get(k) for k in ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")},
-                      code=written.get("code"))
+    if model_files is not None:
+        written = parse_config(json.loads(text), path)
+        model_files.record(path, "written", metadata["architecture"],
+                           {k: written.get(k) for k in ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")},
+                           code=written.get("code"))
     return path
 
 

@@ -14,21 +14,41 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 
-from pucli.checkpoints import LoadedModel
-from pucli.data.files import SkippedFile
 from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
 from pucli.data.sources import LabeledFolder
-from pucli.progress import ProgressCallback, no_progress
+from pucli.model_config import ModelConfig
+from pucli.run_context import RunContext
 
-if TYPE_CHECKING:
-    from pucli.deploy.onnx_runtime import OnnxLoadedModel
+__all__ = ["MeasuredModel", "ModelEvaluation", "PrecountedModel", "count_flops", "evaluate_model", "measure_latency",
+           "measure_throughput"]
 
-__all__ = ["ModelEvaluation", "evaluate_model", "count_flops", "measure_latency", "measure_throughput"]
+
+class MeasuredModel(Protocol):
+    """A classifier :func:`evaluate_model` measures: ``model`` maps float32 (N, C, H, W) normalised
+    images to (N, K) logits; ``config`` gives its preprocessing and classes; ``path`` and
+    ``file_bytes`` its file; ``source_format`` how that file was read (``"onnx"``: a
+    :class:`PrecountedModel`). :class:`pucli.checkpoints.LoadedModel` is one."""
+
+    model: nn.Module
+    config: ModelConfig
+    path: Path
+    file_bytes: int
+    source_format: str
+
+
+class PrecountedModel(MeasuredModel, Protocol):
+    """A classifier that runs outside PyTorch (``source_format`` ``"onnx"``: an ONNX file on ONNX
+    Runtime's CPU provider, :class:`pucli.deploy.onnx_runtime.OnnxLoadedModel`): its graph cannot
+    be counted here, so it says its ``params`` and ``flops_per_image`` (those of the PyTorch model
+    it was made from), and it runs on the CPU."""
+
+    params: int
+    flops_per_image: int
 
 
 @dataclass
@@ -55,32 +75,35 @@ class ModelEvaluation:
 
 
 def evaluate_model(
-    loaded: LoadedModel | OnnxLoadedModel,
+    loaded: MeasuredModel,
     test_root: str | os.PathLike[str],
     *,
-    device: torch.device,
     classes_file: str | os.PathLike[str] | None = None,
     batch_size: int = 256,
-    workers: int = 0,
-    skipped: list[SkippedFile] | None = None,
-    progress: ProgressCallback = no_progress,
     measure_speed: bool = True,
+    run: RunContext | None = None,
+    **legacy: Any,
 ) -> ModelEvaluation:
-    """Evaluate ``loaded`` on the class folders under ``test_root``.
+    """Evaluate ``loaded`` on the class folders under ``test_root``, on ``run.device`` with
+    ``run.workers`` loader processes (``run``: :class:`pucli.run_context.RunContext`; ``legacy``: its
+    ``device=``, ``workers=``, ``progress=``, ``skipped=`` given directly). Unreadable test images are
+    left out and added to ``run.skipped``.
 
-    An ONNX model (:func:`pucli.deploy.onnx_runtime.load_onnx`) runs on ONNX Runtime's CPU
-    provider whatever ``device`` says; its parameters and FLOPs are those of the PyTorch model
-    it was exported from (the file's metadata).
+    A :class:`PrecountedModel` (an ONNX file, :func:`pucli.deploy.onnx_runtime.load_onnx`) runs on
+    the CPU whatever ``device`` says; its parameters and FLOPs are the ones it gives (those of the
+    PyTorch model it was exported from, in the file's metadata).
 
     Raises:
         UsageError, ClassMappingError, NoImagesError: from reading the test folder.
     """
+    run = RunContext.given(run, **legacy)
+    device, progress = run.device, run.progress
     onnx = loaded.source_format == "onnx"
     if onnx:
         device = torch.device("cpu")
     config = loaded.config
     test_set = LabeledFolder.from_folder(
-        test_root, num_classes=config.num_classes, label_names=config.label_names, classes_file=classes_file, option="--data"
+        test_root, num_classes=config.num_classes, label_names=config.label_names, classes_file=classes_file, parameter="test_root"
     )
     preprocess = Preprocess(config)
     model = loaded.model.to(device).eval()
@@ -92,9 +115,9 @@ def evaluate_model(
         for batch in iterate_batches(
             ImageDataset(test_set.paths, preprocess, test_set.labels),
             batch_size=batch_size,
-            workers=workers,
+            workers=run.workers,
             pin_memory=device.type == "cuda",
-            skipped=skipped,
+            skipped=run.skipped,
         ):
             images = preprocess.normalize(batch.images.to(device, non_blocking=True))
             labels = batch.labels.to(device)
@@ -118,8 +141,8 @@ def evaluate_model(
         images=seen,
         top1=100.0 * correct1 / seen if seen else float("nan"),
         top5=100.0 * correct5 / seen if seen else float("nan"),
-        params=loaded.params if onnx else sum(p.numel() for p in model.parameters()),
-        flops_per_image=loaded.flops_per_image if onnx else count_flops(model.to("cpu"), input_size),
+        params=cast(PrecountedModel, loaded).params if onnx else sum(p.numel() for p in model.parameters()),
+        flops_per_image=cast(PrecountedModel, loaded).flops_per_image if onnx else count_flops(model.to("cpu"), input_size),
         file_bytes=loaded.file_bytes,
         latency_ms=latency,
         throughput=throughput,

@@ -92,7 +92,7 @@ def read_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     except pickle.UnpicklingError as exc:
         raise TeacherFormatError(
             f"{path} holds a pickled Python object, which pucli never unpickles (it could run code): "
-            "save a state dict instead, torch.save(model.state_dict(), 'teacher.pth'), and pass --arch NAME "
+            "save a state dict instead, torch.save(model.state_dict(), 'teacher.pth'), and pass `arch=NAME` "
             "(or save the state dict with safetensors)"
         ) from exc
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:

@@ -11,6 +11,8 @@ from typing import IO
 
 import platformdirs
 
+from pucli.errors import OptionError
+
 APP_NAME = "pucli"
 
 
@@ -101,4 +103,24 @@ def replace_atomically(path: str | os.PathLike[str], write: Callable[[Path], Non
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+    return path
+
+
+def check_weights_file(path: str | os.PathLike[str], *, parameter: str = "out") -> Path:
+    """Where model weights are to be written (``parameter`` named it): a ``*.safetensors`` name in a
+    folder that exists and may be written. Checked before any work, and again by every writer.
+    Returns ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OptionError: another suffix, or a missing or read-only folder (``parameter`` and ``path``
+            named, as fields and in the message).
+    """
+    path = Path(path)
+    folder = path.parent if path.parent != Path("") else Path(".")
+    if not path.name.endswith(".safetensors"):
+        raise OptionError(parameter, path, "weights are written as safetensors, name the file *.safetensors", path=path)
+    if not folder.is_dir():
+        raise OptionError(parameter, path, f"folder {folder} does not exist; create it first", path=path)
+    if not os.access(folder, os.W_OK):
+        raise OptionError(parameter, path, f"folder {folder} is not writable; choose another `{parameter}`", path=path)
     return path

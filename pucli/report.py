@@ -17,9 +17,13 @@ Format (``format_version`` 1)::
      "skipped": {"count": int, "files": [{"path": ..., "reason": ...}]},
      "timings_s": {"stage": seconds, ..., "total": seconds}}
 
-``preprocessing`` lists every model file the run read or wrote (:mod:`pucli.checkpoints` records
-them with :func:`record_model_file`) and the evaluation transform its config declares: the one
-pucli fed it and the one ``timm.data.resolve_model_data_config`` gives.
+``preprocessing`` lists every model file the run read or wrote and the evaluation transform its
+config declares: the one pucli fed it and the one ``timm.data.resolve_model_data_config`` gives.
+The run keeps them in its :class:`ModelFileLog` (the report's ``model_files``), which the engine
+fills as it reads and writes models (:func:`pucli.checkpoints.load_model`, ``save_model``; the
+log travels in the run's :class:`pucli.run_context.RunContext`). Nothing is kept between runs.
+
+:func:`read_report` reads a report back.
 """
 
 from __future__ import annotations
@@ -32,36 +36,55 @@ import platform
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from pucli import __version__
 from pucli.paths import atomic_write, output_stem, state_dir
 
-__all__ = ["REPORT_FORMAT_VERSION", "RunReport", "record_model_file", "report_location", "report_path_for", "side_file"]
+__all__ = ["REPORT_FORMAT_VERSION", "ModelFileLog", "RunReport", "read_report", "report_location", "report_path_for",
+           "side_file"]
 
 REPORT_FORMAT_VERSION = 1
 # How a run shows its results: they change no result, so the report leaves them out.
 _OUTPUT_SETTINGS = frozenset({"json", "quiet", "force", "report"})
 # Listing every bad file of a huge crawl would make the report huge; the count stays exact.
 MAX_SKIPPED_LISTED = 10_000
-# Model files read or written in this process, in order (record_model_file); a report lists those
-# of its own run: the ones recorded after it was made.
-_MODEL_FILES: list[dict[str, Any]] = []
 
 
-def record_model_file(path: str | os.PathLike[str], role: str, architecture: str,
-                      data_config: Mapping[str, Any], *, code: Mapping[str, Any] | None = None) -> None:
-    """Note that this run read (``role`` "read") or wrote ("written") the model file ``path`` of
-    ``architecture`` whose config declares the preprocessing ``data_config`` (timm's data-config
-    form); every run report made before lists it under ``preprocessing``. ``code``: what builds a
-    model that is not a timm model (:func:`pucli.architectures.code_record`), listed with it."""
-    entry = {"file": str(path), "role": role, "architecture": architecture,
-             **{k: _jsonable(v) for k, v in data_config.items()}}
-    if code is not None:
-        entry["code"] = _jsonable(code)
-    _MODEL_FILES.append(entry)
+@dataclass
+class ModelFileLog:
+    """The model files one run read or wrote, in order: what its report lists under
+    ``preprocessing``. ``entries``: one dict each (the format above)."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, path: str | os.PathLike[str], role: str, architecture: str, data_config: Mapping[str, Any], *,
+               code: Mapping[str, Any] | None = None) -> None:
+        """Note that the run read (``role`` "read") or wrote ("written") the model file ``path`` of
+        ``architecture`` whose config declares the preprocessing ``data_config`` (timm's
+        data-config form). ``code``: what builds a model that is not a timm model
+        (:func:`pucli.architectures.code_record`), listed with it."""
+        entry = {"file": str(path), "role": role, "architecture": architecture,
+                 **{k: _jsonable(v) for k, v in data_config.items()}}
+        if code is not None:
+            entry["code"] = _jsonable(code)
+        self.entries.append(entry)
+
+
+def read_report(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A run report :meth:`RunReport.write` wrote, as the dict of the format above; None when
+    ``path`` cannot be read, is not a JSON object, or has a newer ``format_version`` (a report only
+    adds to what its readers show: a missing or damaged one is not an error)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or UTF-8
+        return None
+    if not isinstance(data, dict):
+        return None
+    version = data.get("format_version", REPORT_FORMAT_VERSION)
+    return data if isinstance(version, int) and version <= REPORT_FORMAT_VERSION else None
 
 
 def report_path_for(output: str | os.PathLike[str]) -> Path:
@@ -99,7 +122,8 @@ def side_file(anchor: str | os.PathLike[str], suffix: str) -> Path:
 
 
 class RunReport:
-    """Collects what a run did; :meth:`write` saves it atomically as JSON."""
+    """Collects what a run did; :meth:`write` saves it atomically as JSON. ``model_files`` is the
+    run's :class:`ModelFileLog`: hand it to the engine (in a :class:`pucli.run_context.RunContext`)."""
 
     def __init__(self, command: str, arguments: Mapping[str, Any], *, seed: int | None = None) -> None:
         self.command = command
@@ -113,7 +137,7 @@ class RunReport:
         self.timings: dict[str, float] = {}
         self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self._start = time.perf_counter()
-        self._model_files_from = len(_MODEL_FILES)
+        self.model_files = ModelFileLog()
 
     @classmethod
     def from_arguments(cls, command: str, arguments: Mapping[str, Any]) -> RunReport:
@@ -154,7 +178,7 @@ class RunReport:
             "threads": self.threads,
             "counts": self.counts,
             "results": _jsonable(self.results),
-            "preprocessing": _MODEL_FILES[self._model_files_from:],
+            "preprocessing": list(self.model_files.entries),
             "skipped": {"count": len(self.skipped), "files": listed},
             "timings_s": {**{k: round(v, 4) for k, v in self.timings.items()},
                           "total": round(time.perf_counter() - self._start, 4)},

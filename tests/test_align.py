@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 from pucli.checkpoints import load_model
 from pucli.cli import app
-from pucli.data.manifest import build_expanded_set, write_expanded_set
+from pucli.data.manifest import write_expanded_set
+from pucli.kd.expand import build_expanded_set
 from pucli.errors import DataError, OptionError, UsageError
 from pucli.kd.align import AlignedStudent, DomainDiscriminator, dann_lambda, domain_loss, reverse_gradient
 from pucli.kd.distill import LOSSES, DistillConfig, TrainingInterrupted, distill

@@ -81,7 +81,7 @@ def test_timm_train_checkpoint_uses_args_model_for_the_variant(tmp_path: Path, l
 def test_bare_state_dict_needs_arch_and_infers_classes_and_channels(tmp_path: Path) -> None:
     model = timm.create_model("resnet18", num_classes=7, in_chans=1)
     torch.save(model.state_dict(), tmp_path / "bare.pth")
-    with pytest.raises(UsageError, match="--arch"):
+    with pytest.raises(UsageError, match="`arch=NAME`"):
         load_model(tmp_path / "bare.pth")
     loaded = load_model(tmp_path / "bare.pth", arch="resnet18")
     assert loaded.config.num_classes == 7 and loaded.config.in_chans == 1

@@ -174,8 +174,8 @@ def test_a_real_shell_pipeline_prune_quantize_recalibrate_evaluate(bn_teacher: P
     [
         (["prune", "{teacher}", "--ratio", "0.5", "--out", "-", "--json"], "--json and --out - both write to stdout"),
         (["quantize", "{teacher}", "--weight-bits", "4", "--out", "{tmp}/q.pt"], "name the file *.safetensors"),
-        (["recalibrate", "-", "--data", "-", "--out", "{tmp}/r.safetensors"], "MODEL - and --data - both read stdin"),
-        (["recalibrate", "{teacher}", "--data", "{tmp}/nowhere", "--out", "{tmp}/r.safetensors"], "--data {tmp}/nowhere does not exist"),
+        (["recalibrate", "-", "--data", "-", "--out", "{tmp}/r.safetensors"], "MODEL - and --calibration - both read stdin"),
+        (["recalibrate", "{teacher}", "--data", "{tmp}/nowhere", "--out", "{tmp}/r.safetensors"], "--calibration {tmp}/nowhere does not exist"),
         (["recalibrate", "{teacher}", "--data", "{tmp}", "--images", "0", "--out", "{tmp}/r.safetensors"], "--images 0: must be >= 1"),
         (["recalibrate", "{teacher}", "--data", "{tmp}", "--augment", "rotate", "--out", "{tmp}/r.safetensors"], "--augment rotate: choose one of none, flip-crop"),
         (["prune", "{tmp}/missing.safetensors", "--ratio", "0.5", "--out", "{tmp}/p.safetensors"], "MODEL {tmp}/missing.safetensors does not exist"),

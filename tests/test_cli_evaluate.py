@@ -50,6 +50,21 @@ def test_evaluate_prints_a_table_and_writes_a_report(tiny_teacher: Path, make_cl
     assert data["results"]["models"][0]["params"] == sum(p.numel() for p in timm.create_model("lenet5", num_classes=3).parameters())
 
 
+def test_the_test_set_is_named_test_and_its_old_name_data_still_works(tiny_teacher: Path, make_class_folder,
+                                                                       tmp_path: Path) -> None:
+    test_dir = make_class_folder("test", per_class=4)
+    reports = []
+    for flag in ("--test", "--data"):
+        report = tmp_path / f"{flag[2:]}.report.json"
+        result = runner.invoke(app, ["evaluate", str(tiny_teacher), flag, str(test_dir), "--report", str(report), "-q"])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(report.read_text()))
+    assert reports[0]["arguments"]["test"] == reports[1]["arguments"]["test"] == str(test_dir)
+    assert reports[0]["results"]["models"][0]["top1"] == reports[1]["results"]["models"][0]["top1"]
+    assert "--data" not in runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "200"}).stdout.replace(
+        "--data, its old name", "")
+
+
 def test_evaluate_json_compares_models_side_by_side(tiny_teacher: Path, make_class_folder, tmp_path: Path) -> None:
     test_dir = make_class_folder("test", per_class=4)
     student = save_model(timm.create_model("lenet5_half", num_classes=3), tmp_path / "student.safetensors",
@@ -101,7 +116,7 @@ def test_evaluate_missing_model_is_a_usage_error(make_class_folder, tmp_path: Pa
 
 def test_evaluate_missing_data_folder_is_a_usage_error(tiny_teacher: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["evaluate", str(tiny_teacher), "--data", str(tmp_path / "nothing")])
-    _assert_one_line_error(result, 2, "--data")
+    _assert_one_line_error(result, 2, "--test")
 
 
 def test_evaluate_empty_folder_is_a_data_error(tiny_teacher: Path, tmp_path: Path) -> None:

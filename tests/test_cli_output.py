@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from pucli.cli import app
-from pucli.cli._errors import flag_for, handles_errors
+from pucli.cli._errors import FLAGS, flag_for, handles_errors, in_flags
 from pucli.cli._options import move_teacher_flag
 from pucli.cli._output import ProgressLog
 from pucli.errors import OptionError
@@ -103,6 +103,38 @@ def test_option_errors_name_the_flag_the_command_uses() -> None:
         output.console = real
     assert stopped.value.exit_code == 2
     assert screen.getvalue().strip() == "error: --prior 1.5: must be between 0 and 1 (exclusive), or auto"
+
+
+def test_the_parameters_an_engine_message_names_become_the_commands_flags() -> None:
+    from pucli.errors import NoImagesError, UsageError
+
+    assert in_flags("check `class_prior`, or see docs", FLAGS["select"]) == "check --prior, or see docs"
+    assert in_flags("use a timm CNN or `align=none`", {}) == "use a timm CNN or --align none"
+    assert in_flags("run the same command with `resume=True` to continue", {}) == (
+        "run the same command with --resume to continue")
+    assert in_flags("pass `classes_file=FILE` listing", FLAGS["expand"]) == "pass --classes FILE listing"
+    # Another command's parameters, spelled as that command spells them; its own words kept.
+    assert in_flags("write it with `pucli select all_items=True`", FLAGS["show"]) == "write it with `pucli select --all`"
+    assert in_flags("export it with `pucli export MODEL format=onnx`", {}) == (
+        "export it with `pucli export MODEL --format onnx`")
+    assert in_flags("the index `pucli select` wrote; see `timm.list_models()`", {}) == (
+        "the index `pucli select` wrote; see `timm.list_models()`")
+    # The parameter an error opens with becomes the flag (or the argument) the command has for it.
+    missing = UsageError("positive ./p does not exist: give a folder", parameter="positive", path="./p")
+    assert in_flags(missing, FLAGS["select"]) == "--positive ./p does not exist: give a folder"
+    assert in_flags(NoImagesError("model_source m.pt is pruned: prune the original with the total `ratio`",
+                                  parameter="model_source"), FLAGS["prune"]) == (
+        "MODEL m.pt is pruned: prune the original with the total --ratio")
+    assert in_flags(UsageError("positively wrong", parameter="positive"), {}) == "positively wrong"
+
+
+def test_an_old_flag_spelling_is_read_as_the_new_one_up_to_the_double_dash() -> None:
+    from pucli.cli._options import rename_flags
+
+    renamed = {"--report": "--selection-report"}
+    assert rename_flags(["x.tsv", "--report", "r.json", "--", "--report"], renamed) == [
+        "x.tsv", "--selection-report", "r.json", "--", "--report"]
+    assert rename_flags(["--report=r.json", "--reports"], renamed) == ["--selection-report=r.json", "--reports"]
 
 
 def test_teacher_flag_moves_to_the_front_of_the_positional_arguments() -> None:

@@ -77,3 +77,19 @@ def test_show_bad_input_is_one_line_and_writes_nothing(index: Path, tmp_path: Pa
     argv = [a.format(tmp=tmp_path, index=index) for a in arguments]
     _one_line_error(runner.invoke(app, ["show", *argv], input=""), code, fragment)
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("flag", ["--selection-report", "--report"])
+def test_the_selection_report_gives_the_class_prior_under_its_new_name_and_its_old_one(index: Path, tmp_path: Path,
+                                                                                         flag: str) -> None:
+    report = tmp_path / "elsewhere.report.json"
+    report.write_text(json.dumps({"format_version": 1, "command": "select",
+                                  "results": {"class_prior": 0.25, "class_prior_source": "given"}}))
+    result = runner.invoke(app, ["show", str(index), "--out", str(tmp_path / "sheet.html"), "--json", flag, str(report)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["class_prior"] == 0.25
+
+
+def test_the_old_report_flag_is_hidden_from_the_help() -> None:
+    result = runner.invoke(app, ["show", "--help"], env={"COLUMNS": "200"})
+    assert "--selection-report" in result.stdout and "--report " not in result.stdout.replace("--report,", "")

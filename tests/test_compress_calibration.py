@@ -40,7 +40,8 @@ def test_an_index_gives_its_selected_rows_from_a_file_and_from_stdin(tmp_path: P
 
 
 def test_an_expanded_set_gives_all_its_items(tmp_path: Path) -> None:
-    from pucli.data.manifest import build_expanded_set, write_expanded_set
+    from pucli.data.manifest import write_expanded_set
+    from pucli.kd.expand import build_expanded_set
 
     paths = pool(tmp_path, 3)
     expanded = build_expanded_set(paths=paths, origins=["positive", "unlabeled", "unlabeled"], labels=[0, -1, -1],

@@ -1,4 +1,4 @@
-"""The stored form of compressed models (pucli.compress.stored): what load_model accepts and the one-line
+"""The stored form of compressed models (pucli.compressed_files): what load_model accepts and the one-line
 errors for files it cannot trust."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from pucli.checkpoints import load_model, save_model
 from pucli.compress.steps import quantize
-from pucli.compress.stored import COMPRESSION_KEY, is_compressed
+from pucli.compressed_files import COMPRESSION_KEY, is_compressed
 from pucli.errors import TeacherFormatError
 
 
@@ -48,14 +48,14 @@ def test_a_newer_format_version_asks_for_a_newer_pucli(quantized: Path, tmp_path
     record = json.loads(safe_open(str(quantized), framework="pt").metadata()[COMPRESSION_KEY])
     bad = rewrite(quantized, tmp_path / "v9.safetensors", compression={**record, "version": 9})
     with pytest.raises(TeacherFormatError, match="upgrade pucli") as info:
-        load_model(bad, option="MODEL")
+        load_model(bad, parameter="model")
     assert "\n" not in str(info.value)
 
 
 def test_missing_codes_of_a_quantized_layer_are_one_line(quantized: Path, tmp_path: Path) -> None:
     bad = rewrite(quantized, tmp_path / "nocodes.safetensors", drop="layer1.0.conv1.weight_codes")
     with pytest.raises(TeacherFormatError, match="layer1.0.conv1 has no usable codes and scale"):
-        load_model(bad, option="MODEL")
+        load_model(bad, parameter="model")
 
 
 def test_a_pruning_history_that_does_not_fit_is_one_line(quantized: Path, tmp_path: Path) -> None:
@@ -66,4 +66,4 @@ def test_a_pruning_history_that_does_not_fit_is_one_line(quantized: Path, tmp_pa
                          "input_size": [1, 28, 28]}
     bad = rewrite(quantized, tmp_path / "history.safetensors", compression=record)
     with pytest.raises(DataError, match="pruning history does not fit"):
-        load_model(bad, option="MODEL")
+        load_model(bad, parameter="model")

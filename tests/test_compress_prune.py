@@ -11,7 +11,8 @@ import torch
 
 pytest.importorskip("torch_pruning")
 
-from pucli.compress.prune import check_ratio, prune_channels, replay_pruning
+from pucli.compress.prune import check_ratio, prune_channels
+from pucli.compressed_files import replay_pruning
 from pucli.errors import DataError, UsageError
 
 INPUT = (1, 28, 28)
@@ -49,12 +50,12 @@ def test_history_replayed_on_a_fresh_model_rebuilds_the_pruned_network() -> None
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0, -0.2, 1.5])
 def test_ratio_outside_zero_one_is_a_usage_error(ratio: float) -> None:
-    with pytest.raises(UsageError, match=r"--ratio .*\(0, 1\)"):
+    with pytest.raises(UsageError, match=r"ratio .*\(0, 1\)"):
         check_ratio(ratio)
 
 
 def test_unknown_ignore_name_says_the_closest_names() -> None:
-    with pytest.raises(UsageError, match="--ignore layer1.0.conv: .*layer1.0.conv1"):
+    with pytest.raises(UsageError, match="ignore layer1.0.conv: .*layer1.0.conv1"):
         prune_channels(resnet(), INPUT, ratio=0.5, ignore=["layer1.0.conv"])
 
 

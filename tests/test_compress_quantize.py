@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from pucli.compress.quantize import dequantize, quantize_model, quantize_tensor
+from pucli.compress.quantize import quantize_model, quantize_tensor
+from pucli.compressed_files import dequantize
 from pucli.errors import UsageError
 
 
@@ -62,7 +63,7 @@ def test_a_given_grid_clamps_and_reencodes_exactly() -> None:
 
 @pytest.mark.parametrize("bits", [1, 5, 16, 0])
 def test_bits_outside_the_list_are_refused(bits: int) -> None:
-    with pytest.raises(UsageError, match=r"--weight-bits .*8, 4, 3, 2"):
+    with pytest.raises(UsageError, match=r"weight_bits .*8, 4, 3, 2"):
         quantize_tensor(torch.ones(2, 2), bits)
 
 

@@ -54,7 +54,7 @@ def test_nearly_all_threshold_follows_a_high_prior() -> None:
                                             (4_001, "over 4 times")])
 def test_kept_count_far_from_the_prior_warns(kept: int, side: str) -> None:
     (warning,) = selection_warnings(kept, 20_000, 0.05, HEALTHY)  # 1,000 expected
-    assert side in warning and "--prior" in warning
+    assert side in warning and "`class_prior`" in warning
 
 
 def test_count_within_four_times_of_the_prior_is_not_flagged() -> None:

@@ -11,7 +11,7 @@ from conftest import write_png
 
 from pucli.checkpoints import load_model, save_model
 from pucli.data.augment import FlipCrop, resolve_augment
-from pucli.data.manifest import build_expanded_set
+from pucli.kd.expand import build_expanded_set
 from pucli.errors import DataError, OptionError, UsageError
 from pucli.kd.distill import DistillConfig, TrainingInterrupted, default_epochs, distill, training_bound_throughput
 
@@ -152,7 +152,7 @@ def test_keep_best_needs_validation_and_picks_the_best_epoch(tmp_path, teacher, 
     expanded = _expanded(tmp_path, teacher)
     with pytest.raises(OptionError, match="^keep best: needs a validation set: a labeled folder"):
         _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, keep="best"))
-    val = LabeledFolder.from_folder(make_class_folder("val"), num_classes=3, label_names=["0", "1", "2"], option="--val")
+    val = LabeledFolder.from_folder(make_class_folder("val"), num_classes=3, label_names=["0", "1", "2"], parameter="val")
     result = _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, keep="best"), val_set=val)
     tops = [h.val_top1 for h in result.history]
     assert result.kept_epoch == 1 + tops.index(max(tops))

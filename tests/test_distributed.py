@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 from pucli import distributed
 from pucli.checkpoints import load_model
 from pucli.cli import app
-from pucli.data.manifest import build_expanded_set, read_expanded_set, write_expanded_set
+from pucli.data.manifest import read_expanded_set, write_expanded_set
 from pucli.kd.distill import DistillConfig, TrainingInterrupted, distill
+from pucli.kd.expand import build_expanded_set
 
 RUN = ["--workers", "0", "--threads", "1", "-q"]
 
@@ -136,17 +137,17 @@ def test_torchrun_distill_resumes_a_one_process_checkpoint_and_follows_its_losse
 
 _GRAPH_SCRIPT = '''
 import sys, torch
-import pucli.pu.graph
+import pucli.pu.neighbors
 from pucli import distributed
-from pucli.pu.graph import pool_graph
+from pucli.pu.neighbors import pool_graph
 
 distributed.setup(torch.device("cpu"))
-pucli.pu.graph.BLOCK_ELEMENTS = 9 * 61  # 9 rows per block: 7 blocks, split 4 / 3 between the ranks
+pucli.pu.neighbors.BLOCK_ELEMENTS = 9 * 61  # 9 rows per block: 7 blocks, split 4 / 3 between the ranks
 descriptors = torch.randn(61, 5, generator=torch.Generator().manual_seed(0))
 graph = pool_graph(descriptors if distributed.is_main() else None, neighbors=4, seed=0, device=torch.device("cpu"),
                    use_cache=False, progress=lambda *a, **k: None)
 if distributed.is_main():
-    expected = pucli.pu.graph.knn_graph(pucli.pu.graph.graph_features(descriptors), 4)
+    expected = pucli.pu.neighbors.knn_graph(pucli.pu.neighbors.graph_features(descriptors), 4)
     assert graph is not None and torch.equal(graph.neighbors, expected), "graph differs from one process"
     open(sys.argv[1], "w").write("ok")
 else:

@@ -16,14 +16,13 @@ from pucli.data.manifest import (
     CLASSES_NAME,
     MANIFEST_NAME,
     SOFT_TARGETS_NAME,
-    build_expanded_set,
     read_expanded_set,
     retemper,
     write_expanded_set,
 )
 from pucli.data.sources import LabeledFolder
 from pucli.errors import DataError, UsageError
-from pucli.kd.expand import expand
+from pucli.kd.expand import build_expanded_set, expand
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -104,8 +104,7 @@ def test_a_collapse_rolls_back_to_the_warmed_up_state_then_stops(clusters: dict,
         return PUSelectorNet(extractor, AttentionScoreHead(extractor.channels))
 
     net = fresh()
-    history = training.train_finetune(net, clusters["positive"], clusters["pool"], preprocess, options,
-                                      device=torch.device("cpu"))
+    history = training.train_finetune(net, clusters["positive"], clusters["pool"], preprocess, options)
     schedule = training.FINETUNE_SCHEDULE
     assert sum(entry["rollbacks"] for entry in history) == schedule.max_rollbacks + 1
     assert len(history) < options.epochs  # stopped early
@@ -117,7 +116,6 @@ def test_a_collapse_rolls_back_to_the_warmed_up_state_then_stops(clusters: dict,
     # The head is the warm-up's: the same as a run whose end-to-end epochs never move anything.
     warmed = fresh()
     training.train_finetune(warmed, clusters["positive"], clusters["pool"], preprocess, options,
-                            device=torch.device("cpu"),
                             schedule=FinetuneSchedule(head_lr_scale=0.0, backbone_lr_scale=0.0))
     for key, value in warmed.head.state_dict().items():
         torch.testing.assert_close(net.head.state_dict()[key], value)

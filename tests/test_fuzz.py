@@ -25,12 +25,12 @@ from pucli.data.manifest import (
     CLASSES_NAME,
     MANIFEST_NAME,
     SOFT_TARGETS_NAME,
-    build_expanded_set,
     read_expanded_set,
     write_expanded_set,
 )
 from pucli.data.sources import UnlabeledPool
 from pucli.errors import PucliError
+from pucli.kd.expand import build_expanded_set
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ROUND_TRIP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,15 +6,8 @@ import pytest
 import torch
 
 from pucli.errors import UsageError
-from pucli.pu.graph import (
-    MAX_GRAPH_CHANNELS,
-    block_rows,
-    graph_features,
-    knn_graph,
-    match_count,
-    smooth_scores,
-    spread_scores,
-)
+from pucli.pu.neighbors import MAX_GRAPH_CHANNELS, block_rows, graph_features, knn_graph
+from pucli.pu.propagation import match_count, smooth_scores, spread_scores
 
 
 def test_knn_graph_on_a_line_by_hand() -> None:

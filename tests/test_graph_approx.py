@@ -1,4 +1,4 @@
-"""Approximate neighbours above a pool-size threshold (pucli.pu.graph, issue 20): the IVF-Flat
+"""Approximate neighbours above a pool-size threshold (pucli.pu.neighbors): the IVF-Flat
 index of faiss, the exact search below the threshold, the fallback without faiss, the cache key."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from pucli.errors import OptionError
-from pucli.pu import graph
-from pucli.pu.graph import (
+from pucli.pu import neighbors as graph
+from pucli.pu.neighbors import (
     GRAPH_CACHE_VERSION,
     GRAPH_EXACT_MAX,
     ApproximateSearch,
@@ -22,8 +22,8 @@ from pucli.pu.graph import (
     knn_graph,
     pool_graph,
     search_method,
-    smooth_over_graph,
 )
+from pucli.pu.propagation import smooth_over_graph
 from pucli.pu.options import SelectorOptions
 
 needs_faiss = pytest.mark.skipif(graph.load_faiss() is None, reason="faiss-cpu not installed (the scale extra)")
@@ -139,8 +139,8 @@ def test_pool_graph_above_the_threshold_is_approximate_seeded_and_cached_under_i
     assert _recall(approximate.neighbors, exact.neighbors) >= 0.9
     again = pool_graph(descriptors, neighbors=5, seed=0, device=torch.device("cpu"), use_cache=True, exact_max=0)
     assert again is not None and again.from_cache and torch.equal(again.neighbors, approximate.neighbors)
-    _, metadata = smooth_over_graph(torch.randn(800), approximate, alpha=0.9, steps=3)
-    assert metadata["method"].startswith("ivf-flat:lists=20,probes=16") and "warning" not in metadata
+    _, summary = smooth_over_graph(torch.randn(800), approximate, alpha=0.9, steps=3)
+    assert summary.method.startswith("ivf-flat:lists=20,probes=16") and "warning" not in summary.as_dict()
 
 
 def test_without_faiss_a_large_pool_falls_back_to_the_exact_search_with_a_one_line_warning(
@@ -153,8 +153,8 @@ def test_without_faiss_a_large_pool_falls_back_to_the_exact_search_with_a_one_li
     assert torch.equal(built.neighbors, knn_graph(graph_features(descriptors), 4))
     assert "faiss is not installed" in built.warning and "pucli[scale]" in built.warning
     assert len(built.warning.splitlines()) == 1
-    _, metadata = smooth_over_graph(torch.randn(300), built, alpha=0.9, steps=3)
-    assert metadata["method"] == "exact" and metadata["warning"] == built.warning
+    _, summary = smooth_over_graph(torch.randn(300), built, alpha=0.9, steps=3)
+    assert summary.method == "exact" and summary.warning == built.warning
 
 
 def test_the_exact_graph_keeps_its_cache_key_and_an_approximate_one_adds_its_method(
@@ -204,7 +204,7 @@ def test_select_with_graph_exact_max_0_records_the_approximate_method(
 _TORCHRUN_SCRIPT = '''
 import sys, torch
 from pucli import distributed
-from pucli.pu.graph import approximate_knn_graph, graph_features, ivf_settings, pool_graph
+from pucli.pu.neighbors import approximate_knn_graph, graph_features, ivf_settings, pool_graph
 
 distributed.setup(torch.device("cpu"))
 descriptors = torch.randn(400, 5, generator=torch.Generator().manual_seed(0))

@@ -449,14 +449,15 @@ import pucli.kd.distill, pucli.pu.descriptors, pucli.pu.selection
 
 pucli.pu.descriptors.DESCRIPTOR_PART_IMAGES = 8  # several parts on a tiny pool
 
-def interrupting(run):
-    def wrapped(*args, progress, **kwargs):
+def interrupting(function):
+    def wrapped(*args, run, **kwargs):
+        progress = run.progress
         def watch(stage_name, completed, total, **metrics):
             progress(stage_name, completed, total, **metrics)
             if stage_name == stage and completed >= at and not getattr(watch, "fired", False):
                 watch.fired = True
                 os.kill(os.getpid(), getattr(signal, name))
-        return run(*args, progress=watch, **kwargs)
+        return function(*args, run=run.with_(progress=watch), **kwargs)
     return wrapped
 
 pucli.pu.selection.run_selection = interrupting(pucli.pu.selection.run_selection)
@@ -493,16 +494,18 @@ def small_parts(monkeypatch) -> list[int]:
 
 def _interrupt_here(monkeypatch, module, function: str, stage: str, at: int, signum: int) -> None:  # noqa: ANN001
     """Make ``module.function`` send ``signum`` to this very process at progress (stage, at)."""
-    run = getattr(module, function)
+    engine = getattr(module, function)
 
-    def wrapped(*args, progress, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def wrapped(*args, run, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        progress = run.progress
+
         def watch(name: str, completed: int, total: int | None, **metrics: float) -> None:
             progress(name, completed, total, **metrics)
             if name == stage and completed >= at and not getattr(watch, "fired", False):
                 watch.fired = True
                 os.kill(os.getpid(), signum)
 
-        return run(*args, progress=watch, **kwargs)
+        return engine(*args, run=run.with_(progress=watch), **kwargs)
 
     monkeypatch.setattr(module, function, wrapped)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pucli.errors import NoImagesError, UsageError
-from pucli.pu.prior import best_bin_estimate, bootstrap_best_bin, cross_fitted_scores, estimate_class_prior
+from pucli.pu.mixture_proportion import best_bin_estimate, bootstrap_best_bin, cross_fitted_scores, estimate_class_prior
 
 # P scores and U scores of the hand example. Thresholds are the P scores 3, 2, 1, 0 with
 # q_p = 1/4, 2/4, 3/4, 4/4; U has 1, 1, 3, 5 of its 8 scores at or above them, so
@@ -119,7 +119,7 @@ def test_bootstrap_returns_one_estimate_per_replicate_and_is_seeded() -> None:
 
 def test_estimate_refuses_too_few_positives_and_bad_settings() -> None:
     positive, unlabeled, _ = _mixture(0.3, pool=1_000)
-    with pytest.raises(NoImagesError, match="--prior"):
+    with pytest.raises(NoImagesError, match="`class_prior`"):
         estimate_class_prior(positive[:1], unlabeled)
     with pytest.raises(UsageError):
         cross_fitted_scores(positive, unlabeled, folds=1)
@@ -130,7 +130,7 @@ def test_estimate_refuses_too_few_positives_and_bad_settings() -> None:
 
 
 def test_folds_with_labels_hold_out_each_class_evenly() -> None:
-    from pucli.pu.prior import _positive_folds
+    from pucli.pu.mixture_proportion import _positive_folds
 
     labels = torch.arange(10).repeat_interleave(5)[torch.randperm(50, generator=torch.Generator().manual_seed(1))]
     folds = _positive_folds(50, 5, labels, torch.Generator().manual_seed(0))
@@ -144,5 +144,5 @@ def test_folds_with_labels_hold_out_each_class_evenly() -> None:
 @pytest.mark.parametrize("pool", [1, 5, 9])
 def test_estimate_refuses_a_pool_too_small_to_cross_fit(pool: int) -> None:
     positive, unlabeled, _ = _mixture(0.3, positives=20, pool=50)
-    with pytest.raises(NoImagesError, match="at least 10 readable unlabeled images.*--prior"):
+    with pytest.raises(NoImagesError, match="at least 10 readable unlabeled images.*`class_prior`"):
         estimate_class_prior(positive, unlabeled[:pool], bootstrap=0)

@@ -10,18 +10,10 @@ import pytest
 import torch
 
 from pucli.errors import OptionError
-from pucli.pu.graph import (
-    PoolGraph,
-    graph_features,
-    graph_transform,
-    join_positives,
-    knn_graph,
-    positive_walk,
-    propagate,
-    symmetric_walk,
-)
+from pucli.pu.neighbors import PoolGraph, graph_features, graph_transform, join_positives, knn_graph
+from pucli.pu.propagation import positive_walk, propagate, symmetric_walk
 from pucli.pu.options import SelectorOptions
-from pucli.pu.prior import PROPAGATION_METHOD, estimate_prior_by_propagation, propagation_applies
+from pucli.pu.mixture_proportion import PROPAGATION_METHOD, estimate_prior_by_propagation, propagation_applies
 from pucli.pu.ranking import rank_by_propagation, ranks_by_propagation
 
 
@@ -86,7 +78,7 @@ def test_propagation_selects_the_positive_cluster_at_a_low_prior() -> None:
     graph = PoolGraph(knn_graph(graph_features(pool), 10), pool.shape[1], False, "exact")
     options = SelectorOptions(class_prior=0.03)
     scores, metadata = rank_by_propagation(graph, pool, positives, options)
-    assert metadata["ranking"] == "propagation" and metadata["kept_by_prior"] == 60
+    assert metadata.ranking == "propagation" and metadata.kept_by_prior == 60
     kept = scores > 0
     assert int(kept.sum()) == 60
     assert torch.equal(kept, truth)
@@ -168,7 +160,7 @@ def test_spreading_several_labelings_together_gives_each_ones_own_spread() -> No
 
 
 def test_the_batched_cross_fit_is_the_fold_by_fold_one() -> None:
-    from pucli.pu.prior import cross_fit_propagation
+    from pucli.pu.mixture_proportion import cross_fit_propagation
 
     pool, _ = clusters([100, 300, 300], seed=5)
     positives, _ = clusters([12, 0, 0], seed=6)

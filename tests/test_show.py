@@ -54,7 +54,7 @@ def test_an_index_of_kept_images_only_says_how_to_see_the_rejected(tmp_path: Pat
     sheet = sheet_from_index(entries, per_group=2)
     assert [g.title for g in sheet.groups] == ["Top kept", "Kept, nearest the threshold"]
     assert [t.score for g in sheet.groups for t in g.tiles] == [3.0, 2.0, 1.0]  # no image twice
-    assert sheet.threshold is None and any("--all" in note for note in sheet.notes)
+    assert sheet.threshold is None and any("`pucli select all_items=True`" in note for note in sheet.notes)
 
 
 def test_a_pool_of_50k_entries_decodes_only_the_images_shown(tmp_path: Path, monkeypatch) -> None:
@@ -155,7 +155,8 @@ def test_the_class_prior_comes_from_the_run_report_beside_the_index(tmp_path: Pa
 
 
 def test_an_expanded_set_groups_pool_images_by_the_teachers_class(tmp_path: Path) -> None:
-    from pucli.data.manifest import build_expanded_set, write_expanded_set
+    from pucli.data.manifest import write_expanded_set
+    from pucli.kd.expand import build_expanded_set
 
     paths, origins, labels, scores, targets = [], [], [], [], []
     for i in range(12):
@@ -195,9 +196,9 @@ def test_bad_sheet_options_are_usage_errors(tmp_path: Path) -> None:
     entries = _index(tmp_path, [1.0], [True], make_files=False)
     with pytest.raises(UsageError, match=r"\.png or \.html"):
         write_preview(entries, tmp_path / "sheet.jpg")
-    with pytest.raises(UsageError, match="--per-group"):
+    with pytest.raises(UsageError, match="per_group"):
         write_preview(entries, tmp_path / "sheet.png", per_group=0)
-    with pytest.raises(UsageError, match="--positive"):
+    with pytest.raises(UsageError, match="positive"):
         write_preview(entries, tmp_path / "sheet.png", positive=tmp_path / "missing")
     assert not (tmp_path / "sheet.png").exists()
 

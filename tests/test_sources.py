@@ -44,7 +44,7 @@ def test_classes_file_wins_over_label_names(make_class_folder, tmp_path: Path) -
 
 def test_folder_count_mismatch_without_names_is_a_class_mapping_error(make_class_folder) -> None:
     root = make_class_folder("pos", classes=["0", "1"], per_class=1)
-    with pytest.raises(ClassMappingError, match="2 class folders but the teacher has 3 outputs.*--classes"):
+    with pytest.raises(ClassMappingError, match="2 class folders but the teacher has 3 outputs.*`classes_file=FILE`"):
         LabeledFolder.from_folder(root, num_classes=3)
 
 

@@ -14,8 +14,9 @@ from statistics import NormalDist
 import pytest
 import torch
 
-from pucli.pu.graph import knn_graph, propagate, symmetric_walk
-from pucli.pu.prior import HeldOutPositives, PriorEstimate, cross_fit_propagation
+from pucli.pu.neighbors import knn_graph
+from pucli.pu.propagation import propagate, symmetric_walk
+from pucli.pu.mixture_proportion import HeldOutPositives, PriorEstimate, cross_fit_propagation
 from pucli.pu.trust import (
     MIN_PLACEMENT,
     MIN_SELECT_F1,

@@ -4,9 +4,12 @@ Exit codes: 0 done; 1 unusable data (:class:`pucli.errors.DataError`, OS errors)
 (:class:`pucli.errors.UsageError`, the option parser); 128 + the signal's number when SIGINT
 (130) or SIGTERM (143) stopped the command; 141 when the reader of stdout went away.
 
-The engine's option classes raise :class:`pucli.errors.OptionError` naming their *parameter*
-(``class_prior 1.5: ...``); :func:`handles_errors` renames it to the command's flag
-(``--prior 1.5: ...``), ``--`` + the parameter with ``_`` as ``-`` unless the command says otherwise.
+The engine names its *parameters*, never flags (:mod:`pucli.errors`): an error about one opens
+with it (``class_prior 1.5: ...``) and carries it as a field, and a message names others between
+backticks (`` `class_prior` ``, `` `align=none` ``, `` `pucli select all_items=True` ``). This module
+alone turns them into the command line's spelling (:func:`in_flags`): ``--`` + the parameter with
+``_`` as ``-``, unless the command's entry in :data:`FLAGS` says otherwise (``--prior 1.5: ...``,
+``give --prior``, ``--align none``, ```pucli select --all```). Warnings get the same treatment.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -22,13 +26,39 @@ from typing import Any, TypeVar
 
 import typer
 
-from pucli.cli._output import error, escape, shows_warnings
+from pucli.cli._output import current_context, error, escape, shows_warnings
 
-__all__ = ["flag_for", "handles_errors", "set_debug"]
+__all__ = ["FLAGS", "SPELLED", "flag_for", "handles_errors", "in_flags", "set_debug"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_state: dict[str, Any] = {"debug": False, "signal": None}
+_state: dict[str, Any] = {"debug": False, "signal": None, "flags": None}
+
+#: Per command, the engine parameters whose spelling on its command line is not ``--`` + their
+#: name with ``_`` as ``-``: other flags, and the arguments (``MODEL``). A command passes its entry to
+#: :func:`handles_errors`; a message that names another command's parameter
+#: (`` `pucli select all_items=True` ``) is spelled with that command's entry.
+FLAGS: dict[str, dict[str, str]] = {
+    "select": {"class_prior": "--prior", "all_items": "--all", "classes_file": "--classes",
+               "positive_paths": "--positive", "unlabeled_paths": "--unlabeled"},
+    "prior": {"class_prior": "--prior", "classes_file": "--classes", "positive_paths": "--positive",
+              "unlabeled_paths": "--unlabeled"},
+    "expand": {"classes_file": "--classes"},
+    "distill": {},
+    "evaluate": {"classes_file": "--classes", "model": "MODEL", "test_root": "--test"},
+    "prune": {"model_source": "MODEL"},
+    "quantize": {"model_source": "MODEL"},
+    "recalibrate": {"model_source": "MODEL", "data": "--calibration"},
+    "export": {"model_path": "MODEL", "method": "--calibration-method"},
+    "show": {"source": "SOURCE", "index": "INDEX", "fmt": "--format"},
+    "shards pack": {"root": "FOLDER", "pattern": "--out", "images_per_shard": "--size"},
+}
+
+#: The key in the click context's ``meta`` under which a command records spellings decided as its
+#: line is parsed (the teacher as ``TEACHER`` or ``--teacher``); they win over :data:`FLAGS`.
+SPELLED = "pucli.spelled"
+
+_ARGUMENT = re.compile(r"(?P<parameter>[a-z][a-z0-9_]*)=(?P<value>\S*)")
 
 
 def set_debug(enabled: bool) -> None:
@@ -42,12 +72,43 @@ def flag_for(parameter: str, flags: Mapping[str, str] | None = None) -> str:
     return (flags or {}).get(parameter) or "--" + parameter.replace("_", "-")
 
 
+def in_flags(message: str | BaseException, flags: Mapping[str, str] | None = None) -> str:
+    """An engine message (or error) in the command line's words: the parameter an error opens with
+    as its flag, and every parameter named between backticks (:data:`pucli.errors.MENTION`) as its
+    flag, with its value after it (`` `align=none` `` -> ``--align none``; ``=True`` -> the flag
+    alone). ``flags``: the command's entry in :data:`FLAGS`; by default the running command's."""
+    from pucli.errors import MENTION, PucliError
+
+    if flags is None:
+        context = current_context()
+        flags = {**(_state["flags"] or {}), **(context.meta.get(SPELLED, {}) if context is not None else {})}
+    if isinstance(message, PucliError):
+        text = message.renamed(flag_for(message.parameter, flags)) if message.parameter else str(message)
+    else:
+        text = str(message)
+
+    def spelled(match: re.Match[str]) -> str:
+        if match["command"] is None:
+            return _with_value(flag_for(match["parameter"], flags), match["value"])
+        command = FLAGS.get(match["command"], {})
+        words = [_with_value(flag_for(word["parameter"], command), word["value"])
+                 if (word := _ARGUMENT.fullmatch(token)) else token for token in match["arguments"].split()]
+        return "`" + " ".join(["pucli", match["command"], *words]) + "`"
+
+    return MENTION.sub(spelled, text)
+
+
+def _with_value(flag: str, value: str | None) -> str:
+    return flag if value is None or value == "True" else f"{flag} {value}"
+
+
 def handles_errors(command: F | None = None, *, flags: Mapping[str, str] | None = None) -> Any:
     """Decorate a command: pucli's typed errors (and OS errors) become one line on stderr and an
     exit code (see the module docstring); ``--debug`` shows the traceback. ``flags`` maps engine
-    parameters whose flag is not ``--`` + their name (``{"class_prior": "--prior"}``).
+    parameters whose flag is not ``--`` + their name (``{"class_prior": "--prior"}``): the
+    command's entry in :data:`FLAGS`, with which its errors and warnings are spelled (:func:`in_flags`).
 
-    Use as ``@handles_errors`` or ``@handles_errors(flags={...})``. While the command runs, SIGTERM
+    Use as ``@handles_errors(flags=FLAGS["select"])`` (or bare ``@handles_errors``). While the command runs, SIGTERM
     interrupts it as Ctrl-C does (``KeyboardInterrupt``), so the engine's handlers keep finished
     work for ``--resume`` whichever of the two stopped it."""
     if command is None:
@@ -55,17 +116,17 @@ def handles_errors(command: F | None = None, *, flags: Mapping[str, str] | None 
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pucli.errors import Interrupted, OptionError, PucliError
+        from pucli.errors import Interrupted, PucliError
 
+        _state["flags"] = dict(flags or {})
         try:
-            with _signals_interrupt(), shows_warnings():
+            with _signals_interrupt(), shows_warnings(in_flags):
                 return command(*args, **kwargs)
         except typer.Exit:
             raise
         except PucliError as exc:
             _maybe_traceback()
-            message = exc.renamed(flag_for(exc.parameter, flags)) if isinstance(exc, OptionError) else str(exc)
-            error(escape(message))
+            error(escape(in_flags(exc)))
             raise typer.Exit(_signal_exit_code() if isinstance(exc, Interrupted) else exc.exit_code) from None
         except BrokenPipeError:
             # The reader of stdout went away (`pucli select --out - | head`): stop quietly, as

@@ -24,14 +24,14 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from pucli.cli._output import current_context
+from pucli.cli._errors import SPELLED
 
 __all__ = [
     "ArchKwargsOption", "ArchOption", "BatchSizeOption", "ClassesOption", "CropPctOption", "InputSizeOption",
     "InterpolationOption", "MeanOption", "ModelCommand", "StdOption", "TapsOption", "model_spec", "DeviceOption", "ForceOption", "JsonOption",
     "PositiveOption", "QuietOption", "ReportOption", "ReportsMissingTogether", "SeedOption", "StateReportOption",
     "TeacherArgument", "TeacherCommand", "ThreadsOption", "UnlabeledOption", "WorkersOption", "code_file",
-    "join_number_lists", "load_pu_inputs", "load_teacher_and_positives", "teacher_label",
+    "join_number_lists", "load_pu_inputs", "load_teacher_and_positives", "rename_flags", "renaming",
 ]
 
 _OUTPUT, _RUN, _MODEL = "Output", "Run", "Model"
@@ -88,7 +88,6 @@ StateReportOption = Annotated[
 ]
 
 _TEACHER_FLAG = "--teacher"
-_SPELLING = "pucli.teacher_spelling"
 
 
 class ReportsMissingTogether(TyperCommand):
@@ -112,6 +111,34 @@ class ReportsMissingTogether(TyperCommand):
                 raise
             names = ", ".join(f"'{name}'" for name in missing[:-1]) + f" and '{missing[-1]}'"
             raise UsageError(f"Missing options {names}.", ctx=ctx) from None
+
+
+def renaming(command: type[TyperCommand], renamed: dict[str, str]) -> type[TyperCommand]:
+    """``command`` (a command class) that still accepts the old spellings of renamed flags
+    (``renamed``: old -> new), hidden from ``--help``: each is read as its new spelling
+    (:func:`rename_flags`), so no script written for the old spelling breaks."""
+
+    class Renaming(command):  # type: ignore[valid-type, misc]
+        def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+            return super().parse_args(ctx, rename_flags(args, renamed))
+
+    Renaming.__name__ = Renaming.__qualname__ = f"Renaming{command.__name__}"
+    return Renaming
+
+
+def rename_flags(args: list[str], renamed: dict[str, str]) -> list[str]:
+    """``args`` with each old flag of ``renamed`` (also as ``--old=VALUE``) spelled the new way, up to ``--``.
+
+    >>> rename_flags(["x.tsv", "--report", "r.json", "--", "--report"], {"--report": "--selection-report"})
+    ['x.tsv', '--selection-report', 'r.json', '--', '--report']
+    """
+    spelled: list[str] = []
+    for position, token in enumerate(args):
+        if token == "--":
+            return spelled + args[position:]
+        name, equals, value = token.partition("=")
+        spelled.append(renamed[name] + equals + value if name in renamed else token)
+    return spelled
 
 
 def missing_options(command: Any, ctx: Any, args: list[str]) -> list[str]:
@@ -144,7 +171,8 @@ class TeacherCommand(ReportsMissingTogether):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         args, spelled = move_teacher_flag(join_number_lists(args))
-        ctx.meta[_SPELLING] = _TEACHER_FLAG if spelled else "TEACHER"
+        # Errors about the teacher name it as the line did (pucli.cli._errors.in_flags).
+        ctx.meta.setdefault(SPELLED, {})["teacher"] = _TEACHER_FLAG if spelled else "TEACHER"
         return super().parse_args(ctx, args)
 
 
@@ -253,16 +281,11 @@ def move_teacher_flag(args: list[str]) -> tuple[list[str], bool]:
     return teachers + rest, bool(teachers)
 
 
-def teacher_label() -> str:
-    """How the running command's teacher was given, for messages: ``--teacher`` or ``TEACHER``."""
-    context = current_context()
-    return context.meta.get(_SPELLING, "TEACHER") if context is not None else "TEACHER"
-
-
-def load_teacher_and_positives(teacher: Path, arch: Any, positive: Path, classes: Path | None) -> Any:
+def load_teacher_and_positives(teacher: Path, arch: Any, positive: Path, classes: Path | None, *,
+                               model_files: Any = None) -> Any:
     """``(LoadedModel, LabeledFolder)``: the teacher (TEACHER, ``--arch`` or the model options'
-    :func:`model_spec`) and the positive set (``--positive``, ``--classes``), its labels in the
-    teacher's output order.
+    :func:`model_spec`; noted in ``model_files``, the run report's log) and the positive set
+    (``--positive``, ``--classes``), its labels in the teacher's output order.
 
     Raises:
         PucliError: an unreadable teacher, a positive folder that does not match it.
@@ -270,12 +293,13 @@ def load_teacher_and_positives(teacher: Path, arch: Any, positive: Path, classes
     from pucli.checkpoints import load_model
     from pucli.data.sources import LabeledFolder
 
-    loaded = load_model(teacher, arch, option=teacher_label())
+    loaded = load_model(teacher, arch, model_files=model_files)
     return loaded, LabeledFolder.from_folder(positive, num_classes=loaded.config.num_classes,
                                              label_names=loaded.config.label_names, classes_file=classes)
 
 
-def load_pu_inputs(teacher: Path, arch: Any, positive: Path, classes: Path | None, unlabeled: str) -> Any:
+def load_pu_inputs(teacher: Path, arch: Any, positive: Path, classes: Path | None, unlabeled: str, *,
+                   model_files: Any = None) -> Any:
     """The inputs of the commands that train on P and U (select, prior): ``(LoadedModel,
     LabeledFolder, UnlabeledPool)`` (see :func:`load_teacher_and_positives`; ``--unlabeled``).
 
@@ -284,4 +308,5 @@ def load_pu_inputs(teacher: Path, arch: Any, positive: Path, classes: Path | Non
     """
     from pucli.data.sources import UnlabeledPool
 
-    return (*load_teacher_and_positives(teacher, arch, positive, classes), UnlabeledPool.from_source(unlabeled))
+    return (*load_teacher_and_positives(teacher, arch, positive, classes, model_files=model_files),
+            UnlabeledPool.from_source(unlabeled))

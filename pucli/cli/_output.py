@@ -37,6 +37,7 @@ __all__ = [
     "escape",
     "info",
     "progress_bars",
+    "run_context",
     "show_result",
     "shows_warnings",
     "silenced",
@@ -84,10 +85,11 @@ def info(message: str, *, quiet: bool = False) -> None:
 
 
 @contextmanager
-def shows_warnings() -> Iterator[None]:
+def shows_warnings(words: Callable[[str], str] = str) -> Iterator[None]:
     """While a command runs, each :class:`pucli.errors.PucliWarning` the engine issues is one
-    ``warning:`` line on stderr (each time, not once per place; suppressed by ``--quiet``); other
-    Python warnings go where they went before."""
+    ``warning:`` line on stderr (each time, not once per place; suppressed by ``--quiet``), its
+    text put in the command line's ``words`` (:func:`pucli.cli._errors.in_flags`); other Python
+    warnings go where they went before."""
     import warnings
 
     from pucli.errors import PucliWarning
@@ -101,7 +103,7 @@ def shows_warnings() -> Iterator[None]:
             if issubclass(category, PucliWarning):
                 context = current_context()
                 quiet = bool(context is not None and context.params.get("quiet"))
-                info(f"[yellow]warning:[/] {escape(str(message))}", quiet=quiet)
+                info(f"[yellow]warning:[/] {escape(words(str(message)))}", quiet=quiet)
             else:
                 previous(message, category, filename, lineno, file, line)
 
@@ -173,6 +175,17 @@ def start_run(*, device: str | None = None, threads: int | None = None, torchrun
         if threads is None and run_device.type == "cpu":
             _warn_busy_cpu(report.threads, quiet=bool(context is not None and context.params.get("quiet")))
     return report, run_device
+
+
+def run_context(report: Any, device: Any = None, workers: int = 0, progress: Callable[..., None] | None = None) -> Any:
+    """The engine's :class:`pucli.run_context.RunContext` for this command run: ``device`` (from
+    :func:`start_run`; the CPU when None), ``workers`` loader processes, ``progress`` (from
+    :func:`progress_bars`), and the run report's logs, so what the engine skips and the model files
+    it reads or writes land in the report."""
+    from pucli.run_context import RunContext
+
+    return RunContext.given(RunContext(skipped=report.skipped, model_files=report.model_files), device=device,
+                            workers=workers, progress=progress)
 
 
 def _warn_busy_cpu(threads: int, *, quiet: bool) -> None:

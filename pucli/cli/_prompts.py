@@ -91,13 +91,15 @@ def checked_answer(check: Callable[[Any], None]) -> Callable[[Any, Any, Any], An
     command line passes through: the command checks it itself, with its one-line error."""
 
     def callback(ctx: Any, param: Any, value: Any) -> Any:
+        from pucli.cli._errors import in_flags
         from pucli.errors import PucliError
 
         if value is not None and ctx.meta.get(_ASKING):
             try:
                 check(value)
             except PucliError as exc:
-                raise typer.BadParameter(str(exc)) from None
+                # click names the option already ("Invalid value for '--out': ..."): the rest of the message.
+                raise typer.BadParameter(in_flags(exc.renamed("").lstrip() if exc.parameter else str(exc))) from None
         return value
 
     return callback

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pucli.cli._errors import handles_errors
+from pucli.cli._errors import FLAGS, handles_errors
 from pucli.cli._options import (
     ArchOption,
     ArchKwargsOption,
@@ -27,8 +27,9 @@ from pucli.cli._options import (
     ThreadsOption,
     WorkersOption,
     model_spec,
+    renaming,
 )
-from pucli.cli._output import command_help, console, emit_json, info, progress_bars, start_run
+from pucli.cli._output import command_help, console, emit_json, info, progress_bars, run_context, start_run
 from pucli.cli._prompts import guard_output
 
 RECALIBRATE_HELP = """Re-estimate a model's BatchNorm statistics on unlabeled images (no labels, no training).
@@ -37,10 +38,10 @@ After pruning or low-bit weights every BatchNorm still normalises with the origi
 
 [bold]Example[/]
 
-  pucli recalibrate pruned.safetensors --data index.tsv --images 1000 --out pruned-bn.safetensors
-  pucli prune teacher.safetensors --ratio 0.5 --out - | pucli recalibrate - --data index.tsv --out pruned.safetensors
+  pucli recalibrate pruned.safetensors --calibration index.tsv --images 1000 --out pruned-bn.safetensors
+  pucli prune teacher.safetensors --ratio 0.5 --out - | pucli recalibrate - --calibration index.tsv --out pruned.safetensors
 
---data is anything pucli reads: a folder, a file listing image paths, - (a list or an index on stdin), tar shards ('pool-{000000..000099}.tar'), a selection index from `pucli select` (its kept images) or an expanded set from `pucli expand`.
+--calibration (the unlabeled images to re-estimate on, as `pucli export --calibration`; --data, its old name, still works) is anything pucli reads: a folder, a file listing image paths, - (a list or an index on stdin), tar shards ('pool-{000000..000099}.tar'), a selection index from `pucli select` (its kept images) or an expanded set from `pucli expand`.
 """
 
 PRUNE_HELP = """Remove a share of every layer's channels (structured pruning, by Torch-Pruning).
@@ -50,7 +51,7 @@ Ranks each group of coupled channels (a conv's outputs, its BatchNorm, the next 
 [bold]Example[/]
 
   pucli prune teacher.safetensors --ratio 0.5 --out pruned.safetensors
-  pucli prune teacher.safetensors --ratio 0.3 --ignore layer4.0.conv1 --out - | pucli recalibrate - --data ./pool --out pruned.safetensors
+  pucli prune teacher.safetensors --ratio 0.3 --ignore layer4.0.conv1 --out - | pucli recalibrate - --calibration ./pool --out pruned.safetensors
 
 Needs pucli\\[compress] (torch-pruning).
 """
@@ -61,7 +62,7 @@ Each output channel's weights go to the integer grid {-q..q} x scale, q = 2^(bit
 
 [bold]Example[/]
 
-  pucli quantize teacher.safetensors --weight-bits 4 --out - | pucli recalibrate - --data index.tsv --out teacher-4bit.safetensors
+  pucli quantize teacher.safetensors --weight-bits 4 --out - | pucli recalibrate - --calibration index.tsv --out teacher-4bit.safetensors
 """
 
 ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.safetensors, .pth, .pth.tar, .th; a state dict with --arch), or - for stdin.", show_default=False)]
@@ -71,15 +72,17 @@ OutOption = Annotated[str, typer.Option("--out", help="Model file to write (.saf
 def register(app: typer.Typer) -> None:
     app.command("prune", cls=ModelCommand, help=command_help(PRUNE_HELP), no_args_is_help=True)(prune)
     app.command("quantize", cls=ModelCommand, help=command_help(QUANTIZE_HELP), no_args_is_help=True)(quantize)
-    app.command("recalibrate", cls=ModelCommand, help=command_help(RECALIBRATE_HELP), no_args_is_help=True)(recalibrate)
+    # --data meant three things across commands; here it is the calibration images, as for export.
+    app.command("recalibrate", cls=renaming(ModelCommand, {"--data": "--calibration"}),
+                help=command_help(RECALIBRATE_HELP), no_args_is_help=True)(recalibrate)
 
 
-@handles_errors
+@handles_errors(flags=FLAGS["recalibrate"])
 def recalibrate(
     model: ModelArgument,
-    data: Annotated[str, typer.Option("--data", help="Unlabeled images: folder, path list, -, tar shards, selection index or expanded set.", show_default=False)],
+    calibration: Annotated[str, typer.Option("--calibration", help="Unlabeled images to re-estimate on: folder, path list, -, tar shards, selection index or expanded set.", show_default=False)],
     out: OutOption,
-    images: Annotated[int, typer.Option("--images", help="Images to re-estimate on (drawn at random from --data).")] = 1000,
+    images: Annotated[int, typer.Option("--images", help="Images to re-estimate on (drawn at random from --calibration).")] = 1000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Largest batch; all batches get one size.")] = 100,
     augment: Annotated[str, typer.Option("--augment", help="none (the evaluation transform) or flip-crop.")] = "none",
     arch: ArchOption = None,
@@ -105,9 +108,9 @@ def recalibrate(
     _check_out(out, force=force, json_output=json_output)
     report, run_device = start_run(device=device, threads=threads)
     with progress_bars(quiet=quiet) as progress, report.stage("re-estimate"):
-        result = recalibrate_model(model, data, out, arch=spec, images=images, batch_size=batch_size, augment=augment,
-                                   seed=seed, device=run_device, workers=default_workers(images) if workers is None else workers,
-                                   skipped=report.skipped, progress=progress)
+        run = run_context(report, run_device, default_workers(images) if workers is None else workers, progress)
+        result = recalibrate_model(model, calibration, out, arch=spec, images=images, batch_size=batch_size, augment=augment,
+                                   seed=seed, run=run)
     report.counts = {"images": result.images, "batches": result.batches, "available": result.available,
                      "skipped": len(report.skipped)}
     written = _finish(report, result, out, report_path, json_output)
@@ -119,7 +122,7 @@ def recalibrate(
     info(f"{result.compression}; model: {_where(out)}; report: {written}", quiet=quiet)
 
 
-@handles_errors
+@handles_errors(flags=FLAGS["prune"])
 def prune(
     model: ModelArgument,
     ratio: Annotated[float, typer.Option("--ratio", help="Share of each layer's channels to remove, in (0, 1).", show_default=False)],
@@ -145,7 +148,8 @@ def prune(
     _check_out(out, force=force, json_output=json_output)
     report, _ = start_run(device="cpu", threads=threads)
     with report.stage("prune"):
-        result = prune_model(model, out, ratio=ratio, importance=importance, ignore=tuple(ignore or ()), arch=spec)
+        result = prune_model(model, out, ratio=ratio, importance=importance, ignore=tuple(ignore or ()), arch=spec,
+                             run=run_context(report))
     report.counts = {"layers_pruned": len(result.channels)}
     written = _finish(report, result, out, report_path, json_output)
     if not quiet and not json_output:
@@ -154,7 +158,7 @@ def prune(
     info(f"model: {_where(out)}; report: {written}; {next_step}", quiet=quiet)
 
 
-@handles_errors
+@handles_errors(flags=FLAGS["quantize"])
 def quantize(
     model: ModelArgument,
     weight_bits: Annotated[int, typer.Option("--weight-bits", help="Bits per weight: 8, 4, 3 or 2.", show_default=False)],
@@ -178,7 +182,8 @@ def quantize(
     _check_out(out, force=force, json_output=json_output)
     report, _ = start_run()
     with report.stage("quantize"):
-        result = quantize_model(model, out, bits=weight_bits, first_last_bits=first_last_bits, arch=spec)
+        result = quantize_model(model, out, bits=weight_bits, first_last_bits=first_last_bits, arch=spec,
+                                run=run_context(report))
     report.counts = {"layers": result.layers}
     written = _finish(report, result, out, report_path, json_output)
     info(f"quantized {result.layers} layers to {weight_bits} bits (first and last: {first_last_bits}); weights "
@@ -194,11 +199,12 @@ def _check_out(out: str, *, force: bool, json_output: bool) -> None:
         UsageError: ``--json`` with ``--out -`` (both on stdout), or a name not ending in .safetensors.
     """
     from pucli.errors import UsageError
+    from pucli.paths import check_weights_file
 
     if json_output and out == "-":
         raise UsageError("--json and --out - both write to stdout: write the model to a file, or drop --json")
-    if out != "-" and not out.endswith(".safetensors"):
-        raise UsageError(f"--out {out}: weights are written as safetensors, name the file *.safetensors")
+    if out != "-":
+        check_weights_file(out)
     guard_output(out, force=force)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pucli.cli._errors import handles_errors
+from pucli.cli._errors import FLAGS, handles_errors
 from pucli.cli._options import (
     ArchOption,
     ArchKwargsOption,
@@ -29,9 +29,18 @@ from pucli.cli._options import (
     WorkersOption,
     code_file,
     model_spec,
-    teacher_label,
 )
-from pucli.cli._output import command_help, console, escape, info, progress_bars, show_result, start_run, warn_skipped
+from pucli.cli._output import (
+    command_help,
+    console,
+    escape,
+    info,
+    progress_bars,
+    run_context,
+    show_result,
+    start_run,
+    warn_skipped,
+)
 from pucli.cli._prompts import checked_answer, guard_output
 
 HELP = """Train a smaller student on an expanded set with robust knowledge distillation.
@@ -54,10 +63,9 @@ _ALIGN = "Feature alignment (Tang et al. 2019)"
 
 
 def _check_student_file(out: Path) -> None:
-    from pucli.errors import UsageError
+    from pucli.paths import check_weights_file
 
-    if not out.name.endswith(".safetensors"):
-        raise UsageError(f"--out {out}: the student is written as safetensors, name the file *.safetensors")
+    check_weights_file(out)
 
 
 def _check_student(name: str) -> None:
@@ -72,7 +80,8 @@ def _check_student(name: str) -> None:
             check_architecture(name)
 
 
-def _student_init(student: str, student_kwargs: str | None, code_files: tuple[str, ...]) -> tuple[Any, Any, Any]:
+def _student_init(student: str, student_kwargs: str | None, code_files: tuple[str, ...],
+                  model_files: Any = None) -> tuple[Any, Any, Any]:
     """``(architecture, (network, config) or None, compression or None)`` for ``--student``: a
     name (with ``--student-kwargs``), or a file to start training from (its network; saved again
     in its compressed format), whose code, if it is not a timm model, the line must name
@@ -84,7 +93,8 @@ def _student_init(student: str, student_kwargs: str | None, code_files: tuple[st
                           kwargs=parse_kwargs(student_kwargs, parameter="student_kwargs")), None, None
     from pucli.compress.formats import load_student_init
 
-    network, config, compression = load_student_init(student, option="--student", arch=ModelSpec(code_files=code_files))
+    network, config, compression = load_student_init(student, arch=ModelSpec(code_files=code_files),
+                                                     model_files=model_files)
     return config.architecture, (network, config), compression
 
 
@@ -92,7 +102,7 @@ def register(app: typer.Typer) -> None:
     app.command("distill", cls=TeacherCommand, help=command_help(HELP), no_args_is_help=True)(distill)
 
 
-@handles_errors
+@handles_errors(flags=FLAGS["distill"])
 def distill(
     teacher: TeacherArgument,
     data: Annotated[Path, typer.Option("--data", help="Expanded-set folder written by `pucli expand`.", show_default=False)],
@@ -156,18 +166,21 @@ def distill(
     # Under torchrun every rank trains (DistributedDataParallel); only rank 0 reports and writes.
     report, run_device = start_run(device=device, threads=threads, torchrun=True, checkpoint=checkpoint)
     with report.stage("load"):
-        loaded, expanded, val_set = _load_inputs(teacher, spec, data, val)
-        architecture, init, compression = _student_init(student, student_kwargs, code_file(arch) + code_file(student))
+        loaded, expanded, val_set = _load_inputs(teacher, spec, data, val, report.model_files)
+        architecture, init, compression = _student_init(student, student_kwargs, code_file(arch) + code_file(student),
+                                                        report.model_files)
     with progress_bars(quiet=quiet) as progress, report.stage("train"):
+        run = run_context(report, run_device, workers if workers is not None else default_workers(len(expanded)),
+                          progress)
         result = train_student(
             loaded, expanded, architecture, config=config, checkpoint_path=checkpoint, resume=resume, val_set=val_set,
-            device=run_device, workers=workers if workers is not None else default_workers(len(expanded)),
-            skipped=report.skipped, progress=progress, plan=lambda plan: _say_plan(plan, quiet=quiet), student_init=init,
+            run=run, plan=lambda plan: _say_plan(plan, quiet=quiet), student_init=init,
         )
     if not distributed.is_main():
         return
     with report.stage("save"):
-        _save_student(result, out, compression, loaded, expanded, student=student, teacher=teacher, data=data, loss=loss)
+        _save_student(result, out, compression, loaded, expanded, student=student, teacher=teacher, data=data, loss=loss,
+                      model_files=report.model_files)
     summary = _summary(result, out)
     written = _record(report, result, summary).write(report_location("distill", out, report_path))
     if not result.teacher_matches_data:
@@ -179,7 +192,7 @@ def distill(
 
 
 def _save_student(result: Any, out: Path, compression: Any, loaded: Any, expanded: Any, *, student: str,
-                  teacher: Any, data: Path, loss: str) -> None:
+                  teacher: Any, data: Path, loss: str, model_files: Any) -> None:
     """Write the student: a pruned start is saved in its compressed format (so it loads again),
     any other as a timm model with the preprocessing it was trained with, its teacher's (docs/models.md)."""
     from pucli.checkpoints import save_model, student_provenance
@@ -192,7 +205,7 @@ def _save_student(result: Any, out: Path, compression: Any, loaded: Any, expande
     save_model(result.student, out, label_names=loaded.config.label_names or expanded.class_names,
                data_config=loaded.config.data_config(), config=result.student_config,
                provenance=student_provenance(student=student, teacher=teacher, teacher_digest=loaded.digest,
-                                             data=data, loss=loss))
+                                             data=data, loss=loss), model_files=model_files)
 
 
 def _record(report: Any, result: Any, summary: dict[str, Any]) -> Any:
@@ -233,7 +246,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _load_inputs(teacher: Path, arch: Any, data: Path, val: Path | None) -> Any:
+def _load_inputs(teacher: Path, arch: Any, data: Path, val: Path | None, model_files: Any) -> Any:
     """``(LoadedModel, ExpandedSet, LabeledFolder | None)``: the teacher, the expanded set and the
     validation folder (in the teacher's class order) if given.
 
@@ -244,10 +257,10 @@ def _load_inputs(teacher: Path, arch: Any, data: Path, val: Path | None) -> Any:
     from pucli.data.manifest import read_expanded_set
     from pucli.data.sources import LabeledFolder
 
-    loaded = load_model(teacher, arch, option=teacher_label())
+    loaded = load_model(teacher, arch, model_files=model_files)
     expanded = read_expanded_set(data)
     val_set = None if val is None else LabeledFolder.from_folder(
-        val, num_classes=loaded.config.num_classes, label_names=loaded.config.label_names, option="--val")
+        val, num_classes=loaded.config.num_classes, label_names=loaded.config.label_names, parameter="val")
     return loaded, expanded, val_set
 
 

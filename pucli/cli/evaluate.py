@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pucli.cli._errors import handles_errors
+from pucli.cli._errors import FLAGS, handles_errors
 from pucli.cli._options import (
     ArchKwargsOption,
     BatchSizeOption,
@@ -26,8 +26,9 @@ from pucli.cli._options import (
     WorkersOption,
     code_file,
     model_spec,
+    renaming,
 )
-from pucli.cli._output import command_help, emit_json, info, progress_bars, start_run, warn_skipped
+from pucli.cli._output import command_help, emit_json, info, progress_bars, run_context, start_run, warn_skipped
 
 HELP = """Compare models on a labeled test folder: accuracy, size, FLOPs, latency, throughput.
 
@@ -35,22 +36,24 @@ Reports top-1/top-5 accuracy, parameters, FLOPs per image, weight file size, CPU
 
 [bold]Example[/]
 
-  pucli evaluate teacher.safetensors student.safetensors --data ./mnist-test
-  pucli evaluate teacher.safetensors student.onnx student.int8.onnx --data ./mnist-test --plot tradeoff.png
-  pucli evaluate resnet56.th --arch resnet.py:resnet56 --input-size 3 32 32 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 --data cifar10-test.tar
+  pucli evaluate teacher.safetensors student.safetensors --test ./mnist-test
+  pucli evaluate teacher.safetensors student.onnx student.int8.onnx --test ./mnist-test --plot tradeoff.png
+  pucli evaluate resnet56.th --arch resnet.py:resnet56 --input-size 3 32 32 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 --test cifar10-test.tar
 
---data has one subfolder per class (as for --positive), or is tar shards whose members are <class>/<file>. The first MODEL is the teacher, the reference of the ratios (--teacher FILE names it too, as in the other commands). Each MODEL is a .safetensors file (config in its metadata or a sidecar config.json), a timm train.py checkpoint, a bare state dict with --arch (a timm name, torchvision:NAME or PATH.py:NAME; one --arch for every MODEL, or one per MODEL in order), or an .onnx file written by `pucli export` (run on ONNX Runtime's CPU provider; needs pucli[export]). --plot draws accuracy against latency and file size, one point per model, the first (the teacher) marked (needs pucli[plot]).
+--test has one subfolder per class (as for --positive), or is tar shards whose members are <class>/<file>. The first MODEL is the teacher, the reference of the ratios (--teacher FILE names it too, as in the other commands). Each MODEL is a .safetensors file (config in its metadata or a sidecar config.json), a timm train.py checkpoint, a bare state dict with --arch (a timm name, torchvision:NAME or PATH.py:NAME; one --arch for every MODEL, or one per MODEL in order), or an .onnx file written by `pucli export` (run on ONNX Runtime's CPU provider; needs pucli[export]). --plot draws accuracy against latency and file size, one point per model, the first (the teacher) marked (needs pucli[plot]).
 """
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate", cls=TeacherCommand, help=command_help(HELP), no_args_is_help=True)(evaluate)
+    # --data meant three things across commands; here it is the test set.
+    app.command("evaluate", cls=renaming(TeacherCommand, {"--data": "--test"}), help=command_help(HELP),
+                no_args_is_help=True)(evaluate)
 
 
-@handles_errors
+@handles_errors(flags=FLAGS["evaluate"])
 def evaluate(
     models: Annotated[list[Path], typer.Argument(metavar="MODEL...", help="Model files to compare (teacher first, then students).", show_default=False)],
-    data: Annotated[Path, typer.Option("--data", help="Labeled test folder: one subfolder of images per class, or tar shards of <class>/<file> members.", show_default=False)],
+    test: Annotated[Path, typer.Option("--test", help="Labeled test folder: one subfolder of images per class, or tar shards of <class>/<file> members (--data, its old name, still works).", show_default=False)],
     arch: Annotated[list[str] | None, typer.Option("--arch", metavar="ARCH", help="Architecture of the MODELs: a timm name, torchvision:NAME, or PATH.py:NAME (pucli imports that file, only because you name it); once for every MODEL, or once per MODEL in order. Needed for a bare state dict, overrides what a file says.", show_default=False, rich_help_panel="Model")] = None,
     arch_kwargs: ArchKwargsOption = None,
     input_size: InputSizeOption = None,
@@ -80,17 +83,15 @@ def evaluate(
     specs = _model_specs(models, arch, arch_kwargs, input_size, mean, std, interpolation, crop_pct)
     report, run_device = start_run(device=device, threads=threads)
     with report.stage("load"):
-        loaded = [load_onnx(path) if is_onnx_file(path) else load_model(path, spec, option="MODEL")
+        loaded = [load_onnx(path) if is_onnx_file(path)
+                  else load_model(path, spec, parameter="model", model_files=report.model_files)
                   for path, spec in zip(models, specs)]
     results = []
     with progress_bars(quiet=quiet) as progress:
+        run = run_context(report, run_device, workers if workers is not None else default_workers(10_000), progress)
         for item in loaded:
             with report.stage(f"evaluate {item.path.name}"):
-                result = evaluate_model(
-                    item, data, device=run_device, classes_file=classes, batch_size=batch_size,
-                    workers=workers if workers is not None else default_workers(10_000),
-                    skipped=report.skipped, progress=progress,
-                )
+                result = evaluate_model(item, test, classes_file=classes, batch_size=batch_size, run=run)
             result.name = model_display_name(item.path, list(models))
             results.append(result)
     report.counts = {"models": len(results), "images": results[0].images if results else 0, "skipped": len(report.skipped)}

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pucli.cli._errors import handles_errors
+from pucli.cli._errors import FLAGS, handles_errors
 from pucli.cli._options import (
     ArchOption,
     ArchKwargsOption,
@@ -31,7 +31,7 @@ from pucli.cli._options import (
     load_teacher_and_positives,
     model_spec,
 )
-from pucli.cli._output import command_help, console, info, progress_bars, show_result, start_run, warn_skipped
+from pucli.cli._output import command_help, console, info, progress_bars, run_context, show_result, start_run, warn_skipped
 from pucli.cli._prompts import guard_output
 
 HELP = """Build the extended set (positives + selected images) with the teacher's soft targets.
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
     app.command("expand", cls=TeacherCommand, help=command_help(HELP), no_args_is_help=True)(expand)
 
 
-@handles_errors
+@handles_errors(flags=FLAGS["expand"])
 def expand(
     teacher: TeacherArgument,
     positive: PositiveOption,
@@ -88,17 +88,17 @@ def expand(
     # Under torchrun every rank runs this command; only rank 0 reports and writes the set.
     report, run_device = start_run(device=device, threads=threads, torchrun=True)
     with report.stage("load"):
-        loaded, positive_set, entries = _load_inputs(teacher, spec, positive, classes, index, whole_pool=whole_pool)
+        loaded, positive_set, entries = _load_inputs(teacher, spec, positive, classes, index, whole_pool=whole_pool,
+                                                     model_files=report.model_files)
     selected = sum(1 for e in entries if e.selected)
     if whole_pool and selected == len(entries):
         info(f"[yellow]warning:[/] --whole-pool: {index} lists only the kept images (written without `pucli select "
              "--all`), so the set holds the selection alone; select again with --all for the whole pool", quiet=False)
     with progress_bars(quiet=quiet) as progress, report.stage("soft targets"):
-        expanded = expand_set(
-            positive_set, entries, loaded, out, temperature=temperature, device=run_device, batch_size=batch_size,
-            workers=workers if workers is not None else default_workers(len(positive_set) + selected),
-            skipped=report.skipped, progress=progress, whole_pool=whole_pool,
-        )
+        run = run_context(report, run_device, workers if workers is not None else default_workers(len(positive_set) + selected),
+                          progress)
+        expanded = expand_set(positive_set, entries, loaded, out, temperature=temperature, batch_size=batch_size,
+                              whole_pool=whole_pool, run=run)
     if not distributed.is_main():
         return
     table = expanded.class_table()
@@ -115,7 +115,7 @@ def expand(
 
 
 def _load_inputs(teacher: Path, arch: Any, positive: Path, classes: Path | None, index: str, *,
-                 whole_pool: bool = False) -> Any:
+                 whole_pool: bool = False, model_files: Any = None) -> Any:
     """``(LoadedModel, LabeledFolder, index entries)``: the teacher, the positives in its class
     order and the selection index, whose selected files must exist.
 
@@ -129,7 +129,7 @@ def _load_inputs(teacher: Path, arch: Any, positive: Path, classes: Path | None,
 
     if index == "-" and distributed.is_distributed():
         raise UsageError("--index - under torchrun: every rank would read its own part of stdin; give the index file")
-    loaded, positive_set = load_teacher_and_positives(teacher, arch, positive, classes)
+    loaded, positive_set = load_teacher_and_positives(teacher, arch, positive, classes, model_files=model_files)
     entries = read_index(index)
     check_files_exist(entries, index, every_entry=whole_pool)
     return loaded, positive_set, entries

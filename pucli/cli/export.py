@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pucli.cli._errors import handles_errors
+from pucli.cli._errors import FLAGS, handles_errors
 from pucli.cli._options import (
     ArchOption,
     ArchKwargsOption,
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
     app.command("export", cls=ModelCommand, help=command_help(HELP), no_args_is_help=True)(export)
 
 
-@handles_errors
+@handles_errors(flags=FLAGS["export"])
 def export(
     model: Annotated[Path, typer.Argument(metavar="MODEL", help="Model file (.safetensors, a .pth / .pth.tar / .th checkpoint, or a state dict with --arch).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", dir_okay=False, help="ONNX file to write (float32).", show_default=False)],
@@ -85,9 +85,12 @@ def export(
     for path in (out, int8_path_for(out)) if int8 else (out,):
         confirm_overwrite(path, force=force)
     configure_threads(threads)
+    from pucli.run_context import RunContext
+
     with progress_bars(quiet=quiet) as progress:
         result = export_model(model, out, arch=spec, int8=int8, calibration=calibration, images=images,
-                              calibration_method=method, seed=seed, opset=opset, workers=workers or 0, progress=progress)
+                              calibration_method=method, seed=seed, opset=opset,
+                              run=RunContext(workers=workers or 0, progress=progress))
     check = result.check
     if json_output:
         emit_json(asdict(result))

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pucli.cli._errors import handles_errors
+from pucli.cli._errors import FLAGS, handles_errors, in_flags
 from pucli.cli._options import (
     ArchOption,
     ArchKwargsOption,
@@ -33,7 +33,17 @@ from pucli.cli._options import (
     load_pu_inputs,
     model_spec,
 )
-from pucli.cli._output import command_help, console, emit_json, info, progress_bars, start_run, warn_skipped
+from pucli.cli._output import (
+    command_help,
+    console,
+    emit_json,
+    escape,
+    info,
+    progress_bars,
+    run_context,
+    start_run,
+    warn_skipped,
+)
 
 HELP = """Estimate the class prior: the fraction of the unlabeled pool that belongs to the teacher's task.
 
@@ -50,7 +60,7 @@ def register(app: typer.Typer) -> None:
     app.command("prior", cls=TeacherCommand, help=command_help(HELP), no_args_is_help=True)(prior)
 
 
-@handles_errors
+@handles_errors(flags=FLAGS["prior"])
 def prior(
     teacher: TeacherArgument,
     positive: PositiveOption,
@@ -80,23 +90,22 @@ def prior(
     spec = model_spec(arch, arch_kwargs, input_size, mean, std, interpolation, crop_pct)
     _check_single_process()
     from pucli.device import default_workers
-    from pucli.pu.selection import estimate_prior
+    from pucli.pu.class_prior import estimate_prior
     from pucli.report import report_location
 
     report, run_device = start_run(device=device, threads=threads)
     with report.stage("load"):
-        loaded, positive_set, pool = load_pu_inputs(teacher, spec, positive, classes, unlabeled)
+        loaded, positive_set, pool = load_pu_inputs(teacher, spec, positive, classes, unlabeled,
+                                                  model_files=report.model_files)
     with progress_bars(quiet=quiet) as progress:
-        result = estimate_prior(
-            loaded, positive_set.paths, pool.paths, seed=seed, scales=scales, device=run_device, batch_size=batch_size,
-            positive_labels=positive_set.labels, workers=workers if workers is not None else default_workers(len(pool)),
-            use_cache=not no_cache, progress=progress,
-        )
+        run = run_context(report, run_device, workers if workers is not None else default_workers(len(pool)), progress)
+        result = estimate_prior(loaded, positive_set.paths, pool.paths, seed=seed, scales=scales, batch_size=batch_size,
+                                positive_labels=positive_set.labels, use_cache=not no_cache, run=run)
     report.timings.update({k: round(v, 4) for k, v in result.timings.items()})
     report.skipped = list(result.skipped)
     report.counts = {"positive": result.estimate.positive, "unlabeled": result.estimate.unlabeled,
                      "skipped": len(result.skipped)}
-    report.results = {"prior_estimate": result.estimate.as_dict(), "taps": result.taps}
+    report.results = {"prior_estimate": estimate_record(result.estimate), "taps": result.taps}
     written = report.write(report_location("prior", None, report_path))
     estimate = result.estimate
     if json_output:
@@ -107,7 +116,7 @@ def prior(
         if not quiet:
             _print_table(estimate)
     if estimate.warning():
-        info(f"[yellow]warning:[/] {estimate.warning()}", quiet=quiet)
+        info(f"[yellow]warning:[/] {escape(in_flags(estimate.warning()))}", quiet=quiet)
     warn_skipped(result.skipped, quiet=quiet)
     info(f"report: {written}", quiet=quiet)
 
@@ -122,7 +131,14 @@ def _check_single_process() -> None:
 
 
 def _summary(estimate: Any, report: Path) -> dict[str, Any]:
-    return {**estimate.as_dict(), "report": str(report)}
+    return {**estimate_record(estimate), "report": str(report)}
+
+
+def estimate_record(estimate: Any) -> dict[str, Any]:
+    """A :class:`pucli.pu.mixture_proportion.PriorEstimate` as the report and ``--json`` give it, its warning in
+    the command line's words."""
+    warning = estimate.warning()
+    return {**estimate.as_dict(), "warning": in_flags(warning) if warning else None}
 
 
 def _print_table(estimate: Any) -> None:

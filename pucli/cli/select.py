@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pucli.cli._errors import handles_errors
+from pucli.cli._errors import FLAGS, handles_errors, in_flags
 from pucli.cli._options import (
     ArchOption,
     ArchKwargsOption,
@@ -36,7 +36,17 @@ from pucli.cli._options import (
     load_pu_inputs,
     model_spec,
 )
-from pucli.cli._output import command_help, console, escape, info, progress_bars, show_result, start_run, warn_skipped
+from pucli.cli._output import (
+    command_help,
+    console,
+    escape,
+    info,
+    progress_bars,
+    run_context,
+    show_result,
+    start_run,
+    warn_skipped,
+)
 from pucli.cli._prompts import guard_output
 
 HELP = """Select the unlabeled images that belong to the teacher's task, from a few labeled positives.
@@ -59,7 +69,7 @@ def register(app: typer.Typer) -> None:
     app.command("select", cls=TeacherCommand, help=command_help(HELP), no_args_is_help=True)(select)
 
 
-@handles_errors(flags={"class_prior": "--prior"})
+@handles_errors(flags=FLAGS["select"])
 def select(
     teacher: TeacherArgument,
     positive: PositiveOption,
@@ -108,10 +118,14 @@ def select(
     quiet: QuietOption = False,
     report_path: ReportOption = None,
 ) -> None:
+    from pucli.errors import UsageError
     from pucli.pu.options import Scales, SelectorOptions, parse_taps  # no torch yet: a usage error answers at once
 
     _check_option_pairs(out, json_output=json_output, finetune=finetune, no_cache=no_cache, resume=resume,
                         augment_positives=augment_positives)
+    if epoch_pool_max < 0:
+        raise UsageError(f"--epoch-pool-max {epoch_pool_max}: must be >= 1 pool images per training epoch, or 0 for "
+                         "the whole pool every epoch")
     options = SelectorOptions(
         class_prior=_parse_prior(prior), budget=budget, finetune=finetune, epochs=epochs, batch_size=batch_size,
         train_batch_size=train_batch_size, epoch_pool_max=epoch_pool_max or None, reduction=reduction, risk=risk, loss=loss, beta=beta, gamma=gamma,
@@ -132,12 +146,13 @@ def select(
     report, run_device = start_run(device=device, threads=threads, torchrun=True)
     _check_stdin_under_torchrun(unlabeled)
     with report.stage("load"):
-        loaded, positive_set, pool = load_pu_inputs(teacher, spec, positive, classes, unlabeled)
+        loaded, positive_set, pool = load_pu_inputs(teacher, spec, positive, classes, unlabeled,
+                                                  model_files=report.model_files)
     _check_budget(budget, len(pool))
     with progress_bars(quiet=quiet) as progress, _keeps_finished_work(finetune or no_cache):
-        result = run_selection(loaded, positive_set.paths, pool.paths, options, device=run_device, resume=resume,
-                               workers=workers if workers is not None else default_workers(len(pool)),
-                               use_cache=not no_cache, progress=progress, positive_labels=positive_set.labels)
+        run = run_context(report, run_device, workers if workers is not None else default_workers(len(pool)), progress)
+        result = run_selection(loaded, positive_set.paths, pool.paths, options, resume=resume, use_cache=not no_cache,
+                               positive_labels=positive_set.labels, run=run)
     if not distributed.is_main():
         return
     _guard_degenerate(result, allow_empty=allow_empty)
@@ -146,9 +161,9 @@ def select(
         write_selection(result, out, all_items=all_items)
         # With the index on stdout, the selector goes beside the report.
         selector = save_selector(result, options, side_file(report_file if out == "-" else out, ".selector.safetensors"), loaded)
-        _write_preview(preview, result, positive, options)
-    _record(report, result, options, selector)
-    summary = _summary(result, options, out, selector, report.write(report_file))
+        _write_preview(preview, result, positive)
+    _record(report, result, selector)
+    summary = _summary(result, out, selector, report.write(report_file))
     show_result(summary, json_output=json_output, quiet=quiet, table=_print_table)
     _print_notes(result, summary, quiet=quiet)
 
@@ -163,7 +178,7 @@ def _guard_degenerate(result: Any, *, allow_empty: bool) -> None:
     from pucli.errors import DataError
 
     for warning in result.warnings:
-        info(f"[yellow]warning:[/] {escape(warning)}")
+        info(f"[yellow]warning:[/] {escape(in_flags(warning))}")
     if result.counts["selected"] == 0 and not allow_empty:
         raise DataError(f"the selection is empty: none of the {result.counts['unlabeled']:,} pool images was kept, "
                         "so no index was written; see the warnings above, or pass --allow-empty to write the empty index")
@@ -174,17 +189,17 @@ def _check_preview(preview: Path | None, *, force: bool) -> None:
     if preview is not None:
         from pucli.show.render import sheet_format
 
-        sheet_format(preview, option="--preview")
+        sheet_format(preview, parameter="preview")
         guard_output(str(preview), force=force, option="--preview")
 
 
-def _write_preview(preview: Path | None, result: Any, positive: Path, options: Any) -> None:
-    """The contact sheet of ``--preview`` (:func:`pucli.show.write_preview`), drawn from the result in memory."""
+def _write_preview(preview: Path | None, result: Any, positive: Path) -> None:
+    """The contact sheet of ``--preview`` (:func:`pucli.show.write_preview`), drawn from the result
+    in memory (its class prior and where that came from included)."""
     if preview is not None:
         from pucli.show import write_preview
 
-        write_preview(result, preview, positive=positive, class_prior=result.class_prior,
-                      prior_source="given" if options.class_prior is not None else "estimated")
+        write_preview(result, preview, positive=positive, words=in_flags)
 
 
 def _check_option_pairs(out: str, *, json_output: bool, finetune: bool, no_cache: bool, resume: bool,
@@ -234,37 +249,37 @@ def _keeps_finished_work(nothing_kept: bool) -> Iterator[None]:
         )) from None
 
 
-def _rule(options: Any, result_ranking: str | None = None) -> str:
-    if options.budget is not None:
-        return f"PU-s2 (top {options.budget})"
-    ranking = (result_ranking or options.ranking) if options.graph_neighbors > 0 else "nnpu"
-    if ranking == "propagation":
-        return "PU-s1 (top class prior x N by label propagation; score > 0)"
-    return "PU-s1 (score > 0)"
+def _facts(result: Any) -> dict[str, Any]:
+    """What the run report and the ``--json`` summary both say of the selection (docs/run-report.md),
+    from the result's fields, its warnings in the command line's words."""
+    from pucli.cli.prior import estimate_record
+
+    return {
+        **result.facts.as_record(),
+        "prior_estimate": estimate_record(result.prior_estimate) if result.prior_estimate is not None else None,
+        "ranking": result.ranking,
+        "cache_hit": result.from_cache,
+        "graph": result.graph.as_dict(),
+        "warnings": [in_flags(warning) for warning in result.warnings],
+        "trust": result.trust.as_dict() if result.trust is not None else None,
+        "recommendation": _recommendation(result),
+    }
 
 
-def _record(report: Any, result: Any, options: Any, selector: Path) -> None:
+def _record(report: Any, result: Any, selector: Path) -> None:
     """What the run did, in its report (docs/run-report.md)."""
     report.timings.update({k: round(v, 4) for k, v in result.timings.items()})
     report.skipped = list(result.skipped)
     report.counts = dict(result.counts)
     report.results = {
-        "class_prior": result.class_prior,
-        "class_prior_source": "given" if options.class_prior is not None else "estimated",
-        "prior_estimate": result.prior_estimate.as_dict() if result.prior_estimate is not None else None,
-        "rule": _rule(options, result.metadata["graph"].get("ranking")), "mode": result.metadata["mode"],
-        "ranking": result.metadata["graph"].get("ranking", "nnpu"),
-        "descriptor_channels": result.metadata["scale_channels"], "scales": result.metadata["scales"],
-        "positive_augmentation": result.metadata["positive_augmentation"],
-        "positive_augmented": result.metadata["positive_augmented"],
-        "descriptor_cache": str(result.cache_path) if result.cache_path else None, "cache_hit": result.from_cache,
-        "graph": result.metadata["graph"],
+        **_facts(result),
+        "mode": result.mode,
+        "descriptor_channels": result.scale_channels, "scales": result.scales,
+        "positive_augmentation": result.positive_augmentation, "positive_augmented": result.positive_augmented,
+        "descriptor_cache": str(result.cache_path) if result.cache_path else None,
         "risks_per_epoch": result.history,
         "selector": str(selector),
         "taps": result.taps,
-        "warnings": list(result.warnings),
-        "trust": result.trust.as_dict() if result.trust is not None else None,
-        "recommendation": _recommendation(result),
     }
 
 
@@ -285,10 +300,10 @@ _NEXT = {
 
 def _print_notes(result: Any, summary: dict[str, Any], *, quiet: bool) -> None:
     """Warnings, then where the outputs went (with the index on stdout, the others must still reach the user)."""
-    if result.prior_estimate is not None and result.prior_estimate.warning():
-        info(f"[yellow]warning:[/] {result.prior_estimate.warning()}", quiet=quiet)
-    if result.metadata["graph"].get("warning"):
-        info(f"[yellow]warning:[/] {result.metadata['graph']['warning']}", quiet=quiet)
+    if summary["prior_estimate"] is not None and summary["prior_estimate"]["warning"]:
+        info(f"[yellow]warning:[/] {escape(summary['prior_estimate']['warning'])}", quiet=quiet)
+    if result.graph.warning:
+        info(f"[yellow]warning:[/] {escape(in_flags(result.graph.warning))}", quiet=quiet)
     warn_skipped(result.skipped, quiet=quiet)
     recommendation = summary["recommendation"]
     if recommendation is not None:
@@ -315,25 +330,17 @@ def _parse_prior(value: str) -> float | None:
                          "positive), or auto to estimate it") from None
 
 
-def _summary(result: Any, options: Any, out: str, selector: Path, report: Path) -> dict[str, Any]:
+def _summary(result: Any, out: str, selector: Path, report: Path) -> dict[str, Any]:
+    """The ``--json`` summary: :func:`_facts`, the counts, the timings and where the outputs went."""
     return {
-        "rule": _rule(options, result.metadata["graph"].get("ranking")),
-        "ranking": result.metadata["graph"].get("ranking", "nnpu"),
-        "class_prior": result.class_prior,
-        "class_prior_source": "estimated" if result.prior_estimate is not None else "given",
-        "prior_estimate": result.prior_estimate.as_dict() if result.prior_estimate is not None else None,
+        **_facts(result),
         "positive": result.counts["positive"],
         "unlabeled": result.counts["unlabeled"],
         "selected": result.counts["selected"],
         "selected_fraction": result.counts["selected"] / max(1, result.counts["unlabeled"]),
         "skipped": result.counts["skipped"],
-        "cache_hit": result.from_cache,
-        "graph": result.metadata["graph"],
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "final_risk": result.history[-1]["risk"] if result.history else None,
-        "warnings": list(result.warnings),
-        "trust": result.trust.as_dict() if result.trust is not None else None,
-        "recommendation": _recommendation(result),
         "index": out,
         "selector": str(selector),
         "report": str(report),

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pucli.cli._errors import handles_errors
+from pucli.cli._errors import FLAGS, handles_errors
 from pucli.cli._options import ForceOption, JsonOption, QuietOption
 from pucli.cli._output import command_help, emit_json, info, progress_bars
 from pucli.cli._prompts import confirm_overwrite
@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="shards")
 
 
-@handles_errors
+@handles_errors(flags=FLAGS["shards pack"])
 def pack(
     folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="Folder of images (scanned recursively).", show_default=False)],
     out: Annotated[str, typer.Option("--out", help="Shard name with one integer field, e.g. shards/pool-%06d.tar.", show_default=False)],

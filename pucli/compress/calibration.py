@@ -34,8 +34,9 @@ __all__ = ["AUGMENTATIONS", "calibration_batches", "calibration_paths", "calibra
 AUGMENTATIONS = ("none", "flip-crop")
 
 
-def calibration_paths(source: str, *, stdin: TextIO | None = None, option: str = "--data") -> list[Path]:
-    """The image paths of ``source`` (module docstring), in the source's own order.
+def calibration_paths(source: str, *, stdin: TextIO | None = None, parameter: str = "data") -> list[Path]:
+    """The image paths of ``source`` (module docstring), in the source's own order. Errors name
+    ``parameter``, the parameter that named ``source``.
 
     Raises:
         UsageError: the source does not exist.
@@ -51,14 +52,14 @@ def calibration_paths(source: str, *, stdin: TextIO | None = None, option: str =
         binary = getattr(stream, "buffer", None)
         text = binary.read().decode("utf-8", errors="surrogateescape") if binary is not None else stream.read()
         if text.startswith(INDEX_TAG_PREFIX):
-            return _selected(read_index("-", stdin=io.StringIO(text), option=option), option, "stdin")
-        return UnlabeledPool.from_source("-", stdin=io.StringIO(text), option=option).paths
+            return _selected(read_index("-", stdin=io.StringIO(text), parameter=parameter), parameter, "stdin")
+        return UnlabeledPool.from_source("-", stdin=io.StringIO(text), parameter=parameter).paths
     path = Path(source)
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
-        return list(read_expanded_set(path, option=option).paths)
+        return list(read_expanded_set(path, parameter=parameter).paths)
     if path.is_file() and _starts_with_index_tag(path):
-        return _selected(read_index(path, option=option), option, str(path))
-    return UnlabeledPool.from_source(source, option=option).paths
+        return _selected(read_index(path, parameter=parameter), parameter, str(path))
+    return UnlabeledPool.from_source(source, parameter=parameter).paths
 
 
 def _starts_with_index_tag(path: Path) -> bool:
@@ -66,12 +67,13 @@ def _starts_with_index_tag(path: Path) -> bool:
         return handle.read(len(INDEX_TAG_PREFIX)) == INDEX_TAG_PREFIX.encode()
 
 
-def _selected(entries: list, option: str, where: str) -> list[Path]:
+def _selected(entries: list, parameter: str, where: str) -> list[Path]:
     from pucli.errors import NoImagesError
 
     paths = [entry.path for entry in entries if entry.selected]
     if not paths:
-        raise NoImagesError(f"{option} {where}: the index keeps no image; select with a lower threshold or a --budget")
+        raise NoImagesError(f"{parameter} {where}: the index keeps no image; select with a lower threshold or a "
+                            "`pucli select budget=N`", parameter=parameter, path=where)
     return paths
 
 

@@ -1,6 +1,6 @@
 """Reading and writing pruned and weight-quantized models, also through ``-`` (stdin / stdout).
 
-The stored form is defined in :mod:`pucli.compress.stored` (one ``.safetensors`` file: codes and
+The stored form is defined in :mod:`pucli.compressed_files` (one ``.safetensors`` file: codes and
 scales of quantized layers, the timm config and the ``pucli.compression`` record in its metadata);
 :func:`pucli.checkpoints.load_model` reads it like any teacher. This module adds what the
 compression commands need besides: :func:`open_model` (a model and its compression record, from a
@@ -22,7 +22,7 @@ from torch import nn
 
 from pucli.architectures import ModelSpec
 from pucli.checkpoints import CONFIG_METADATA_KEY, SAFETENSORS_SUFFIX, LoadedModel, ModelConfig, config_text, load_model
-from pucli.compress.stored import (
+from pucli.compressed_files import (
     CODES_SUFFIX,
     COMPRESSION_KEY,
     SCALE_SUFFIX,
@@ -31,39 +31,46 @@ from pucli.compress.stored import (
     read_compression,
 )
 from pucli.errors import UsageError
+from pucli.paths import check_weights_file
+from pucli.report import ModelFileLog
 
 __all__ = ["COMPRESSION_KEY", "Compression", "is_compressed", "load_student_init", "open_model", "save_compressed"]
 
 
 
-def open_model(source: str | os.PathLike[str], arch: str | ModelSpec | None = None, *, option: str = "MODEL",
-               stdin: BinaryIO | None = None) -> tuple[LoadedModel, Compression]:
+def open_model(source: str | os.PathLike[str], arch: str | ModelSpec | None = None, *, parameter: str = "model",
+               stdin: BinaryIO | None = None, model_files: ModelFileLog | None = None) -> tuple[LoadedModel, Compression]:
     """Load any model pucli reads, or a compressed one, from a path or ``-`` (a safetensors file
-    on stdin), with what compression it already has (empty for a plain model).
+    on stdin), with what compression it already has (empty for a plain model). Errors name
+    ``parameter``, the one that named ``source``; ``model_files`` as for
+    :func:`pucli.checkpoints.load_model`.
 
     Raises:
         UsageError, TeacherFormatError: as :func:`pucli.checkpoints.load_model`; ``-`` with an
             empty stdin or a terminal on it.
     """
     if str(source) != "-":
-        return _open_path(Path(source), arch, option)
+        return _open_path(Path(source), arch, parameter, model_files)
     stream = stdin or sys.stdin.buffer
     if hasattr(stream, "isatty") and stream.isatty():
-        raise UsageError(f"{option} -: stdin is a terminal; pipe a model in (pucli prune ... --out - | ...) or give a file")
+        raise UsageError(f"{parameter} -: stdin is a terminal; pipe a model in (`pucli prune ... out=-` | ...) or give "
+                         "a file", parameter=parameter, path="-")
     with tempfile.TemporaryDirectory(prefix="pucli-model-") as folder:
         spooled = Path(folder) / f"stdin{SAFETENSORS_SUFFIX}"
         with spooled.open("wb") as handle:
             shutil.copyfileobj(stream, handle)
         if spooled.stat().st_size == 0:
-            raise UsageError(f"{option} -: stdin is empty; pipe a .safetensors model in")
-        loaded, compression = _open_path(spooled, arch, option)
+            raise UsageError(f"{parameter} -: stdin is empty; pipe a .safetensors model in", parameter=parameter, path="-")
+        loaded, compression = _open_path(spooled, arch, parameter, model_files)
     loaded.path = Path("-")  # the spooled copy is gone; everything was read into memory
     return loaded, compression
 
 
-def _open_path(path: Path, arch: str | ModelSpec | None, option: str) -> tuple[LoadedModel, Compression]:
-    loaded = load_model(path, arch, option=option)  # pruned / quantized files too (pucli.compress.stored)
-    return loaded, (read_compression(path, option=option) if is_compressed(path) else Compression())
+def _open_path(path: Path, arch: str | ModelSpec | None, parameter: str,
+               model_files: ModelFileLog | None) -> tuple[LoadedModel, Compression]:
+    # Pruned and quantized files too (pucli.compressed_files).
+    loaded = load_model(path, arch, parameter=parameter, model_files=model_files)
+    return loaded, (read_compression(path, parameter=parameter) if is_compressed(path) else Compression())
 
 
 def save_compressed(model: nn.Module, out: str | os.PathLike[str], config: ModelConfig, compression: Compression,
@@ -73,7 +80,8 @@ def save_compressed(model: nn.Module, out: str | os.PathLike[str], config: Model
     codes survive a load / re-estimate / save unchanged. Returns the path written (None for ``-``).
 
     Raises:
-        UsageError: ``out`` does not end in .safetensors, or its folder is missing / read-only.
+        OptionError: ``out`` does not end in .safetensors, or its folder is missing / read-only
+            (:func:`pucli.paths.check_weights_file`).
     """
     from safetensors.torch import save_file
 
@@ -83,10 +91,7 @@ def save_compressed(model: nn.Module, out: str | os.PathLike[str], config: Model
     to_stdout = str(out) == "-"
     path = Path(out)
     if not to_stdout:
-        if not path.name.endswith(SAFETENSORS_SUFFIX):
-            raise UsageError(f"--out {path}: weights are written as safetensors, name the file *.safetensors")
-        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-            raise UsageError(f"--out {path}: folder {path.parent} is missing or not writable; choose another --out")
+        check_weights_file(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     for name, bits in compression.quantization_bits.items():
         codes, scale = quantize_tensor(tensors.pop(name + ".weight"), bits, compression.quantization_scales.get(name))
@@ -114,8 +119,8 @@ def save_compressed(model: nn.Module, out: str | os.PathLike[str], config: Model
     return None
 
 
-def load_student_init(path: str | os.PathLike[str], *, option: str = "--student",
-                      arch: str | ModelSpec | None = None) -> tuple[nn.Module, ModelConfig, Compression]:
+def load_student_init(path: str | os.PathLike[str], *, parameter: str = "student", arch: str | ModelSpec | None = None,
+                      model_files: ModelFileLog | None = None) -> tuple[nn.Module, ModelConfig, Compression]:
     """A pruned (or any pucli) model file as the starting point of ``pucli distill --student FILE``:
     the network in train-ready form (float weights, CPU), its config and its compression (to save
     the fine-tuned student with :func:`save_compressed`, so that it loads again). ``arch``: as
@@ -124,7 +129,7 @@ def load_student_init(path: str | os.PathLike[str], *, option: str = "--student"
     Raises:
         UsageError, TeacherFormatError: as :func:`open_model`.
     """
-    loaded, compression = open_model(path, arch, option=option)
+    loaded, compression = open_model(path, arch, parameter=parameter, model_files=model_files)
     compression.quantization_bits.clear()  # fine-tuning moves weights off the grid: a float student
     compression.quantization_scales.clear()
     compression.reestimated_on = None

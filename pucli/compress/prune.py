@@ -6,7 +6,8 @@ channels that must go together (a conv's outputs, its BatchNorm, the next layer'
 layer a residual sum ties to them), ranks the groups by an importance and removes the least
 important ``ratio`` of each layer's channels physically. pucli keeps Torch-Pruning's
 ``pruning_history()`` (which channels of which module went) so that a fresh timm model plus the
-history rebuilds the pruned network exactly (:func:`replay_pruning`); nothing is pickled.
+history rebuilds the pruned network exactly (:func:`pucli.compressed_files.replay_pruning`, beside
+the file format); nothing is pickled.
 
 Importances: ``group-norm`` (default; Torch-Pruning's ``GroupMagnitudeImportance(p=2)``: the L2
 norm of each channel's weights summed over its whole group, normalised by the group mean) and
@@ -28,14 +29,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pucli.errors import DataError, UsageError
+from pucli.compressed_files import PruningHistory, torch_pruning
+from pucli.errors import DataError, OptionError
 
-__all__ = ["IMPORTANCES", "PruningHistory", "check_ratio", "prune_channels", "replay_pruning"]
+__all__ = ["IMPORTANCES", "PruneOutcome", "check_importance", "check_ratio", "prune_channels"]
 
 IMPORTANCES = ("group-norm", "magnitude")
-
-# One entry per pruning step: (module name, output channels? (else input), channel indices removed).
-PruningHistory = list[tuple[str, bool, list[int]]]
 
 
 @dataclass
@@ -47,23 +46,26 @@ class PruneOutcome:
     channels: dict[str, tuple[int, int]]
 
 
-def _torch_pruning():
-    try:
-        import torch_pruning
-    except ImportError as exc:
-        raise UsageError("pruning needs Torch-Pruning: pip install 'pucli[compress]' (or torch-pruning)") from exc
-    return torch_pruning
-
-
 def check_ratio(ratio: float) -> float:
     """``ratio`` if it lies in (0, 1).
 
     Raises:
-        UsageError: ``--ratio`` outside (0, 1).
+        OptionError: ``ratio`` outside (0, 1).
     """
     if not 0.0 < ratio < 1.0:
-        raise UsageError(f"--ratio {ratio}: must be in (0, 1), the share of each layer's channels to remove")
+        raise OptionError("ratio", ratio, "must be in (0, 1), the share of each layer's channels to remove")
     return ratio
+
+
+def check_importance(importance: str) -> str:
+    """``importance`` if it is one of :data:`IMPORTANCES`.
+
+    Raises:
+        OptionError: any other name.
+    """
+    if importance not in IMPORTANCES:
+        raise OptionError("importance", importance, f"choose one of {', '.join(IMPORTANCES)}")
+    return importance
 
 
 def prune_channels(
@@ -89,17 +91,16 @@ def prune_channels(
         DataError: Torch-Pruning cannot prune ``architecture`` (tracing fails, the pruned network
             no longer runs or gives other output shapes, or nothing was prunable).
     """
-    tp = _torch_pruning()
+    tp = torch_pruning()
     check_ratio(ratio)
-    if importance not in IMPORTANCES:
-        raise UsageError(f"--importance {importance}: choose one of {', '.join(IMPORTANCES)}")
+    check_importance(importance)
     modules = dict(model.named_modules())
     ignored = [_classifier(model)]
     for name in ignore:
         if name not in modules:
             close = difflib.get_close_matches(name, list(modules), n=3)
             hint = f" (closest: {', '.join(close)})" if close else ""
-            raise UsageError(f"--ignore {name}: the model has no module of that name{hint}")
+            raise OptionError("ignore", name, f"the model has no module of that name{hint}")
         ignored.append(modules[name])
     scorer = (tp.importance.GroupMagnitudeImportance(p=2) if importance == "group-norm"
               else tp.importance.GroupMagnitudeImportance(p=1, group_reduction="first", normalizer=None))
@@ -134,25 +135,6 @@ def prune_channels(
     return PruneOutcome(history, changed)
 
 
-def replay_pruning(model: nn.Module, input_size: tuple[int, int, int], history: PruningHistory) -> nn.Module:
-    """Apply a saved ``history`` to a fresh ``model`` of the same architecture (in place), giving
-    the pruned network's shapes; load its weights afterwards.
-
-    Raises:
-        UsageError: Torch-Pruning missing.
-        DataError: the history names modules or channels the model does not have.
-    """
-    tp = _torch_pruning()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = tp.DependencyGraph().build_dependency(model.eval(), example_inputs=torch.zeros(1, *input_size))
-            graph.load_pruning_history([[name, out, list(idxs)] for name, out, idxs in history])
-    except Exception as exc:
-        raise DataError(f"the pruning history does not fit this architecture ({_first_line(exc)}); re-run `pucli prune`") from exc
-    return model
-
-
 def _classifier(model: nn.Module) -> nn.Module | None:
     getter = getattr(model, "get_classifier", None)
     head = getter() if callable(getter) else None
@@ -173,7 +155,7 @@ def _width(module: nn.Module) -> int | None:
 def _cannot(architecture: str, reason: object) -> str:
     text = _first_line(reason) if isinstance(reason, BaseException) else str(reason)
     return (f"Torch-Pruning cannot prune {architecture} ({text}): prune another architecture, or keep "
-            "the failing modules whole with --ignore NAME")
+            "the failing modules whole with `ignore=NAME`")
 
 
 def _first_line(exc: BaseException) -> str:

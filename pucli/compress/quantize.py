@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from pucli.errors import UsageError
+from pucli.compressed_files import dequantize
+from pucli.errors import OptionError, UsageError
 
-__all__ = ["WEIGHT_BITS", "QuantizedLayers", "dequantize", "quantizable_layers", "quantize_model", "quantize_tensor"]
+__all__ = ["WEIGHT_BITS", "QuantizedLayers", "check_bits", "quantizable_layers", "quantize_model", "quantize_tensor"]
 
 WEIGHT_BITS = (8, 4, 3, 2)
 _QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -30,20 +31,20 @@ _QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 @dataclass
 class QuantizedLayers:
     """Which layers hold quantized weights: ``bits[name]`` (8, 4, 3 or 2) and ``scales[name]``
-    ((C_out,) float32) per module name. Saved in the model file (:mod:`pucli.compress.formats`)."""
+    ((C_out,) float32) per module name. Saved in the model file (:mod:`pucli.compressed_files`)."""
 
     bits: dict[str, int] = field(default_factory=dict)
     scales: dict[str, Tensor] = field(default_factory=dict)
 
 
-def check_bits(bits: int, option: str = "--weight-bits") -> int:
-    """``bits`` if it is one of :data:`WEIGHT_BITS`.
+def check_bits(bits: int, parameter: str = "weight_bits") -> int:
+    """``bits`` if it is one of :data:`WEIGHT_BITS` (``parameter`` gave it).
 
     Raises:
-        UsageError: any other value.
+        OptionError: any other value.
     """
     if bits not in WEIGHT_BITS:
-        raise UsageError(f"{option} {bits}: choose one of {', '.join(map(str, WEIGHT_BITS))}")
+        raise OptionError(parameter, bits, f"choose one of {', '.join(map(str, WEIGHT_BITS))}")
     return bits
 
 
@@ -53,7 +54,7 @@ def quantize_tensor(weight: Tensor, bits: int, scale: Tensor | None = None) -> t
     (exact for weights that are already ``codes * scale``).
 
     Raises:
-        UsageError: ``bits`` not in :data:`WEIGHT_BITS`.
+        OptionError: ``bits`` not in :data:`WEIGHT_BITS`.
     """
     check_bits(bits)
     q = 2 ** (bits - 1) - 1
@@ -63,11 +64,6 @@ def quantize_tensor(weight: Tensor, bits: int, scale: Tensor | None = None) -> t
         scale = torch.where(peak > 0, peak / q, torch.ones_like(peak))
     codes = torch.clamp(torch.round(flat / scale.unsqueeze(1)), -q, q)
     return codes.to(torch.int8).reshape(weight.shape), scale.to(torch.float32)
-
-
-def dequantize(codes: Tensor, scale: Tensor) -> Tensor:
-    """The float32 weight ``codes * scale`` (codes (C_out, ...) int8, scale (C_out,) float32)."""
-    return codes.float() * scale.view(-1, *([1] * (codes.dim() - 1)))
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -84,7 +80,7 @@ def quantize_model(model: nn.Module, bits: int, *, first_last_bits: int = 8) -> 
         UsageError: bits not in :data:`WEIGHT_BITS`; a model with no conv or linear layer.
     """
     check_bits(bits)
-    check_bits(first_last_bits, "--first-last-bits")
+    check_bits(first_last_bits, "first_last_bits")
     layers = quantizable_layers(model)
     if not layers:
         raise UsageError("the model has no conv or linear layer to quantize")

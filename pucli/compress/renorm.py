@@ -64,8 +64,9 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
-def check_batchnorm(model: nn.Module, where: str) -> list[tuple[str, _BatchNorm]]:
-    """:func:`batchnorm_layers`, or an error naming the norm layers ``model`` has instead.
+def check_batchnorm(model: nn.Module, where: str, *, parameter: str | None = None) -> list[tuple[str, _BatchNorm]]:
+    """:func:`batchnorm_layers`, or an error naming the norm layers ``model`` has instead; the
+    error opens with ``where`` (which names ``parameter``, if given, first).
 
     Raises:
         DataError: no BatchNorm with running statistics (LayerNorm, GroupNorm, FrozenBatchNorm2d,
@@ -77,7 +78,7 @@ def check_batchnorm(model: nn.Module, where: str) -> list[tuple[str, _BatchNorm]
     norms = Counter(type(m).__name__ for m in model.modules() if "norm" in type(m).__name__.lower())
     found = ", ".join(f"{count} {name}" for name, count in norms.most_common()) or "no norm layer at all"
     raise DataError(f"{where} has no BatchNorm with running statistics to re-estimate ({found}): "
-                    "BN re-estimation needs a network with BatchNorm layers")
+                    "BN re-estimation needs a network with BatchNorm layers", parameter=parameter)
 
 
 @torch.no_grad()

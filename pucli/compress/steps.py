@@ -15,9 +15,8 @@ from typing import Any, BinaryIO, TextIO
 import torch
 
 from pucli.architectures import ModelSpec
-from pucli.data.files import SkippedFile
-from pucli.errors import UsageError
-from pucli.progress import ProgressCallback, no_progress
+from pucli.errors import OptionError, UsageError
+from pucli.run_context import RunContext
 
 __all__ = [
     "ModelFigures",
@@ -75,16 +74,14 @@ def recalibrate(
     batch_size: int = 100,
     augment: str = "none",
     seed: int = 0,
-    device: torch.device | None = None,
-    workers: int = 0,
-    skipped: list[SkippedFile] | None = None,
-    progress: ProgressCallback = no_progress,
+    run: RunContext | None = None,
     stdin: BinaryIO | None = None,
     stdin_text: TextIO | None = None,
     stdout: BinaryIO | None = None,
 ) -> RecalibrateResult:
     """Re-estimate the BatchNorm statistics of the model at ``model_source`` on ``images`` images of
-    ``data`` (:func:`pucli.compress.calibration.calibration_paths`) and write it to ``out``.
+    ``data`` (:func:`pucli.compress.calibration.calibration_paths`) and write it to ``out``. ``run``:
+    the device, loader processes and progress; unreadable images go to its ``skipped`` log.
 
     Raises:
         UsageError: bad options, ``-`` for both model and data, unreadable sources.
@@ -95,22 +92,25 @@ def recalibrate(
     from pucli.compress.renorm import check_batchnorm, reestimate_batchnorm
     from pucli.data.loading import Preprocess
 
-    if images < 1 or batch_size < 1:
-        raise UsageError(f"--images {images}: must be >= 1" if images < 1 else f"--batch-size {batch_size}: must be >= 1")
+    if images < 1:
+        raise OptionError("images", images, "must be >= 1")
+    if batch_size < 1:
+        raise OptionError("batch_size", batch_size, "must be >= 1")
     if augment not in AUGMENTATIONS:
-        raise UsageError(f"--augment {augment}: choose one of {', '.join(AUGMENTATIONS)}")
+        raise OptionError("augment", augment, f"choose one of {', '.join(AUGMENTATIONS)}")
     if model_source == "-" and data == "-":
-        raise UsageError("MODEL - and --data - both read stdin: give one of them as a file")
-    loaded, compression = open_model(model_source, arch, option="MODEL", stdin=stdin)
-    check_batchnorm(loaded.model, f"MODEL {model_source}")
-    paths = calibration_paths(data, stdin=stdin_text, option="--data")
+        raise UsageError("`model_source=-` and `data=-` both read stdin: give one of them as a file")
+    run = run or RunContext()
+    loaded, compression = open_model(model_source, arch, parameter="model_source", stdin=stdin,
+                                     model_files=run.model_files)
+    check_batchnorm(loaded.model, f"model_source {model_source}", parameter="model_source")
+    paths = calibration_paths(data, stdin=stdin_text, parameter="data")
     started = time.perf_counter()
-    device = device or torch.device("cpu")
-    model = loaded.model.to(device)
+    model = loaded.model.to(run.device)
     total = calibration_plan(len(paths), images, batch_size)
     batches = calibration_batches(paths, Preprocess(loaded.config), images=images, batch_size=batch_size, seed=seed,
-                                  augment=augment, device=device, workers=workers, skipped=skipped)
-    result = reestimate_batchnorm(model, batches, progress=progress, total_images=total[0] * total[1])
+                                  augment=augment, device=run.device, workers=run.workers, skipped=run.skipped)
+    result = reestimate_batchnorm(model, batches, progress=run.progress, total_images=total[0] * total[1])
     seconds = time.perf_counter() - started
     compression.reestimated_on = result.images
     save_compressed(model.to("cpu"), out, loaded.config, compression, stdout=stdout)
@@ -133,28 +133,30 @@ class PruneResult:
 
 
 def prune(model_source: str, out: str, *, ratio: float, importance: str = "group-norm", ignore: tuple[str, ...] = (),
-          arch: str | ModelSpec | None = None, measure_latency: bool = True, stdin: BinaryIO | None = None,
-          stdout: BinaryIO | None = None) -> PruneResult:
+          arch: str | ModelSpec | None = None, measure_latency: bool = True, run: RunContext | None = None,
+          stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> PruneResult:
     """Prune ``ratio`` of the channels of the model at ``model_source`` (:mod:`pucli.compress.prune`)
-    and write it to ``out``.
+    and write it to ``out`` (the model read is noted in ``run``'s ``model_files``).
 
     Raises:
-        UsageError: ratio outside (0, 1), unknown importance or ``--ignore`` name, an already
+        UsageError: ratio outside (0, 1), unknown importance or ``ignore`` name, an already
             quantized or pruned model, Torch-Pruning missing.
         DataError: an architecture Torch-Pruning cannot prune.
     """
     from pucli.compress.formats import open_model, save_compressed
-    from pucli.compress.prune import IMPORTANCES, check_ratio, prune_channels
+    from pucli.compress.prune import check_importance, check_ratio, prune_channels
     from pucli.compress.renorm import batchnorm_layers
 
     check_ratio(ratio)
-    if importance not in IMPORTANCES:
-        raise UsageError(f"--importance {importance}: choose one of {', '.join(IMPORTANCES)}")
-    loaded, compression = open_model(model_source, arch, option="MODEL", stdin=stdin)
+    check_importance(importance)
+    loaded, compression = open_model(model_source, arch, parameter="model_source", stdin=stdin,
+                                     model_files=(run or RunContext()).model_files)
     if compression.quantization_bits:
-        raise UsageError(f"MODEL {model_source} has quantized weights: prune the float model first, then quantize")
+        raise UsageError(f"model_source {model_source} has quantized weights: prune the float model first, then "
+                         "quantize", parameter="model_source", path=model_source)
     if compression.pruning:
-        raise UsageError(f"MODEL {model_source} is already pruned: prune the original model with the total --ratio")
+        raise UsageError(f"model_source {model_source} is already pruned: prune the original model with the total "
+                         "`ratio`", parameter="model_source", path=model_source)
     input_size = loaded.config.input_size
     before = model_figures(loaded.model, input_size, latency=measure_latency)
     outcome = prune_channels(loaded.model, input_size, ratio=ratio, importance=importance, ignore=ignore,
@@ -183,9 +185,10 @@ class QuantizeResult:
 
 
 def quantize(model_source: str, out: str, *, bits: int, first_last_bits: int = 8, arch: str | ModelSpec | None = None,
-             stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> QuantizeResult:
+             run: RunContext | None = None, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> QuantizeResult:
     """Quantize the conv and linear weights of the model at ``model_source``
-    (:mod:`pucli.compress.quantize`) and write it to ``out``.
+    (:mod:`pucli.compress.quantize`) and write it to ``out`` (the model read is noted in ``run``'s
+    ``model_files``).
 
     Raises:
         UsageError: bits outside 8/4/3/2, an already quantized model.
@@ -195,10 +198,12 @@ def quantize(model_source: str, out: str, *, bits: int, first_last_bits: int = 8
     from pucli.compress.renorm import batchnorm_layers
 
     check_bits(bits)
-    check_bits(first_last_bits, "--first-last-bits")
-    loaded, compression = open_model(model_source, arch, option="MODEL", stdin=stdin)
+    check_bits(first_last_bits, "first_last_bits")
+    loaded, compression = open_model(model_source, arch, parameter="model_source", stdin=stdin,
+                                     model_files=(run or RunContext()).model_files)
     if compression.quantization_bits:
-        raise UsageError(f"MODEL {model_source} already has quantized weights: quantize the float model")
+        raise UsageError(f"model_source {model_source} already has quantized weights: quantize the float model",
+                         parameter="model_source", path=model_source)
     layers = quantize_model(loaded.model, bits, first_last_bits=first_last_bits)
     modules = dict(loaded.model.named_modules())
     counts = {name: modules[name].weight.numel() for name in layers.bits}

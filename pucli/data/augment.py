@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-    from pucli.checkpoints import ModelConfig
+    from pucli.model_config import ModelConfig
 
 __all__ = ["FlipCrop", "PositiveAugmentation", "resolve_augment", "AUGMENTATIONS"]
 

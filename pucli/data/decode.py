@@ -11,7 +11,7 @@ Reduced-size JPEG decoding: given ``draft`` (the side the evaluation transform n
 least ``draft``), so a 256-pixel photo for a 32-pixel teacher is decoded at 32 pixels, not 256.
 The pixels differ slightly from a full decode followed by the resize (DCT scaling is its own
 low-pass filter; the difference and the speed-up are measured in docs/benchmarks.md, section
-"Reduced-size JPEG decoding (issue 20)");
+"Reduced-size JPEG decoding");
 every other image (PNG, small JPEGs, other formats) decodes exactly as without ``draft``. The
 decompression-bomb guards apply as before (a JPEG over PIL's limit never takes this path).
 """
@@ -31,7 +31,7 @@ from torchvision.io import ImageReadMode, decode_image
 from pucli.data.shards import read_member, split_member
 from pucli.errors import DataError
 
-__all__ = ["BadImageError", "check_channels", "decode_image_file", "decode_images", "draft_side"]
+__all__ = ["BadImageError", "decode_image_file", "decode_images", "draft_side"]
 
 
 class BadImageError(Exception):
@@ -288,11 +288,6 @@ def _decode_with_pil(path: Path, data: bytes, channels: int) -> torch.Tensor:
         raise BadImageError("too large (PIL decompression-bomb guard)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"corrupt or truncated ({str(exc).splitlines()[0][:80] if str(exc) else 'decode error'})") from exc
-
-
-def check_channels(channels: int) -> None:
-    """Raise ValueError unless ``channels`` is 1 or 3 (the input channels pucli decodes to)."""
-    _check_channels(channels)
 
 
 def decode_images(paths: Sequence[Path], channels: int, *,

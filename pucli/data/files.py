@@ -44,10 +44,12 @@ def scan_images(root: Path) -> list[Path]:
     return found
 
 
-def read_path_list(lines: Iterable[str], base: Path, *, name: str = "the path list") -> list[Path]:
+def read_path_list(lines: Iterable[str], base: Path, *, name: str = "the path list",
+                   parameter: str | None = None) -> list[Path]:
     """Paths from a list, one per line; blank lines and ``#`` comments skipped; relative paths are
     taken from ``base`` (the list file's folder, or the working directory for stdin); ``~`` and
-    ``~user`` are expanded. ``name`` (e.g. ``--unlabeled list.txt``) is quoted in errors.
+    ``~user`` are expanded. ``name`` (e.g. ``unlabeled list.txt``) is quoted in errors, which carry
+    ``parameter`` (the one that named the list, with which ``name`` opens).
 
     Raises:
         DataError: a line holds a NUL byte (not a text list), or a ``~user`` that does not exist.
@@ -58,10 +60,12 @@ def read_path_list(lines: Iterable[str], base: Path, *, name: str = "the path li
         if not entry or entry.startswith("#"):
             continue
         if "\x00" in entry:
-            raise DataError(f"{name} line {number} holds a NUL byte: give a text file with one image path per line")
+            raise DataError(f"{name} line {number} holds a NUL byte: give a text file with one image path per line",
+                            parameter=parameter)
         try:
             path = Path(entry).expanduser()
         except RuntimeError:  # ~user of no such user
-            raise DataError(f"{name} line {number}: cannot expand {entry.split('/')[0][:40]!r}; write the path out") from None
+            raise DataError(f"{name} line {number}: cannot expand {entry.split('/')[0][:40]!r}; write the path out",
+                            parameter=parameter) from None
         paths.append(path if path.is_absolute() else base / path)
     return paths

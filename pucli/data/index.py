@@ -16,6 +16,10 @@ Format (version 1), UTF-8 text, tab-separated, one item per line::
   back as the same path.
 - Lines end in ``\n`` (a ``\r\n`` written by another tool is accepted).
 - ``score`` is the selector's F(x) as a decimal float; rows are sorted by descending score.
+
+What the index does not say itself (the class prior the selection used, where that prior came
+from, the rule that kept the rows) is kept in the selection's run report beside it
+(``<stem>.report.json``, under ``results``): :class:`SelectionFacts` writes and reads those fields.
 """
 
 from __future__ import annotations
@@ -23,15 +27,17 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from pucli.errors import DataError, UsageError
 from pucli.paths import atomic_write
+from pucli.report import read_report, report_path_for
 
-__all__ = ["INDEX_TAG", "INDEX_TAG_PREFIX", "IndexEntry", "write_index", "read_index", "format_index", "check_files_exist"]
+__all__ = ["INDEX_TAG", "INDEX_TAG_PREFIX", "IndexEntry", "SelectionFacts", "check_files_exist", "format_index",
+           "read_index", "write_index"]
 
 INDEX_TAG_PREFIX = "#pucli-index"
 INDEX_TAG = f"{INDEX_TAG_PREFIX} v1"
@@ -47,6 +53,44 @@ class IndexEntry:
 
 
 _ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+
+
+@dataclass(frozen=True)
+class SelectionFacts:
+    """What a selection index does not say itself: ``class_prior`` (the share of the pool the
+    selection assumed, in (0, 1)), ``class_prior_source`` (``"given"`` or ``"estimated"``) and
+    ``rule`` (PU-s1 or PU-s2, in words). ``pucli select`` decides them
+    (:class:`pucli.pu.selection.SelectionResult`) and keeps them in its run report
+    (:meth:`as_record`, under ``results``); a reader of the index gets them back with
+    :meth:`beside` or :meth:`from_report`. Each is None when unknown."""
+
+    class_prior: float | None = None
+    class_prior_source: str | None = None
+    rule: str | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        """The fields as the run report's ``results`` hold them."""
+        return {"class_prior": self.class_prior, "class_prior_source": self.class_prior_source, "rule": self.rule}
+
+    @classmethod
+    def from_record(cls, results: Mapping[str, Any]) -> SelectionFacts:
+        """The fields of a run report's ``results`` (:meth:`as_record`); a field of the wrong type is None."""
+        prior = results.get("class_prior")
+        source, rule = results.get("class_prior_source"), results.get("rule")
+        return cls(float(prior) if isinstance(prior, (int, float)) and not isinstance(prior, bool) else None,
+                   source if isinstance(source, str) else None, rule if isinstance(rule, str) else None)
+
+    @classmethod
+    def from_report(cls, path: str | os.PathLike[str]) -> SelectionFacts:
+        """The facts in the selection's run report at ``path``; all None when it cannot be read (a
+        reader of the index works without them)."""
+        results = (read_report(path) or {}).get("results")
+        return cls.from_record(results) if isinstance(results, Mapping) else cls()
+
+    @classmethod
+    def beside(cls, index: str | os.PathLike[str]) -> SelectionFacts:
+        """The facts in the run report beside the index file ``index`` (``<stem>.report.json``)."""
+        return cls.from_report(report_path_for(index))
 
 
 def format_index(entries: Iterable[IndexEntry], *, with_selected: bool = False) -> Iterable[str]:
@@ -93,9 +137,10 @@ def write_index(entries: Iterable[IndexEntry], out: str | os.PathLike[str], *, w
         handle.writelines(format_index(entries, with_selected=with_selected))
 
 
-def read_index(source: str | os.PathLike[str], *, stdin: TextIO | None = None, option: str = "--index") -> list[IndexEntry]:
+def read_index(source: str | os.PathLike[str], *, stdin: TextIO | None = None,
+               parameter: str = "index") -> list[IndexEntry]:
     """Read an index file (or ``-`` for stdin). With a ``selected`` column, every row is returned
-    and ``entry.selected`` tells which were kept.
+    and ``entry.selected`` tells which were kept. Errors name ``parameter``, the one that named ``source``.
 
     Raises:
         UsageError: the file does not exist.
@@ -106,57 +151,61 @@ def read_index(source: str | os.PathLike[str], *, stdin: TextIO | None = None, o
         binary = getattr(stream, "buffer", None)
         # Bytes, split on "\n" only: the same lines a file gives, whatever stdin's text settings.
         lines: Iterable[str] = binary.read().decode(**_ENCODING).split("\n") if binary is not None else stream
-        return _parse(lines, base=Path.cwd(), name="stdin", option=option)
+        return _parse(lines, base=Path.cwd(), name="stdin", parameter=parameter)
     path = Path(source)
     if not path.is_file():
-        raise UsageError(f"{option} {path} does not exist: give the index written by `pucli select`, or -")
+        raise UsageError(f"{parameter} {path} does not exist: give the index written by `pucli select`, or -",
+                         parameter=parameter, path=path)
     with path.open(newline="\n", **_ENCODING) as handle:
-        return _parse(handle, base=path.parent, name=str(path), option=option)
+        return _parse(handle, base=path.parent, name=str(path), parameter=parameter)
 
 
-def _parse(lines: Iterable[str], *, base: Path, name: str, option: str) -> list[IndexEntry]:
+def _parse(lines: Iterable[str], *, base: Path, name: str, parameter: str) -> list[IndexEntry]:
+    def error(problem: str) -> DataError:
+        return DataError(f"{parameter} {name}{problem}", parameter=parameter, path=name)
+
     entries: list[IndexEntry] = []
     columns: list[str] | None = None
     for number, raw in enumerate(lines, start=1):
         line = raw.rstrip("\n").removesuffix("\r")
         if "\x00" in line:
-            raise DataError(f"{option} {name} line {number} holds a NUL byte: not a text index; give the file `pucli select` wrote")
+            raise error(f" line {number} holds a NUL byte: not a text index; give the file `pucli select` wrote")
         if not line.strip() or line.startswith("#"):
             if number == 1 and line.startswith(INDEX_TAG_PREFIX) and line != INDEX_TAG:
-                raise DataError(f"{option} {name}: unsupported index version {line[1:]!r}; upgrade pucli")
+                raise error(f": unsupported index version {line[1:]!r}; upgrade pucli")
             continue
         fields = line.split("\t")
         if columns is None:
             columns = fields
             if not line.replace("\t", " ").isprintable():
-                raise DataError(f"{option} {name} line {number}: not a text index (binary or not UTF-8); give the file `pucli select` wrote")
+                raise error(f" line {number}: not a text index (binary or not UTF-8); give the file `pucli select` wrote")
             if columns[:2] != ["path", "score"]:
-                raise DataError(f"{option} {name} line {number}: header must start with 'path<TAB>score', got {line[:60]!r}")
+                raise error(f" line {number}: header must start with 'path<TAB>score', got {line[:60]!r}")
             continue
         if len(fields) != len(columns):
-            raise DataError(f"{option} {name} line {number}: expected {len(columns)} tab-separated fields, got {len(fields)}")
+            raise error(f" line {number}: expected {len(columns)} tab-separated fields, got {len(fields)}")
         try:
             score = float(fields[1])
         except ValueError:
-            raise DataError(f"{option} {name} line {number}: score {fields[1][:30]!r} is not a number") from None
+            raise error(f" line {number}: score {fields[1][:30]!r} is not a number") from None
         if math.isnan(score):
-            raise DataError(f"{option} {name} line {number}: score is NaN")
+            raise error(f" line {number}: score is NaN")
         if not fields[0]:
-            raise DataError(f"{option} {name} line {number}: empty path")
+            raise error(f" line {number}: empty path")
         selected = True
         if "selected" in columns:
             flag = fields[columns.index("selected")]
             if flag not in ("0", "1"):
-                raise DataError(f"{option} {name} line {number}: selected must be 0 or 1, got {flag[:10]!r}")
+                raise error(f" line {number}: selected must be 0 or 1, got {flag[:10]!r}")
             selected = flag == "1"
         path = Path(fields[0])
         entries.append(IndexEntry(path if path.is_absolute() else base / path, score, selected))
     if columns is None:
-        raise DataError(f"{option} {name} is empty or has no header: give the index written by `pucli select`")
+        raise error(" is empty or has no header: give the index written by `pucli select`")
     return entries
 
 
-def check_files_exist(entries: Iterable[IndexEntry], source: str | os.PathLike[str], *, option: str = "--index",
+def check_files_exist(entries: Iterable[IndexEntry], source: str | os.PathLike[str], *, parameter: str = "index",
                       every_entry: bool = False) -> None:
     """Fail when selected entries name files that are gone (the pool moved or was cleaned up).
 
@@ -172,6 +221,5 @@ def check_files_exist(entries: Iterable[IndexEntry], source: str | os.PathLike[s
     missing = [path for path in selected if not member_exists(path)]
     if missing:
         raise DataError(
-            f"{option} {source}: {len(missing)} of the {len(selected)} selected files do not exist (first: {missing[0]}); "
-            "restore them, or run `pucli select` again on the pool as it is now"
-        )
+            f"{parameter} {source}: {len(missing)} of the {len(selected)} selected files do not exist (first: {missing[0]}); "
+            "restore them, or run `pucli select` again on the pool as it is now", parameter=parameter, path=source)

@@ -21,7 +21,7 @@ from pucli.data.decode import BadImageError, decode_image_file, decode_images, d
 from pucli.data.files import SkippedFile
 
 if TYPE_CHECKING:
-    from pucli.checkpoints import ModelConfig
+    from pucli.model_config import ModelConfig
 
 __all__ = ["Batch", "ImageDataset", "Preprocess", "collate", "iterate_batches"]
 

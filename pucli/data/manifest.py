@@ -3,7 +3,8 @@
 Xu et al., "Positive-Unlabeled Compression on the Cloud", NeurIPS 2019
 (https://arxiv.org/abs/1909.09757), Section 3: every image of the extended set, labeled or
 selected from the pool, gets the teacher's soft target ``y_i^te = softmax(Z_i / T)`` as pseudo
-ground truth; the soft class counts ``y = sum_i y_i^te`` give the class weights of Eq. 7.
+ground truth; the soft class counts ``y = sum_i y_i^te`` give the class weights of Eq. 7, which
+:mod:`pucli.kd` computes (:func:`pucli.kd.expand.build_expanded_set`) and this module stores.
 
 This module is the only place that writes or reads the format (version 1). An expanded set is a
 folder holding three files:
@@ -97,6 +98,63 @@ class ExpandedSet:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @classmethod
+    def assemble(
+        cls,
+        *,
+        paths: Sequence[Path],
+        origins: Sequence[str],
+        labels: Sequence[int],
+        scores: Sequence[float | None],
+        soft_targets: Tensor,
+        temperature: float,
+        teacher_digest: str,
+        class_names: Sequence[str],
+        class_weights: Tensor,
+        teacher: str = "",
+    ) -> ExpandedSet:
+        """An :class:`ExpandedSet` from its items, computing the soft counts and per-class counts.
+
+        Args:
+            soft_targets: (N, K) float, rows summing to 1.
+            class_weights: (K,) float64, Eq. 7's ``w_kd`` of these soft targets
+                (:func:`pucli.kd.losses.class_weights`; :func:`pucli.kd.expand.build_expanded_set`
+                computes them).
+
+        Raises:
+            DataError: no items, or lengths that disagree with ``soft_targets``.
+        """
+        n = len(paths)
+        if n == 0:
+            raise DataError("the extended set is empty: no positive or selected image could be read")
+        if not (len(origins) == len(labels) == len(scores) == n == soft_targets.shape[0]):
+            raise DataError(f"extended set of {n} items has {soft_targets.shape[0]} soft-target rows")
+        targets = soft_targets.detach().to("cpu", torch.float32).contiguous()
+        num_classes = targets.shape[1]
+        positive_counts = [0] * num_classes
+        unlabeled_counts = [0] * num_classes
+        argmax = targets.argmax(dim=1).tolist()
+        for origin, label, top in zip(origins, labels, argmax):
+            if origin == "positive":
+                positive_counts[label] += 1
+            else:
+                unlabeled_counts[top] += 1
+        return cls(
+            paths=[Path(p) for p in paths],
+            origins=list(origins),
+            labels=[int(v) for v in labels],
+            scores=list(scores),
+            soft_targets=targets,
+            temperature=float(temperature),
+            teacher_digest=teacher_digest,
+            class_names=list(class_names),
+            soft_counts=targets.double().sum(dim=0),  # Eq. 7's y = sum_i y_i^te
+            class_weights=class_weights.to(torch.float64),
+            positive_counts=positive_counts,
+            unlabeled_counts=unlabeled_counts,
+            teacher=teacher,
+        )
+
     @property
     def num_classes(self) -> int:
         return int(self.soft_targets.shape[1])
@@ -114,61 +172,6 @@ class ExpandedSet:
             }
             for k, name in enumerate(self.class_names)
         ]
-
-
-def build_expanded_set(
-    *,
-    paths: Sequence[Path],
-    origins: Sequence[str],
-    labels: Sequence[int],
-    scores: Sequence[float | None],
-    soft_targets: Tensor,
-    temperature: float,
-    teacher_digest: str,
-    class_names: Sequence[str],
-    teacher: str = "",
-) -> ExpandedSet:
-    """Assemble an :class:`ExpandedSet`, computing soft counts and the Eq. 7 class weights.
-
-    Args:
-        soft_targets: (N, K) float, rows summing to 1.
-
-    Raises:
-        DataError: no items, or lengths that disagree with ``soft_targets``.
-    """
-    from pucli.kd.losses import class_weights as eq7_class_weights
-
-    n = len(paths)
-    if n == 0:
-        raise DataError("the extended set is empty: no positive or selected image could be read")
-    if not (len(origins) == len(labels) == len(scores) == n == soft_targets.shape[0]):
-        raise DataError(f"extended set of {n} items has {soft_targets.shape[0]} soft-target rows")
-    targets = soft_targets.detach().to("cpu", torch.float32).contiguous()
-    num_classes = targets.shape[1]
-    soft_counts = targets.double().sum(dim=0)
-    positive_counts = [0] * num_classes
-    unlabeled_counts = [0] * num_classes
-    argmax = targets.argmax(dim=1).tolist()
-    for origin, label, top in zip(origins, labels, argmax):
-        if origin == "positive":
-            positive_counts[label] += 1
-        else:
-            unlabeled_counts[top] += 1
-    return ExpandedSet(
-        paths=[Path(p) for p in paths],
-        origins=list(origins),
-        labels=[int(v) for v in labels],
-        scores=list(scores),
-        soft_targets=targets,
-        temperature=float(temperature),
-        teacher_digest=teacher_digest,
-        class_names=list(class_names),
-        soft_counts=soft_counts,
-        class_weights=eq7_class_weights(soft_counts),
-        positive_counts=positive_counts,
-        unlabeled_counts=unlabeled_counts,
-        teacher=teacher,
-    )
 
 
 def write_expanded_set(expanded: ExpandedSet, folder: str | os.PathLike[str]) -> Path:
@@ -213,12 +216,13 @@ def write_expanded_set(expanded: ExpandedSet, folder: str | os.PathLike[str]) ->
     return folder
 
 
-def read_expanded_set(folder: str | os.PathLike[str], *, check_files: bool = True, option: str = "--data") -> ExpandedSet:
+def read_expanded_set(folder: str | os.PathLike[str], *, check_files: bool = True,
+                      parameter: str = "data") -> ExpandedSet:
     """Read and validate an expanded set written by :func:`write_expanded_set`.
 
     Args:
         check_files: also check that every listed image file exists.
-        option: the CLI option that named ``folder``, quoted in errors.
+        parameter: the parameter that named ``folder``, which errors name (and carry).
 
     Raises:
         UsageError: ``folder`` is missing or not a folder.
@@ -227,8 +231,18 @@ def read_expanded_set(folder: str | os.PathLike[str], *, check_files: bool = Tru
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"{option} {folder} is not a folder: give the folder written by `pucli expand`")
-    where = f"{option} {folder}"
+        raise UsageError(f"{parameter} {folder} is not a folder: give the folder written by `pucli expand`",
+                         parameter=parameter, path=folder)
+    where = f"{parameter} {folder}"
+    try:
+        return _read_expanded_set(folder, where, check_files=check_files)
+    except DataError as exc:
+        if exc.parameter is None and str(exc).startswith(where):  # every message about the folder opens with it
+            exc.parameter, exc.path = parameter, folder
+        raise
+
+
+def _read_expanded_set(folder: Path, where: str, *, check_files: bool) -> ExpandedSet:
     for name in (MANIFEST_NAME, SOFT_TARGETS_NAME, CLASSES_NAME):
         if not (folder / name).is_file():
             raise DataError(f"{where} has no {name}: give the folder written by `pucli expand`, or re-run it")
@@ -245,6 +259,10 @@ def read_expanded_set(folder: str | os.PathLike[str], *, check_files: bool = Tru
     class_names = classes["class_names"]
     if len(class_names) != num_classes:
         raise DataError(f"{where}: {CLASSES_NAME} names {len(class_names)} classes, soft targets have {num_classes}")
+    weights = classes.get("class_weights")
+    if not (isinstance(weights, list) and len(weights) == num_classes
+            and all(type(w) in (int, float) and math.isfinite(w) and w > 0 for w in weights)):
+        raise DataError(f"{where}: {CLASSES_NAME} must hold {num_classes} positive class_weights; re-run `pucli expand`")
     bad_label = next((i for i, v in enumerate(labels) if v >= num_classes), None)
     if bad_label is not None:
         raise DataError(f"{where}: {MANIFEST_NAME} row {bad_label + 1} has label {labels[bad_label]} >= {num_classes} classes")
@@ -257,7 +275,7 @@ def read_expanded_set(folder: str | os.PathLike[str], *, check_files: bool = Tru
                 f"{where}: {len(missing)} image(s) listed in {MANIFEST_NAME} do not exist (first: {missing[0]}); "
                 "restore them or re-run `pucli expand`"
             )
-    expanded = build_expanded_set(
+    expanded = ExpandedSet.assemble(
         paths=paths,
         origins=origins,
         labels=labels,
@@ -266,6 +284,7 @@ def read_expanded_set(folder: str | os.PathLike[str], *, check_files: bool = Tru
         temperature=float(meta["temperature"]),
         teacher_digest=meta.get("teacher_digest", ""),
         class_names=class_names,
+        class_weights=torch.tensor(weights, dtype=torch.float64),
         teacher=str(classes.get("teacher", "")),
     )
     expanded.root = folder

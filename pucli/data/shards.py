@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pucli.errors import DataError, UsageError
+from pucli.errors import DataError, OptionError, UsageError
 from pucli.paths import replace_atomically
 from pucli.progress import ProgressCallback, no_progress
 
@@ -287,8 +287,9 @@ def list_members(shard: str | os.PathLike[str], *, images_only: bool = True) -> 
     return [name for name in names if is_image_file(name)] if images_only else names
 
 
-def shard_members(shards: Iterable[str | os.PathLike[str]], *, option: str = "--unlabeled") -> list[Path]:
+def shard_members(shards: Iterable[str | os.PathLike[str]], *, parameter: str = "unlabeled") -> list[Path]:
     """The member paths of every image in ``shards``, shard by shard, each in archive order.
+    ``parameter``: the one that named the shards, which errors name.
 
     Raises:
         UsageError: a shard does not exist.
@@ -298,7 +299,8 @@ def shard_members(shards: Iterable[str | os.PathLike[str]], *, option: str = "--
     for shard in shards:
         shard = Path(shard)
         if not shard.is_file():
-            raise UsageError(f"{option}: shard {shard} does not exist; check the pattern or the list")
+            raise UsageError(f"{parameter}: shard {shard} does not exist; check the pattern or the list",
+                             parameter=parameter, path=shard)
         paths.extend(member_path(shard, name) for name in list_members(shard))
     return paths
 
@@ -383,23 +385,23 @@ def pack_folder(
 
     root = Path(root)
     if images_per_shard < 1:
-        raise UsageError(f"--size {images_per_shard}: must be >= 1 (images per shard)")
+        raise OptionError("images_per_shard", images_per_shard, "must be >= 1 (images per shard)")
     try:
         names = {pattern % 0, pattern % 1}
     except (TypeError, ValueError):
         names = set()
     if len(names) != 2:
-        raise UsageError(f"--out {pattern}: give a shard name with one integer field, e.g. pool-%06d.tar")
+        raise OptionError("pattern", pattern, "give a shard name with one integer field, e.g. pool-%06d.tar")
     if not pattern.endswith(SHARD_SUFFIX):
-        raise UsageError(f"--out {pattern}: shards are uncompressed tar files, the name must end in .tar")
+        raise OptionError("pattern", pattern, "shards are uncompressed tar files, the name must end in .tar")
     if not root.is_dir():
-        raise UsageError(f"{root} is not a folder: give the folder of images to pack")
+        raise UsageError(f"{root} is not a folder: give the folder of images to pack", path=root)
     folder = Path(pattern % 0).parent
     if not folder.is_dir():
-        raise UsageError(f"--out {pattern}: folder {folder} does not exist; create it first")
+        raise OptionError("pattern", pattern, f"folder {folder} does not exist; create it first")
     images = list(paths) if paths is not None else scan_images(root)
     if not images:
-        raise UsageError(f"{root} holds no image file to pack")
+        raise UsageError(f"{root} holds no image file to pack", path=root)
     shards: list[Path] = []
     counts: list[int] = []
     for number, start in enumerate(range(0, len(images), images_per_shard)):

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pucli.architectures import ModelSpec
 from pucli.data.files import SkippedFile
 from pucli.deploy.onnx_export import DEFAULT_OPSET, DEFAULT_TOLERANCE, OnnxCheck
 from pucli.errors import UsageError
-from pucli.progress import ProgressCallback, no_progress
+from pucli.run_context import RunContext
 
 if TYPE_CHECKING:
     import torch
@@ -63,8 +63,8 @@ def export_model(
     seed: int = 0,
     opset: int = DEFAULT_OPSET,
     tolerance: float = DEFAULT_TOLERANCE,
-    workers: int = 0,
-    progress: ProgressCallback = no_progress,
+    run: RunContext | None = None,
+    **legacy: Any,
 ) -> ExportResult:
     """Export ``model_path`` (any file :func:`pucli.checkpoints.load_model` reads) to ONNX.
 
@@ -84,20 +84,21 @@ def export_model(
     require_onnx()
     if int8 and calibration is None:
         raise UsageError(
-            "--int8 needs --calibration SRC: unlabeled images to calibrate on (a selection index such as "
+            "`int8` needs `calibration=SRC`: unlabeled images to calibrate on (a selection index such as "
             "index.tsv, an expanded set, or a folder / list of images)"
         )
-    loaded = load_model(model_path, arch, option="MODEL")
-    skipped: list[SkippedFile] = []
+    run = RunContext.given(run, **legacy)
+    progress = run.progress
+    loaded = load_model(model_path, arch, parameter="model_path", model_files=run.model_files)
     inputs = None
     if calibration is not None:
         progress("calibration images", 0, images)
-        inputs = calibration_images(calibration, loaded.config, images=images, seed=seed, workers=workers, skipped=skipped)
+        inputs = calibration_images(calibration, loaded.config, images=images, seed=seed, run=run)
         progress("calibration images", len(inputs), images)
     progress("export", 0, 2 if int8 else 1)
     check = export_onnx(loaded, out, opset=opset, tolerance=tolerance,
                         check_inputs=inputs[:CHECK_IMAGES] if inputs is not None else None)
-    result = ExportResult(str(model_path), str(out), Path(out).stat().st_size, check, skipped=skipped)
+    result = ExportResult(str(model_path), str(out), Path(out).stat().st_size, check, skipped=list(run.skipped))
     if int8:
         assert inputs is not None
         int8_out = quantize_int8(out, int8_path_for(out), inputs, method=calibration_method)

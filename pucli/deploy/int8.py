@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pucli.checkpoints import ModelConfig
-from pucli.data.files import SkippedFile
-from pucli.errors import DataError, NoImagesError, UsageError
+from pucli.errors import DataError, NoImagesError, OptionError
+from pucli.model_config import ModelConfig
 from pucli.paths import replace_atomically
+from pucli.run_context import RunContext
 
 __all__ = ["CALIBRATION_METHODS", "calibration_images", "quantize_int8"]
 
@@ -45,17 +45,17 @@ def calibration_images(
     *,
     images: int = 1000,
     seed: int = 0,
-    workers: int = 0,
-    skipped: list[SkippedFile] | None = None,
-    option: str = "--calibration",
+    parameter: str = "calibration",
+    run: RunContext | None = None,
 ) -> torch.Tensor:
     """``images`` images drawn from ``source`` in a seeded random order, decoded with ``config``'s
     evaluation transform: float32 (N, C, H, W), N <= ``images``.
 
     ``source`` is anything :func:`pucli.compress.calibration.calibration_paths` reads (the kept
     images of a selection index, an expanded set, a folder, a path list, ``-``, tar shards); the
-    draw is :func:`pucli.compress.calibration.calibration_batches` (unreadable files are appended
-    to ``skipped`` and replaced by the next ones), the images BN re-estimation uses too.
+    draw is :func:`pucli.compress.calibration.calibration_batches` (unreadable files go to
+    ``run.skipped`` and are replaced by the next ones; ``run.workers`` decode), the images BN
+    re-estimation uses too. Errors name ``parameter``, the one that named ``source``.
 
     Raises:
         UsageError: ``source`` does not exist; ``images`` < 1.
@@ -66,12 +66,14 @@ def calibration_images(
     from pucli.data.loading import Preprocess
 
     if images < 1:
-        raise UsageError(f"--images {images}: give at least 1 calibration image")
-    paths = calibration_paths(source, option=option)
+        raise OptionError("images", images, "give at least 1 calibration image")
+    run = run or RunContext()
+    paths = calibration_paths(source, parameter=parameter)
     batches = list(calibration_batches(paths, Preprocess(config), images=images, batch_size=256, seed=seed,
-                                       workers=workers, skipped=skipped))
+                                       workers=run.workers, skipped=run.skipped))
     if not batches:
-        raise NoImagesError(f"{option} {source}: none of its images could be decoded; give other images")
+        raise NoImagesError(f"{parameter} {source}: none of its images could be decoded; give other images",
+                            parameter=parameter, path=source)
     return torch.cat(batches)
 
 
@@ -118,10 +120,10 @@ def quantize_int8(
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
-        raise UsageError(f"--calibration-method {method}: choose one of {', '.join(CALIBRATION_METHODS)}")
+        raise OptionError("method", method, f"choose one of {', '.join(CALIBRATION_METHODS)}")
     activation_types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     if activations not in activation_types:
-        raise UsageError(f"activations {activations!r}: choose uint8 or int8")
+        raise OptionError("activations", repr(activations), "choose uint8 or int8")
 
     # Equal batches (at most batches - 1 images left out): ORT's histogram calibrators (entropy,
     # percentile) stack the batches' activations and need them all of one shape.
@@ -158,7 +160,7 @@ def quantize_int8(
                     )
             except (ValueError, RuntimeError, KeyError) as exc:  # ORT's quantizer raises plain Python errors
                 text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                raise DataError(f"ONNX Runtime could not quantize {float_onnx} ({text}); try --calibration-method minmax") from None
+                raise DataError(f"ONNX Runtime could not quantize {float_onnx} ({text}); try `method=minmax`") from None
         write_metadata(tmp, metadata)
 
     return replace_atomically(out, write)

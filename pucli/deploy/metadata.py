@@ -104,7 +104,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     raw = {p.key: p.value for p in model.metadata_props if p.key.startswith("pucli.")}
     if raw.get("pucli.format") != json.dumps(FORMAT_TAG):
         raise DataError(
-            f"{path} has no pucli metadata (input size, mean, std): export it with `pucli export MODEL --format onnx`"
+            f"{path} has no pucli metadata (input size, mean, std): export it with `pucli export MODEL format=onnx`"
         )
     try:
         return {key.removeprefix("pucli."): json.loads(value) for key, value in raw.items()}

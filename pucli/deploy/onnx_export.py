@@ -131,7 +131,7 @@ def check_against_pytorch(
     if failed:
         raise DataError(
             f"ONNX Runtime's logits differ from PyTorch's by up to {worst:.3g} (> {tolerance:g}) on "
-            f"{onnx_path}: the export is not faithful; try another --opset, or report the architecture"
+            f"{onnx_path}: the export is not faithful; try another `opset`, or report the architecture"
         )
     return OnnxCheck(len(inputs), worst, tolerance, agree / max(1, len(inputs)), inputs_kind)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pucli.checkpoints import ModelConfig
+from pucli.model_config import ModelConfig
 from pucli.errors import DataError
 
 __all__ = ["OnnxLoadedModel", "OnnxRuntimeModule", "is_onnx_file", "load_onnx"]
@@ -66,8 +66,9 @@ class OnnxRuntimeModule(nn.Module):
 
 @dataclass
 class OnnxLoadedModel:
-    """An ONNX model ready for :func:`pucli.evaluate.evaluate_model`: the same fields as
-    :class:`pucli.checkpoints.LoadedModel` (``source_format`` is ``"onnx"``), plus what the graph
+    """An ONNX model ready for :func:`pucli.evaluate.evaluate_model` (a
+    :class:`pucli.evaluate.PrecountedModel`): the fields of :class:`pucli.checkpoints.LoadedModel`
+    (``source_format`` is ``"onnx"``), plus what the graph
     cannot tell by itself: ``params`` and ``flops_per_image`` of the PyTorch model it was exported
     from, and ``precision`` (``float32`` or ``int8``), from the file's metadata."""
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pucli.errors import UsageError
+from pucli.errors import OptionError, UsageError
 from pucli.evaluate import ModelEvaluation
 from pucli.paths import replace_atomically
 
@@ -22,27 +22,29 @@ _COLOURS = {"pytorch": "#1f77b4", "onnxruntime": "#ff7f0e", "onnxruntime int8": 
 _LABELS = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime float32", "onnxruntime int8": "ONNX Runtime int8"}
 
 
-def require_matplotlib(option: str = "--plot") -> None:
-    """Raises: UsageError: matplotlib is not installed (says which extra installs it)."""
+def require_matplotlib(parameter: str = "plot") -> None:
+    """Raises: UsageError: matplotlib is not installed (says which extra installs it, and names
+    ``parameter``, what asked for a plot)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise UsageError(f"{option} needs matplotlib: pip install 'pucli[plot]'") from None
+        raise UsageError(f"{parameter} needs matplotlib: pip install 'pucli[plot]'", parameter=parameter) from None
 
 
-def check_plot_output(path: str | os.PathLike[str], option: str = "--plot") -> None:
-    """Fail before any work when the picture could not be written.
+def check_plot_output(path: str | os.PathLike[str], parameter: str = "plot") -> None:
+    """Fail before any work when the picture could not be written (``parameter`` named ``path``).
 
     Raises:
         UsageError: matplotlib missing; the folder is missing or read-only; not a ``.png`` name.
     """
     path = Path(path)
-    require_matplotlib(option)
+    require_matplotlib(parameter)
     if path.suffix.lower() != ".png":
-        raise UsageError(f"{option} {path}: give a .png file name")
+        raise OptionError(parameter, path, "give a .png file name", path=path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise UsageError(f"{option} {path}: folder {folder} does not exist or is not writable; choose another path")
+        raise OptionError(parameter, path, f"folder {folder} does not exist or is not writable; choose another path",
+                          path=path)
 
 
 def plot_evaluations(results: Sequence[ModelEvaluation], out: str | os.PathLike[str], *, title: str | None = None) -> Path:
@@ -53,7 +55,7 @@ def plot_evaluations(results: Sequence[ModelEvaluation], out: str | os.PathLike[
     """
     require_matplotlib()
     if not results:
-        raise UsageError("--plot: no model was evaluated")
+        raise UsageError("no model was evaluated: nothing to plot")
     import matplotlib
 
     matplotlib.use("Agg", force=False)

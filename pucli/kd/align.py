@@ -152,7 +152,7 @@ def feature_channels(model: nn.Module, stage: int) -> int:
     info = list(getattr(getattr(model, "feature_info", None), "info", getattr(model, "feature_info", None)) or [])
     if not info:
         raise OptionError("align_stage", stage, f"the student ({type(model).__name__}) exposes no feature stages "
-                          "(timm feature_info); use a timm CNN or --align none")
+                          "(timm feature_info); use a timm CNN or `align=none`")
     if not 0 <= stage < len(info):
         raise OptionError("align_stage", stage, f"the student has stages 0..{len(info) - 1}")
     return int(info[stage]["num_chs"])

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,12 +27,44 @@ from pucli.checkpoints import LoadedModel
 from pucli.data.files import SkippedFile
 from pucli.data.index import IndexEntry
 from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
-from pucli.data.manifest import MANIFEST_NAME, ExpandedSet, build_expanded_set, write_expanded_set
+from pucli.data.manifest import MANIFEST_NAME, ExpandedSet, write_expanded_set
 from pucli.data.sources import LabeledFolder
 from pucli.errors import DataError, OptionError, UsageError
-from pucli.progress import ProgressCallback, no_progress
+from pucli.kd.losses import class_weights
+from pucli.run_context import RunContext
 
-__all__ = ["expand", "teacher_soft_targets"]
+__all__ = ["build_expanded_set", "expand", "teacher_soft_targets"]
+
+
+def build_expanded_set(
+    *,
+    paths: Sequence[Path],
+    origins: Sequence[str],
+    labels: Sequence[int],
+    scores: Sequence[float | None],
+    soft_targets: torch.Tensor,
+    temperature: float,
+    teacher_digest: str,
+    class_names: Sequence[str],
+    teacher: str = "",
+) -> ExpandedSet:
+    """The :class:`pucli.data.manifest.ExpandedSet` of these items, with the class weights of Eq. 7
+    computed from their soft class counts (:func:`pucli.kd.losses.class_weights`).
+
+    Args:
+        soft_targets: (N, K) float, rows summing to 1.
+
+    Raises:
+        DataError: no items, or lengths that disagree with ``soft_targets``.
+    """
+    targets = soft_targets.detach().to("cpu", torch.float32).contiguous()
+    if 0 < len(paths) == targets.shape[0]:
+        weights = class_weights(targets.double().sum(dim=0))
+    else:  # ExpandedSet.assemble says what is wrong
+        weights = torch.ones(targets.shape[-1], dtype=torch.float64)
+    return ExpandedSet.assemble(paths=paths, origins=origins, labels=labels, scores=scores, soft_targets=targets,
+                                temperature=temperature, teacher_digest=teacher_digest, class_names=class_names,
+                                class_weights=weights, teacher=teacher)
 
 
 def teacher_soft_targets(
@@ -39,23 +72,25 @@ def teacher_soft_targets(
     paths: Sequence[Path],
     *,
     temperature: float = 1.0,
-    device: torch.device = torch.device("cpu"),
     batch_size: int = 256,
-    workers: int = 0,
-    skipped: list[SkippedFile] | None = None,
-    progress: ProgressCallback = no_progress,
+    run: RunContext | None = None,
+    **legacy: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher soft targets ``softmax(teacher(x) / T)`` of every readable image in ``paths``.
 
     Images go through the teacher's evaluation transform (resize, centre crop, normalise) and are
-    streamed in batches, so memory stays flat in ``len(paths)``.
+    streamed in batches of ``batch_size`` on ``run.device`` (``run``: :class:`pucli.run_context.RunContext`;
+    ``legacy``: its ``device=``, ``workers=``, ``progress=``, ``skipped=`` given directly), so memory
+    stays flat in ``len(paths)``.
 
     Returns:
         ``(kept, soft_targets)``: ``kept`` (N',) int64 positions in ``paths`` of the readable
         images, in order; ``soft_targets`` (N', K) float32, rows summing to 1.
 
-    Side effects: unreadable files are appended to ``skipped``.
+    Side effects: unreadable files are added to ``run.skipped``.
     """
+    run = RunContext.given(run, **legacy)
+    device, progress = run.device, run.progress
     preprocess = Preprocess(teacher.config)
     model = teacher.model.to(device).eval()
     kept: list[torch.Tensor] = []
@@ -67,7 +102,7 @@ def teacher_soft_targets(
     progress("soft targets", 0, end - start)
     with torch.inference_mode():
         for batch in iterate_batches(
-            ImageDataset(paths[start:end], preprocess), batch_size=batch_size, workers=workers,
+            ImageDataset(paths[start:end], preprocess), batch_size=batch_size, workers=run.workers,
             pin_memory=device.type == "cuda", skipped=unreadable,
         ):
             images = preprocess.normalize(batch.images.to(device, non_blocking=True))
@@ -78,8 +113,7 @@ def teacher_soft_targets(
     num_classes = teacher.config.num_classes
     index = torch.cat(kept) if kept else torch.empty(0, dtype=torch.int64)
     targets = torch.cat(rows) if rows else torch.empty(0, num_classes, dtype=torch.float32)
-    if skipped is not None:
-        skipped.extend(item for part in distributed.gather_objects(unreadable) for item in part)
+    run.skipped.extend(item for part in distributed.gather_objects(unreadable) for item in part)
     gathered = distributed.gather_rows(index, targets, to_all=True)
     assert gathered is not None
     return gathered
@@ -92,19 +126,17 @@ def expand(
     out: str | os.PathLike[str],
     *,
     temperature: float = 1.0,
-    device: torch.device = torch.device("cpu"),
     batch_size: int = 256,
-    workers: int = 0,
-    skipped: list[SkippedFile] | None = None,
-    progress: ProgressCallback = no_progress,
     whole_pool: bool = False,
+    run: RunContext | None = None,
+    **legacy: Any,
 ) -> ExpandedSet:
     """Write the extended set ``L^t ∪ U^p`` to the folder ``out`` (format: :mod:`pucli.data.manifest`).
 
     Items are the positives (in ``positive_set`` order) then the index entries with
     ``selected=True`` (in index order, i.e. by descending selector score); an unlabeled path that
     is also a positive is kept once, as a positive. Unreadable images are left out of the manifest
-    and appended to ``skipped``. The folder is written under a temporary name beside ``out`` and
+    and added to ``run.skipped``. The folder is written under a temporary name beside ``out`` and
     renamed into place, so ``out`` is either the complete new set or what it was before.
 
     Args:
@@ -117,6 +149,7 @@ def expand(
         whole_pool: take every index entry, kept or not (an index written by ``pucli select --all``),
             each with its selector score: the whole pool, for ``distill --weighting pu-score`` or
             for training on the pool unselected (what :mod:`pucli.pu.trust` may recommend).
+        run, legacy: as for :func:`teacher_soft_targets`.
 
     Returns:
         The :class:`ExpandedSet` written, ``root`` set to ``out``.
@@ -129,6 +162,7 @@ def expand(
     """
     if not temperature > 0:
         raise OptionError("temperature", temperature, "must be > 0")
+    run = RunContext.given(run, **legacy)
     out = Path(out)
     _check_replaceable(out)
     positive_paths = {p.absolute() for p in positive_set.paths}
@@ -138,10 +172,7 @@ def expand(
     labels = list(positive_set.labels) + [-1] * len(selected)
     scores: list[float | None] = [None] * len(positive_set) + [e.score for e in selected]
 
-    kept, soft_targets = teacher_soft_targets(
-        teacher, paths, temperature=temperature, device=device, batch_size=batch_size,
-        workers=workers, skipped=skipped, progress=progress,
-    )
+    kept, soft_targets = teacher_soft_targets(teacher, paths, temperature=temperature, batch_size=batch_size, run=run)
     if len(kept) == 0:
         raise DataError(f"none of the positive or selected images could be read; check the positive set "
                         f"{positive_set.root} and the index")

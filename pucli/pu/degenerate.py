@@ -113,7 +113,7 @@ def selection_warnings(
         elif expected is not None and expected > 0 and (kept < expected / COUNT_RATIO or kept > expected * COUNT_RATIO):
             side = "under a quarter of" if kept < expected else f"over {COUNT_RATIO:g} times"
             warnings.append(f"kept {kept:,} of {pool_size:,} images, {side} what the class prior says the pool "
-                            f"holds ({prior_text}); check --prior, or see docs/troubleshooting.md#degenerate-selections")
+                            f"holds ({prior_text}); check `class_prior`, or see docs/troubleshooting.md#degenerate-selections")
     rollbacks = sum(int(float(epoch.get("rollbacks", 0.0))) for epoch in history)
     if rollbacks:
         warnings.append(f"fine-tuning collapsed {rollbacks} time(s) (every score on one side of zero) and went back "

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,9 +31,9 @@ from pucli.data.files import SkippedFile
 from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
 from pucli.data.shards import storage_name
 from pucli.paths import cache_dir
-from pucli.progress import ProgressCallback, no_progress
 from pucli.pu.network import MultiScaleExtractor
 from pucli.pu.options import Scales
+from pucli.run_context import RunContext
 
 __all__ = ["Descriptors", "DESCRIPTOR_CACHE_VERSION", "DESCRIPTOR_PART_IMAGES", "AUTO_AUGMENT_COPIES",
            "AUTO_AUGMENT_MAX_PER_CLASS", "resolve_positive_augmentation", "descriptor_cache_key", "pool_cache_key",
@@ -231,28 +232,31 @@ def extract_descriptors(
     paths: Sequence[Path],
     preprocess: Preprocess,
     *,
-    device: torch.device,
     batch_size: int = 512,
-    workers: int = 0,
+    run: RunContext | None = None,
     skipped: list[SkippedFile] | None = None,
-    progress: ProgressCallback = no_progress,
     stage: str = "extract",
     progress_offset: int = 0,
     progress_total: int | None = None,
     part_size: int | None = None,
     on_part: PartCallback | None = None,
+    **legacy: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stream ``paths`` through ``extractor`` with the deterministic evaluation transform.
+    """Stream ``paths`` through ``extractor`` with the deterministic evaluation transform, on
+    ``run.device`` with ``run.workers`` loader processes, reporting to ``run.progress`` (``legacy``:
+    ``device=``, ``workers=``, ``progress=`` given directly, :meth:`RunContext.given`).
 
     Only one batch of decoded pixels is alive at a time; the (N', C) float32 descriptors of the
     readable images are collected on the CPU. Returns ``(index (N',) int64, descriptors (N', C))``;
-    unreadable files go to ``skipped``.
+    unreadable files go to ``skipped`` (the descriptors' own record of them, which the cache keeps).
 
     With ``part_size`` (a multiple of ``batch_size``) and ``on_part``, each run of ``part_size``
     positions (the last may be shorter) is handed to ``on_part(part, index, descriptors,
     skipped)`` as soon as its last batch is in (``index``: positions within the part), from the
     same loader: its workers start once for the whole list.
     """
+    run = RunContext.given(run, **legacy)
+    device, workers, progress = run.device, run.workers, run.progress
     extractor.eval()
     # Filled in place: collecting chunks and concatenating would hold the descriptors twice.
     descriptors = torch.empty(len(paths), extractor.channels)
@@ -322,15 +326,16 @@ def load_or_extract_descriptors(
     preprocess: Preprocess,
     *,
     scales: Scales,
-    device: torch.device,
     batch_size: int = 512,
-    workers: int = 0,
     use_cache: bool = True,
     augmentation: PositiveAugmentation | None = None,
-    progress: ProgressCallback = no_progress,
     resume: bool = False,
+    run: RunContext | None = None,
+    **legacy: Any,
 ) -> Descriptors | None:
-    """Descriptors of P and U: each side from the cache when its key matches, else extracted (and cached).
+    """Descriptors of P and U: each side from the cache when its key matches, else extracted (and cached),
+    on ``run.device`` with ``run.workers`` loader processes, reporting to ``run.progress`` (``legacy``:
+    those given as ``device=``, ``workers=``, ``progress=``).
 
     Under torchrun the ranks share the pool's extraction (:func:`_load_or_extract_pool`):
     rank 0 gets the descriptors, the other ranks None.
@@ -345,6 +350,7 @@ def load_or_extract_descriptors(
     ``pool-<key>.parts/`` (:func:`extract_descriptors_in_parts`); ``resume`` loads the parts an
     interrupted run left instead of extracting them again (without it they are discarded).
     """
+    run = RunContext.given(run, **legacy)
     pool_path = positive_path = key = None
     if use_cache:
         pool_key = pool_cache_key(teacher, unlabeled_paths, preprocess, scales)
@@ -359,16 +365,15 @@ def load_or_extract_descriptors(
         if positives is None:
             skipped: list[SkippedFile] = []
             index, values, augmented = _positive_descriptors(
-                extractor, positive_paths, preprocess, augmentation, device=device, batch_size=batch_size,
-                skipped=skipped, progress=progress, progress_total=total)
+                extractor, positive_paths, preprocess, augmentation, batch_size=batch_size, run=run,
+                skipped=skipped, progress_total=total)
             positives = _Part(index, values, skipped, augmented)
             if positive_path is not None and not _write_cache(positive_path, "positive", positives):
                 positive_path = None
         else:
-            progress("extract", len(positive_paths), total, cached=1)
-    pool = _load_or_extract_pool(extractor, unlabeled_paths, preprocess, pool_path, device=device,
-                                 batch_size=batch_size, workers=workers, progress=progress, resume=resume,
-                                 progress_offset=len(positive_paths), progress_total=total)
+            run.progress("extract", len(positive_paths), total, cached=1)
+    pool = _load_or_extract_pool(extractor, unlabeled_paths, preprocess, pool_path, batch_size=batch_size, run=run,
+                                 resume=resume, progress_offset=len(positive_paths), progress_total=total)
     if pool is None or positives is None:
         return None
     part, from_cache = pool
@@ -386,10 +391,8 @@ def _load_or_extract_pool(
     preprocess: Preprocess,
     path: Path | None,
     *,
-    device: torch.device,
     batch_size: int,
-    workers: int,
-    progress: ProgressCallback,
+    run: RunContext,
     resume: bool,
     progress_offset: int,
     progress_total: int,
@@ -407,14 +410,14 @@ def _load_or_extract_pool(
     if (distributed.broadcast_object(cached is not None) if sharded else cached is not None):
         if cached is None:
             return None  # a rank other than 0: rank 0 has the cached pool
-        progress("extract", progress_total, progress_total, cached=1)
+        run.progress("extract", progress_total, progress_total, cached=1)
         return cached, True
     skipped: list[SkippedFile] = []
     parts = None
     if sharded:
         start, end = distributed.batch_block(len(unlabeled_paths), batch_size)
-        index, values = extract_descriptors(extractor, unlabeled_paths[start:end], preprocess, device=device,
-                                            batch_size=batch_size, workers=workers, skipped=skipped, progress=progress)
+        index, values = extract_descriptors(extractor, unlabeled_paths[start:end], preprocess, batch_size=batch_size,
+                                            run=run, skipped=skipped)
         gathered = distributed.gather_rows(index + start, values)
         skipped = [item for rank_skipped in distributed.gather_objects(skipped) for item in rank_skipped]
         if gathered is None:
@@ -423,9 +426,8 @@ def _load_or_extract_pool(
     else:
         parts = _parts_folder(path, keep=resume) if path is not None else None
         index, values = extract_descriptors_in_parts(
-            extractor, unlabeled_paths, preprocess, parts=parts, device=device, batch_size=batch_size,
-            workers=workers, skipped=skipped, progress=progress, progress_offset=progress_offset,
-            progress_total=progress_total)
+            extractor, unlabeled_paths, preprocess, parts=parts, batch_size=batch_size, run=run, skipped=skipped,
+            progress_offset=progress_offset, progress_total=progress_total)
     part = _Part(index, values, skipped)
     if path is not None and _write_cache(path, "pool", part) and parts is not None:
         shutil.rmtree(parts, ignore_errors=True)  # the whole entry now holds them
@@ -438,18 +440,18 @@ def _positive_descriptors(
     preprocess: Preprocess,
     augmentation: PositiveAugmentation | None,
     *,
-    device: torch.device,
     batch_size: int,
+    run: RunContext,
     skipped: list[SkippedFile],
-    progress: ProgressCallback = no_progress,
     progress_total: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """P's ``(index, descriptors, augmented copies' descriptors)``; (0, C) copies without augmentation."""
-    index, positive = extract_descriptors(extractor, positive_paths, preprocess, device=device, batch_size=batch_size,
-                                          workers=0, skipped=skipped, progress=progress, progress_total=progress_total)
+    """P's ``(index, descriptors, augmented copies' descriptors)``; (0, C) copies without augmentation.
+    One process decodes them (a few images: no loader workers)."""
+    index, positive = extract_descriptors(extractor, positive_paths, preprocess, batch_size=batch_size,
+                                          run=run.with_(workers=0), skipped=skipped, progress_total=progress_total)
     augmented = torch.empty(0, extractor.channels)
     if augmentation is not None:
-        augmented = extract_augmented_descriptors(extractor, positive_paths, preprocess, augmentation, device=device,
+        augmented = extract_augmented_descriptors(extractor, positive_paths, preprocess, augmentation, device=run.device,
                                                   batch_size=batch_size)
     return index, positive, augmented
 
@@ -478,13 +480,12 @@ def extract_descriptors_in_parts(
     preprocess: Preprocess,
     *,
     parts: Path | None,
-    device: torch.device,
     batch_size: int = 512,
-    workers: int = 0,
+    run: RunContext | None = None,
     skipped: list[SkippedFile] | None = None,
-    progress: ProgressCallback = no_progress,
     progress_offset: int = 0,
     progress_total: int | None = None,
+    **legacy: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`extract_descriptors`, saving each part of :data:`DESCRIPTOR_PART_IMAGES` images to
     ``parts`` (atomically) as soon as it is done, and loading the parts already there instead of
@@ -493,9 +494,9 @@ def extract_descriptors_in_parts(
 
     Returns ``(index (N',) int64, descriptors (N', C) float32)`` as :func:`extract_descriptors`.
     """
+    run = RunContext.given(run, **legacy)
     if parts is None:
-        return extract_descriptors(extractor, paths, preprocess, device=device, batch_size=batch_size,
-                                   workers=workers, skipped=skipped, progress=progress,
+        return extract_descriptors(extractor, paths, preprocess, batch_size=batch_size, run=run, skipped=skipped,
                                    progress_offset=progress_offset, progress_total=progress_total)
     total = progress_total if progress_total is not None else len(paths)
     size = batch_size * max(1, round(DESCRIPTOR_PART_IMAGES / batch_size))
@@ -512,7 +513,7 @@ def extract_descriptors_in_parts(
         descriptors[index + start] = values
         kept[index + start] = True
         skipped_by_part[start] = part_skipped
-        progress("extract", progress_offset + start + len(paths[start:start + size]), total, cached=1)
+        run.progress("extract", progress_offset + start + len(paths[start:start + size]), total, cached=1)
     if missing:
         # One loader over all the missing parts: its workers start once, not once a part. Parts
         # are whole batches and only the pool's last part can be shorter, so the batches, and the
@@ -524,9 +525,9 @@ def extract_descriptors_in_parts(
             _write_part(_part_file(parts, start, len(paths[start:start + size])), index, values, part_skipped)
             skipped_by_part[start] = list(part_skipped)
 
-        index, values = extract_descriptors(extractor, todo, preprocess, device=device, batch_size=batch_size,
-                                            workers=workers, progress=progress, progress_offset=progress_offset,
-                                            progress_total=total, part_size=size, on_part=save)
+        index, values = extract_descriptors(extractor, todo, preprocess, batch_size=batch_size, run=run,
+                                            progress_offset=progress_offset, progress_total=total, part_size=size,
+                                            on_part=save)
         if len(todo) < len(paths):
             positions = torch.cat([torch.arange(start, start + len(paths[start:start + size])) for start in missing])
             descriptors[positions[index]] = values

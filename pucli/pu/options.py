@@ -91,20 +91,20 @@ class SelectorOptions:
             :data:`AUTO_AUGMENT_MAX_PER_CLASS` images per teacher class, else 0.
         scales: which backbone outputs make the descriptor.
         graph_neighbors: k of the pool's k-nearest-neighbour graph over which the head's scores
-            are smoothed (:mod:`pucli.pu.graph`); 0 turns graph smoothing off (scores are the head's
+            are smoothed (:mod:`pucli.pu.propagation`); 0 turns graph smoothing off (scores are the head's
             ``F(x)``).
         graph_alpha, graph_steps: label spreading's ``alpha`` and number of iterations.
         graph_exact_max: pools of up to this many images get the exact k-NN search, larger ones
-            the approximate IVF-Flat index (faiss, the ``scale`` extra; :mod:`pucli.pu.graph`);
+            the approximate IVF-Flat index (faiss, the ``scale`` extra; :mod:`pucli.pu.neighbors`);
             0 searches every pool approximately.
         ranking: how the pool is ranked. ``"propagation"``: label propagation from the labeled
             positives over the k-NN graph of pool and positives (Zhou et al. 2003), PU-s1 keeping
             the top ``class_prior * N``; ``"nnpu"``: the nnPU head's ``F(x)`` smoothed over the
             pool's graph, PU-s1 keeping as many as ``F(x) > 0`` (the paper's rule); ``"auto"``
             (default): propagation when every class has at least 5 labeled positives
-            (``pucli.pu.prior.propagation_applies``, the rule of the class-prior estimate), else
-            nnpu (with 1-4 per class the seeds miss too much of each class; docs/benchmarks.md,
-            section "Pool grid (issue 15)"). Without the graph (``graph_neighbors`` 0) the head
+            (``pucli.pu.mixture_proportion.propagation_applies``, the rule of the class-prior
+            estimate; resolved once, by :func:`pucli.pu.ranking.resolve_ranking`), else nnpu (with
+            1-4 per class the seeds miss too much of each class; docs/benchmarks.md, "Pool grid"). Without the graph (``graph_neighbors`` 0) the head
             ranks either way.
         seed: seeds every random draw.
     """
@@ -133,7 +133,7 @@ class SelectorOptions:
     graph_neighbors: int = 10
     graph_alpha: float = 0.99
     graph_steps: int = 200
-    graph_exact_max: int = 200_000  # pucli.pu.graph.GRAPH_EXACT_MAX (not imported: it imports torch)
+    graph_exact_max: int = 200_000  # pucli.pu.neighbors.GRAPH_EXACT_MAX (not imported: it imports torch)
     seed: int = 0
     ranking: str = "auto"
 
@@ -147,7 +147,7 @@ class SelectorOptions:
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("train_batch_size", self.train_batch_size >= 1, "must be >= 1"),
             ("epoch_pool_max", self.epoch_pool_max is None or self.epoch_pool_max >= 1,
-             "must be >= 1 pool images per training epoch (--epoch-pool-max 0 or None: the whole pool every epoch)"),
+             "must be >= 1 pool images per training epoch, or None for the whole pool every epoch"),
             ("positive_per_batch", self.positive_per_batch is None or self.positive_per_batch >= 1, "must be >= 1"),
             ("risk", self.risk in RISKS, "use nnpu or upu"),
             ("loss", self.loss in SURROGATES, "use sigmoid or logistic"),

@@ -43,20 +43,21 @@ weight decay and a cosine schedule (the rates and the jitter tried: see docs/ben
 section "`pucli select` on mnist-pu", "Against the targets"); several heads trained from
 different seeds are averaged (an ensemble lowers the variance that a 10-image P brings).
 
-Selection (:attr:`SelectorOptions.ranking`): with ``"propagation"`` (what the default ``"auto"``
-picks, since 2026-12-01, when every class has at least 5 labeled positives) the labeled positives (and their augmented copies) join the pool's k-nearest-neighbour graph, carry
-label 1, and the label spreads over the symmetrised graph (Zhou et al. 2003; :mod:`pucli.pu.graph`);
+Selection (:attr:`SelectorOptions.ranking`, resolved once by :func:`pucli.pu.ranking.resolve_ranking`
+and kept in the result as ``ranking``, with its ``rule``): with ``"propagation"`` (what the default
+``"auto"`` picks when every class has at least 5 labeled positives) the labeled positives (and their
+augmented copies) join the pool's k-nearest-neighbour graph (:mod:`pucli.pu.neighbors`), carry
+label 1, and the label spreads over the symmetrised graph (Zhou et al. 2003; :mod:`pucli.pu.propagation`);
 the pool's spread scores are shifted so that the top ``round(class_prior * N)`` score above zero,
-the class prior given or estimated on the same propagation (:func:`estimate_prior_from_descriptors`).
-The nnPU head is still trained (its scores are ``head_scores``; the saved selector), but at the
-low class priors of a web crawl, under a capture shift, or with a BatchNorm teacher, its ranking
-falls far below the propagation's (docs/benchmarks.md, section "Pool grid (issue 15)").
-``"nnpu"`` ranks by the head: its scores smoothed over the pool's graph and shifted so that as
-many images score above zero as ``F(x) > 0`` keeps (the paper's rule; pucli's default from
-2026-11-21 to 2026-12-01, section "Graph smoothing: the default since 2026-11-21, and the F1
-targets"); it is what ``"auto"`` picks with 1-4 labeled positives per class, where the
-propagation's few seeds miss too much of each class. Without the graph (``graph_neighbors`` 0)
-the head's ``F(x)`` ranks.
+the class prior given or estimated on the same propagation
+(:func:`pucli.pu.class_prior.estimate_prior_from_descriptors`). The nnPU head is still trained (its
+scores are ``head_scores``; the saved selector), but at the low class priors of a web crawl, under a
+capture shift, or with a BatchNorm teacher, its ranking falls far below the propagation's
+(docs/benchmarks.md, "Pool grid"). ``"nnpu"`` ranks by the head: its scores smoothed over the pool's
+graph and shifted so that as many images score above zero as ``F(x) > 0`` keeps (the paper's rule;
+docs/benchmarks.md, "Graph smoothing"); it is what ``"auto"`` picks with 1-4 labeled positives per
+class, where the propagation's few seeds miss too much of each class. Without the graph
+(``graph_neighbors`` 0) the head's ``F(x)`` ranks.
 PU-s1 then keeps every unlabeled image with a score > 0; PU-s2 keeps the top ``budget``.
 Everything random draws from ``torch.Generator`` objects seeded by :attr:`SelectorOptions.seed`,
 so the same inputs and seed give the same scores. No ground truth is ever read here.
@@ -80,29 +81,32 @@ from pucli import distributed
 from pucli.checkpoints import LoadedModel
 from pucli.data.augment import PositiveAugmentation
 from pucli.data.files import SkippedFile
-from pucli.data.index import IndexEntry, write_index
+from pucli.data.index import IndexEntry, SelectionFacts, write_index
 from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
 from pucli.errors import DataError, NoImagesError, UsageError
 from pucli.paths import replace_atomically
-from pucli.progress import ProgressCallback, no_progress
+from pucli.progress import ProgressCallback, no_progress, timed
+from pucli.pu.class_prior import estimate_prior, estimate_prior_from_descriptors, held_out_positives
 from pucli.pu.descriptors import Descriptors, load_or_extract_descriptors, resolve_positive_augmentation
-from pucli.pu.graph import PoolGraph, pool_graph, positive_walk, smooth_over_graph
+from pucli.pu.mixture_proportion import HeldOutPositives, PriorEstimate
+from pucli.pu.neighbors import PoolGraph, pool_graph
 from pucli.pu.network import AttentionScoreHead, MultiScaleExtractor, PUSelectorNet
 from pucli.pu.options import SelectorOptions, options_record
-from pucli.pu.pool_prior import (
-    PriorResult,
-    estimate_prior,
-    estimate_prior_from_descriptors,
-    held_out_positives,
-    timed,
+from pucli.pu.propagation import GraphSummary, positive_walk, smooth_over_graph
+from pucli.pu.ranking import (
+    may_propagate,
+    prior_by_propagation,
+    rank_by_propagation,
+    readable_labels,
+    resolve_ranking,
+    selection_rule,
 )
-from pucli.pu.prior import HeldOutPositives, PriorEstimate, propagation_applies
-from pucli.pu.ranking import rank_by_propagation, ranks_by_propagation, readable_labels
 from pucli.pu.training import train_finetune, train_frozen, training_state_path
 from pucli.pu.trust import MIN_PLACEMENT, Recommendation, SelectionTrust, graph_agreement, recommend, selection_trust
+from pucli.run_context import RunContext
 
-__all__ = ["SelectionResult", "PriorResult", "run_selection", "estimate_prior", "estimate_prior_from_descriptors",
-           "score_images", "select_indices", "save_selector", "write_selection", "SELECTOR_FORMAT_VERSION"]
+__all__ = ["SELECTOR_FORMAT_VERSION", "SelectionResult", "run_selection", "save_selector", "score_images",
+           "select_indices", "write_selection"]
 
 
 SELECTOR_FORMAT_VERSION = 1
@@ -117,8 +121,8 @@ class SelectionResult:
         scores: (len(paths),) float32, the scores selection keeps by: label propagation from the
             positives shifted to keep the top ``class_prior * N`` (the default ranking), the
             head's ``F(x)`` smoothed over the pool's k-NN graph (``ranking="nnpu"``;
-            :mod:`pucli.pu.graph`), or ``F(x)`` itself with the graph off. Either way PU-s1 keeps
-            ``scores > 0``.
+            :mod:`pucli.pu.propagation`), or ``F(x)`` itself with the graph off. Either way PU-s1
+            keeps ``scores > 0``.
         head_scores: (len(paths),) float32, the head's own ``F(x)`` (the same tensor as ``scores``
             with graph smoothing off).
         selected: (len(paths),) bool, the images kept (PU-s1 or PU-s2).
@@ -129,8 +133,19 @@ class SelectionResult:
         skipped: unreadable files (positive or unlabeled), left out.
         counts: ``positive``, ``unlabeled``, ``selected``, ``skipped``.
         cache_path, from_cache: the descriptor cache used (frozen mode).
+        ranking: the ranking the scores come from, ``"propagation"`` or ``"nnpu"``
+            (:func:`pucli.pu.ranking.resolve_ranking`: ``"auto"`` resolved).
+        rule: the selection rule applied, in words (:func:`pucli.pu.ranking.selection_rule`).
         class_prior: the class prior the selector was trained with (given or estimated).
+        class_prior_source: ``"given"`` or ``"estimated"``.
         prior_estimate: the estimate, when the prior was estimated (``options.class_prior`` None).
+        mode: ``"frozen"`` or ``"finetune"``.
+        channels, scale_channels, scales: the descriptor's width, its width per scale, and the
+            scales it was tapped at (:meth:`pucli.pu.options.Scales.describe`).
+        positive_augmentation, positive_augmented: how the labeled positives were augmented
+            (``"none"`` or the augmentation's description) and the augmented copies made.
+        graph: how the pool's graph ranked it (:class:`pucli.pu.propagation.GraphSummary`;
+            ``neighbors`` 0 without a graph).
         warnings: one-line warnings of a degenerate selection (:mod:`pucli.pu.degenerate`): none
             or nearly all of the pool kept, a count far from the prior, a collapsed training.
         trust: the selection's estimated precision, recall and F1 from held-out labeled positives
@@ -151,10 +166,19 @@ class SelectionResult:
     counts: dict[str, int]
     cache_path: Path | None = None
     from_cache: bool = False
-    metadata: dict[str, Any] = field(default_factory=dict)
+    ranking: str = "nnpu"
+    rule: str = "PU-s1 (score > 0)"
     class_prior: float | None = None
+    class_prior_source: str = "given"
     prior_estimate: PriorEstimate | None = None
     head_scores: torch.Tensor | None = None
+    mode: str = "frozen"
+    channels: int = 0
+    scale_channels: list[int] = field(default_factory=list)
+    scales: str = ""
+    positive_augmentation: str = "none"
+    positive_augmented: int = 0
+    graph: GraphSummary = field(default_factory=GraphSummary)
     warnings: list[str] = field(default_factory=list)
     trust: SelectionTrust | None = None
     recommendation: Recommendation | None = None
@@ -164,6 +188,21 @@ class SelectionResult:
         if self.head_scores is None:
             self.head_scores = self.scores
 
+    @property
+    def facts(self) -> SelectionFacts:
+        """What an index written from this result does not say itself: the class prior, where it came
+        from, the rule (:class:`pucli.data.index.SelectionFacts`)."""
+        return SelectionFacts(self.class_prior, self.class_prior_source, self.rule)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """How the selector was built, as its file records it (:func:`save_selector`): ``mode``,
+        ``channels``, ``scale_channels``, ``scales``, ``positive_augmentation``,
+        ``positive_augmented`` and ``graph`` (:meth:`GraphSummary.as_dict`)."""
+        return {"mode": self.mode, "channels": self.channels, "scale_channels": self.scale_channels,
+                "scales": self.scales, "positive_augmentation": self.positive_augmentation,
+                "positive_augmented": self.positive_augmented, "graph": self.graph.as_dict()}
+
 
 @torch.inference_mode()
 def score_images(
@@ -171,20 +210,23 @@ def score_images(
     paths: Sequence[Path],
     preprocess: Preprocess,
     *,
-    device: torch.device,
     batch_size: int = 512,
-    workers: int = 0,
+    run: RunContext | None = None,
     skipped: list[SkippedFile] | None = None,
-    progress: ProgressCallback = no_progress,
     descriptors: list[torch.Tensor] | None = None,
+    **legacy: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stream ``paths`` through the selector with the deterministic evaluation transform.
+    """Stream ``paths`` through the selector with the deterministic evaluation transform, on
+    ``run.device`` with ``run.workers`` loader processes, reporting to ``run.progress`` (``legacy``:
+    ``device=``, ``workers=``, ``progress=`` given directly); unreadable files go to ``skipped``.
 
     Returns ``(index (N',) int64, scores (N',) float32)`` for the readable images; memory holds
     one batch of pixels at a time. With ``descriptors`` (a list), the extractor's (B, C) float32
     output of the readable images is appended to it as one (N', C) tensor (what graph smoothing
     needs after fine-tuning), filled in place rather than concatenated, so it is held once.
     """
+    run = RunContext.given(run, **legacy)
+    device, workers, progress = run.device, run.workers, run.progress
     net.eval()
     indices: list[torch.Tensor] = []
     scores: list[torch.Tensor] = []
@@ -233,12 +275,11 @@ def run_selection(
     unlabeled_paths: Sequence[Path],
     options: SelectorOptions,
     *,
-    device: torch.device | None = None,
-    workers: int = 0,
     use_cache: bool = True,
-    progress: ProgressCallback = no_progress,
     resume: bool = False,
     positive_labels: Sequence[int] | None = None,
+    run: RunContext | None = None,
+    **legacy: Any,
 ) -> SelectionResult:
     """Stage 1 end to end: descriptors (or fine-tuning), nnPU training, scoring, selection.
 
@@ -247,14 +288,17 @@ def run_selection(
         positive_paths: the labeled positives P (their class labels are not needed here).
         unlabeled_paths: the pool U, in a fixed order.
         options: hyper-parameters; ``options.seed`` makes the run reproducible.
-        device: where the networks run (CPU by default).
-        workers: data-loading processes for the pool.
         use_cache: frozen mode reads/writes the descriptor cache.
         resume: continue an interrupted run: reuse the parts of the pool's descriptors and the
             ensemble members it finished (frozen mode, with the cache). Without it they are
             discarded and the run starts over. Either way the result is the same bits.
         positive_labels: the teacher class of each positive (input order); used only to
             stratify the folds of the class-prior estimate when ``options.class_prior`` is None.
+        run: where the networks run, the loader processes for the pool and the progress callback
+            (:class:`pucli.run_context.RunContext`; the CPU, none and none by default). The
+            unreadable files are the result's ``skipped`` (the descriptor cache keeps them too).
+        legacy: ``device=``, ``workers=``, ``progress=`` given directly
+            (:meth:`pucli.run_context.RunContext.given`).
 
     Raises:
         NoImagesError: no readable positive or unlabeled image.
@@ -265,38 +309,43 @@ def run_selection(
         raise UsageError("resume continues from the descriptor cache and saved ensemble members: "
                          "it cannot be used with finetune or without the cache")
     if options.finetune and distributed.is_distributed():
-        raise UsageError("--finetune trains in one process: run it without torchrun, or drop --finetune")
-    device = device or torch.device("cpu")
+        raise UsageError("`finetune` trains in one process: run it without torchrun, or drop `finetune`")
+    context = RunContext.given(run, **legacy)
+    device, progress = context.device, context.progress
     positive_paths, unlabeled_paths = list(positive_paths), list(unlabeled_paths)
     timings: dict[str, float] = {}
-    run = _Run(teacher, positive_paths, unlabeled_paths, Preprocess(teacher.config), device=device, workers=workers,
-               use_cache=use_cache, progress=progress, positive_labels=positive_labels, timings=timings)
+    run = _Run(teacher, positive_paths, unlabeled_paths, Preprocess(teacher.config), context=context,
+               use_cache=use_cache, positive_labels=positive_labels, timings=timings)
     trained = _train_finetuned(run, options) if options.finetune else _train_frozen(run, options, resume=resume)
     if trained is None:  # a rank other than 0 under torchrun: rank 0 trains and scores alone
         return _share_selection(None, None, unlabeled_paths)
     options = trained.options
     if len(trained.index) == 0:
-        raise NoImagesError("no image of the unlabeled pool could be read; check --unlabeled")
-    graph_metadata: dict[str, Any] = {"neighbors": 0}
+        raise NoImagesError("no image of the unlabeled pool could be read; check `unlabeled_paths`")
     head_scores = scores = trained.scores
+    uses_graph = options.graph_neighbors > 0 and trained.pool_descriptors is not None and len(scores) > 1
+    seeded = trained.positive_descriptors is not None and len(trained.positive_descriptors) > 0
+    ranking = resolve_ranking(options, trained.positive_count, trained.positive_labels,
+                              can_propagate=uses_graph and seeded)
+    summary = GraphSummary()
     graph = walk = None
-    if options.graph_neighbors > 0 and trained.pool_descriptors is not None and len(scores) > 1:
+    if uses_graph:
+        assert trained.pool_descriptors is not None
         with timed(timings, "graph"):
             graph = trained.graph or pool_graph(trained.pool_descriptors, neighbors=options.graph_neighbors,
                                                 seed=options.seed, device=device, use_cache=use_cache,
                                                 exact_max=options.graph_exact_max, progress=progress)
             assert graph is not None
-            if ranks_by_propagation(options, trained.positive_count, trained.positive_labels) \
-                    and trained.positive_descriptors is not None and len(trained.positive_descriptors):
+            if ranking == "propagation":
+                assert trained.positive_descriptors is not None
                 walk = positive_walk(graph, trained.pool_descriptors, trained.positive_descriptors, seed=options.seed)
-                scores, graph_metadata = rank_by_propagation(graph, trained.pool_descriptors,
-                                                              trained.positive_descriptors, options, walk=walk)
+                scores, summary = rank_by_propagation(graph, trained.pool_descriptors, trained.positive_descriptors,
+                                                      options, walk=walk)
             else:
-                scores, graph_metadata = smooth_over_graph(head_scores, graph, alpha=options.graph_alpha,
-                                                           steps=options.graph_steps)
-                graph_metadata["ranking"] = "nnpu"
-        graph_metadata["changed"] = int((select_indices(scores, options.budget)
-                                         != select_indices(head_scores, options.budget)).sum())
+                scores, summary = smooth_over_graph(head_scores, graph, alpha=options.graph_alpha,
+                                                    steps=options.graph_steps)
+        summary = dataclasses.replace(summary, changed=int((select_indices(scores, options.budget)
+                                                            != select_indices(head_scores, options.budget)).sum()))
     selected = select_indices(scores, options.budget)
     paths = [unlabeled_paths[int(i)] for i in trained.index]
     counts = {"positive": trained.positive_count, "unlabeled": len(paths), "selected": int(selected.sum()),
@@ -305,12 +354,14 @@ def run_selection(
     result = SelectionResult(
         paths=paths, scores=scores, selected=selected, network=trained.network, history=trained.history,
         timings=timings, skipped=trained.skipped, counts=counts, cache_path=trained.cache_path,
-        from_cache=trained.from_cache,
-        metadata={"mode": "finetune" if options.finetune else "frozen", "channels": trained.extractor.channels,
-                  "scale_channels": trained.extractor.scale_channels, "scales": options.scales.describe(),
-                  "positive_augmentation": augmentation.describe() if augmentation is not None else "none",
-                  "positive_augmented": trained.augmented_count, "graph": graph_metadata},
-        class_prior=options.class_prior, prior_estimate=trained.prior_estimate, head_scores=head_scores,
+        from_cache=trained.from_cache, ranking=ranking, rule=selection_rule(ranking, options.budget),
+        class_prior=options.class_prior,
+        class_prior_source="estimated" if trained.prior_estimate is not None else "given",
+        prior_estimate=trained.prior_estimate, head_scores=head_scores,
+        mode="finetune" if options.finetune else "frozen", channels=trained.extractor.channels,
+        scale_channels=trained.extractor.scale_channels, scales=options.scales.describe(),
+        positive_augmentation=augmentation.describe() if augmentation is not None else "none",
+        positive_augmented=trained.augmented_count, graph=summary,
         taps=trained.extractor.tap_summary(teacher.config.input_size),
     )
     from pucli.pu.degenerate import selection_warnings  # the collapse guard: no degenerate selection is silent
@@ -351,16 +402,15 @@ def _trust(trained: _Trained, options: SelectorOptions, walk: Any, graph: PoolGr
 
 @dataclass
 class _Run:
-    """The inputs and settings both training modes share."""
+    """The inputs and settings both training modes share; ``context`` is the run's
+    :class:`pucli.run_context.RunContext`."""
 
     teacher: LoadedModel
     positive_paths: list[Path]
     unlabeled_paths: list[Path]
     preprocess: Preprocess
-    device: torch.device
-    workers: int
+    context: RunContext
     use_cache: bool
-    progress: ProgressCallback
     positive_labels: Sequence[int] | None
     timings: dict[str, float]
 
@@ -400,9 +450,8 @@ def _train_finetuned(run: _Run, options: SelectorOptions) -> _Trained:
     if options.class_prior is None:
         # Fine-tuning has no frozen descriptors of its own: estimate on those of the start backbone.
         prior_result = estimate_prior(run.teacher, run.positive_paths, run.unlabeled_paths, seed=options.seed,
-                                      scales=options.scales, device=run.device, batch_size=options.batch_size,
-                                      workers=run.workers, use_cache=run.use_cache,
-                                      positive_labels=run.positive_labels, progress=run.progress)
+                                      scales=options.scales, batch_size=options.batch_size, use_cache=run.use_cache,
+                                      positive_labels=run.positive_labels, run=run.context)
         prior_estimate = prior_result.estimate
         run.timings.update(prior_result.timings)
         options = dataclasses.replace(options, class_prior=prior_estimate.class_prior)
@@ -410,23 +459,23 @@ def _train_finetuned(run: _Run, options: SelectorOptions) -> _Trained:
     extractor = MultiScaleExtractor(copy.deepcopy(run.teacher.model), options.scales,
                                     input_size=run.teacher.config.input_size)
     net = PUSelectorNet(extractor, AttentionScoreHead(extractor.channels, reduction=options.reduction,
-                                                      attention=options.attention)).to(run.device)
+                                                      attention=options.attention)).to(run.context.device)
     skipped: list[SkippedFile] = []
     with timed(run.timings, "train"):
         history = train_finetune(net, run.positive_paths, run.unlabeled_paths, run.preprocess, options,
-                                 device=run.device, workers=run.workers, skipped=skipped, progress=run.progress)
+                                 run=run.context.with_(skipped=skipped))
     streamed: list[torch.Tensor] | None = [] if options.graph_neighbors > 0 else None
     with timed(run.timings, "score"):
-        index, scores = score_images(net, run.unlabeled_paths, run.preprocess, device=run.device,
-                                     batch_size=options.batch_size, workers=run.workers, progress=run.progress,
-                                     descriptors=streamed)
+        index, scores = score_images(net, run.unlabeled_paths, run.preprocess, batch_size=options.batch_size,
+                                     run=run.context, descriptors=streamed)
         positive_streamed: list[torch.Tensor] | None = None
         positive_index: torch.Tensor | None = None
-        if streamed is not None and options.ranking != "nnpu":
+        if streamed is not None and may_propagate(options):
             # The seeds of the propagation, in the fine-tuned network's feature space.
             positive_streamed = []
-            positive_index, _ = score_images(net, run.positive_paths, run.preprocess, device=run.device,
-                                             batch_size=options.batch_size, descriptors=positive_streamed)
+            positive_index, _ = score_images(net, run.positive_paths, run.preprocess, batch_size=options.batch_size,
+                                             run=run.context.with_(workers=0, progress=no_progress),
+                                             descriptors=positive_streamed)
     positive_names = {str(p) for p in run.positive_paths}
     return _Trained(options=options, index=index, scores=scores, pool_descriptors=streamed[0] if streamed else None,
                     skipped=skipped,
@@ -439,25 +488,26 @@ def _train_finetuned(run: _Run, options: SelectorOptions) -> _Trained:
 def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trained | None:
     """Frozen descriptors (cached), then the head ensemble on them; the head on the descriptors is
     the pool's score. Under torchrun, None on every rank but 0."""
+    device, progress = run.context.device, run.context.progress
     extractor = MultiScaleExtractor(run.teacher.model, options.scales,
-                                    input_size=run.teacher.config.input_size).to(run.device)
+                                    input_size=run.teacher.config.input_size).to(device)
     augmentation = resolve_positive_augmentation(run.teacher.config, options.augment_positives,
                                                  len(run.positive_paths), options.seed)
     with timed(run.timings, "extract"):
         descriptors = load_or_extract_descriptors(
             run.teacher, extractor, run.positive_paths, run.unlabeled_paths, run.preprocess, scales=options.scales,
-            device=run.device, batch_size=options.batch_size, workers=run.workers, use_cache=run.use_cache,
-            augmentation=augmentation, progress=run.progress, resume=resume,
+            batch_size=options.batch_size, use_cache=run.use_cache, augmentation=augmentation, resume=resume,
+            run=run.context,
         )
     graph = None
-    estimate_on_graph = options.class_prior is None and options.ranking != "nnpu" and options.graph_neighbors > 0
+    estimate_on_graph = options.class_prior is None and may_propagate(options)
     if options.graph_neighbors > 0 and (distributed.is_distributed() or estimate_on_graph):
         # The graph needs only the descriptors: every rank searches its share of it now, before
         # rank 0 estimates the prior on it and trains the head alone.
         with timed(run.timings, "graph"):
             graph = pool_graph(descriptors.unlabeled if descriptors is not None else None,
-                               neighbors=options.graph_neighbors, seed=options.seed, device=run.device,
-                               use_cache=run.use_cache, exact_max=options.graph_exact_max, progress=run.progress)
+                               neighbors=options.graph_neighbors, seed=options.seed, device=device,
+                               use_cache=run.use_cache, exact_max=options.graph_exact_max, progress=progress)
     if descriptors is None:
         return None
     extractor.cpu()
@@ -466,19 +516,19 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
     labels = readable_labels(run.positive_labels, descriptors.positive_index)
     if options.class_prior is None:
         with timed(run.timings, "prior"):
-            if graph is not None and options.ranking != "nnpu" and propagation_applies(len(descriptors.positive), labels):
+            if graph is not None and prior_by_propagation(options, len(descriptors.positive), labels):
                 # The same cross-fit serves the prior estimate and, later, the selection's trust.
                 walk = positive_walk(graph, descriptors.unlabeled, descriptors.positive_set, seed=options.seed)
                 held_out = held_out_positives(walk, len(descriptors.unlabeled), len(descriptors.positive),
-                                              len(descriptors.positive_set), options, labels, progress=run.progress)
+                                              len(descriptors.positive_set), options, labels, progress=progress)
             prior_estimate = estimate_prior_from_descriptors(descriptors, options, positive_labels=run.positive_labels,
-                                                             progress=run.progress, graph=graph, held_out=held_out)
+                                                             progress=progress, graph=graph, held_out=held_out)
         options = dataclasses.replace(options, class_prior=prior_estimate.class_prior)
     state_path = training_state_path(descriptors.key, options) if descriptors.key else None
     if state_path is not None and not resume:
         state_path.unlink(missing_ok=True)
     with timed(run.timings, "train"):
-        head, history = train_frozen(descriptors.positive_set, descriptors.unlabeled, options, progress=run.progress,
+        head, history = train_frozen(descriptors.positive_set, descriptors.unlabeled, options, progress=progress,
                                      state_path=state_path)
     with timed(run.timings, "score"):
         # The descriptors were computed with the evaluation transform, so the head on them is
@@ -486,7 +536,7 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
         with torch.inference_mode():
             scores = torch.cat([head(chunk) for chunk in descriptors.unlabeled.split(65536)]) \
                 if len(descriptors.unlabeled) else torch.empty(0)
-        run.progress("score", len(run.unlabeled_paths), len(run.unlabeled_paths))
+        progress("score", len(run.unlabeled_paths), len(run.unlabeled_paths))
     return _Trained(options=options, index=descriptors.unlabeled_index, scores=scores,
                     pool_descriptors=descriptors.unlabeled, skipped=descriptors.skipped,
                     positive_count=len(descriptors.positive), network=head, history=history, extractor=extractor,
@@ -498,14 +548,14 @@ def _train_frozen(run: _Run, options: SelectorOptions, *, resume: bool) -> _Trai
 
 def _check_readable(descriptors: Descriptors, run: _Run) -> None:
     """Raises NoImagesError when no positive, or no pool image, could be read."""
-    for images, paths, option in ((descriptors.positive, run.positive_paths, "--positive"),
-                                  (descriptors.unlabeled, run.unlabeled_paths, "--unlabeled")):
+    for images, paths, parameter in ((descriptors.positive, run.positive_paths, "positive_paths"),
+                                     (descriptors.unlabeled, run.unlabeled_paths, "unlabeled_paths")):
         if len(images) == 0:
             names = {str(p) for p in paths}
             first = next((s for s in descriptors.skipped if s.path in names), None)
-            raise NoImagesError(f"none of the {len(paths)} images of {option} could be read"
+            raise NoImagesError(f"none of the {len(paths)} images of `{parameter}` could be read"
                                 + (f" (first: {first.path}: {first.reason})" if first else "")
-                                + f"; check {option}")
+                                + f"; check `{parameter}`")
 
 
 def _share_selection(result: SelectionResult | None, index: torch.Tensor | None,

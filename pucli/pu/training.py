@@ -22,7 +22,6 @@ import torch
 
 from pucli.cache import read_entry, write_entry
 from pucli.data.augment import PositiveAugmentation
-from pucli.data.files import SkippedFile
 from pucli.data.loading import ImageDataset, Preprocess, iterate_batches
 from pucli.errors import NoImagesError, OptionError
 from pucli.paths import cache_dir
@@ -32,6 +31,7 @@ from pucli.pu.descriptors import extract_descriptors
 from pucli.pu.network import AttentionScoreHead, PUSelectorNet, ScoreEnsemble
 from pucli.pu.nnpu import nnpu_risk
 from pucli.pu.options import SelectorOptions, options_record
+from pucli.run_context import RunContext
 
 __all__ = [
     "FINETUNE_SCHEDULE",
@@ -293,13 +293,12 @@ def train_finetune(
     preprocess: Preprocess,
     options: SelectorOptions,
     *,
-    device: torch.device,
-    workers: int = 0,
-    skipped: list[SkippedFile] | None = None,
-    progress: ProgressCallback = no_progress,
+    run: RunContext | None = None,
     schedule: FinetuneSchedule | None = None,
 ) -> list[dict[str, float]]:
-    """Train extractor + head end to end on streamed images (the paper's code path).
+    """Train extractor + head end to end on streamed images (the paper's code path), on
+    ``run.device`` with ``run.workers`` loader processes, reporting to ``run.progress``; unreadable
+    images are left out and added to ``run.skipped``.
 
     P (tiny) is decoded once and held; U is streamed in a seeded shuffled order every epoch, so
     memory stays flat in the pool size. With the default :data:`FINETUNE_SCHEDULE`:
@@ -334,6 +333,8 @@ def train_finetune(
     Raises:
         NoImagesError: no readable positive image.
     """
+    run = run or RunContext()
+    device, workers, skipped, progress = run.device, run.workers, run.skipped, run.progress
     schedule = schedule or FINETUNE_SCHEDULE
     generator = torch.Generator().manual_seed(options.seed)
     positive_set: list[torch.Tensor] = []
@@ -346,8 +347,7 @@ def train_finetune(
     # Statistics for the standardisation, from a seeded sample of the pool through the start backbone.
     sample = torch.randperm(len(unlabeled_paths), generator=generator)[:schedule.pool_sample].sort().values
     _, sample_descriptors = extract_descriptors(net.extractor, [unlabeled_paths[int(i)] for i in sample],
-                                                preprocess, device=device, batch_size=options.batch_size,
-                                                workers=workers, progress=progress, stage="statistics")
+                                                preprocess, batch_size=options.batch_size, run=run, stage="statistics")
     net.head.set_statistics(sample_descriptors.to(device))
     if schedule.warmup:
         _warm_up_head(net, positive_images, sample_descriptors.to(device), preprocess, options, device=device,

@@ -10,12 +10,12 @@ data. Both are estimated here from the data alone, never from ground truth:
   task's images, the standard PU assumption; Elkan & Noto 2008) a labeled positive held out of the
   propagation's seeds ranks among the pool like a pool positive, so the share of held-out positives
   that a top-``K`` cut of their own fold's run would keep estimates the share of the pool's
-  positives the cut keeps (:func:`pucli.pu.prior.cross_fit_propagation`; each fold is seeded by 4/5
+  positives the cut keeps (:func:`pucli.pu.mixture_proportion.cross_fit_propagation`; each fold is seeded by 4/5
   of the positives, so the estimate is slightly pessimistic). The interval is Wilson's score
   interval for a binomial share (Wilson 1927) at ``level``.
 * **Precision** from recall and the class prior: the kept set holds ``recall * pi * N`` of the
   pool's ``pi * N`` positives, so ``precision = recall * pi * N / K`` (capped at 1); with the prior
-  estimated, its interval (:class:`pucli.pu.prior.PriorEstimate`) widens the precision's. With
+  estimated, its interval (:class:`pucli.pu.mixture_proportion.PriorEstimate`) widens the precision's. With
   ``K = round(pi * N)`` (PU-s1) precision equals recall.
 * **The labeled positives' placement**, a check on SCAR: under SCAR and a good ranking the kept
   held-out positives' ranks spread evenly over ``0..K``, so their median rank is about ``K / 2``
@@ -25,7 +25,7 @@ data. Both are estimated here from the data alone, never from ground truth:
 * **Graph agreement**: the share of the kept images' pool neighbours that are kept too.
 
 The recommendation (:func:`recommend`) rests on the students measured so far (docs/benchmarks.md,
-sections "Web-crawl study (issue 16)" and "Select, weight or take the pool"): at equal optimizer
+sections "Web-crawl study" and "Select, weight or take the pool"): at equal optimizer
 steps a student distilled on the whole pool matched or beat one distilled on the selection in every
 pool whose selection held fewer than 30,000 images, at class priors of 2-20 %, and even on a
 perfect selection (the true task images alone), because the teacher's soft targets on unrelated
@@ -60,7 +60,7 @@ from typing import Any
 
 import torch
 
-from pucli.pu.prior import HeldOutPositives, PriorEstimate
+from pucli.pu.mixture_proportion import HeldOutPositives, PriorEstimate
 
 __all__ = [
     "MIN_PLACEMENT",
@@ -169,7 +169,7 @@ def selection_trust(held_out: HeldOutPositives, kept: int, class_prior: float, *
     """Estimate the precision, recall and F1 of a top-``kept`` selection of the pool.
 
     Args:
-        held_out: the cross-fitted propagation (:func:`pucli.pu.prior.cross_fit_propagation`): its
+        held_out: the cross-fitted propagation (:func:`pucli.pu.mixture_proportion.cross_fit_propagation`): its
             ``rank`` (N_P,) int64 says where each held-out positive falls among the pool.
         kept: K, the images the selection keeps (>= 0).
         class_prior: the class prior the selection used (given or estimated), in (0, 1).

@@ -36,11 +36,12 @@ def write_preview(
 
     ``index`` is a selection in memory (index entries, every pool item with its ``selected`` flag
     or the kept ones only; or a :class:`pucli.pu.selection.SelectionResult`: its ``paths``,
-    ``scores`` (N,) and ``selected`` (N,) bool), or an index file; ``positive`` the labeled folder for the reference rows;
-    ``class_prior`` / ``prior_source`` (``"given"``/``"estimated"``) what the selection used (read
-    from the run report beside an index file when not given). ``options``: those of
+    ``scores`` (N,) and ``selected`` (N,) bool, and the class prior it used and where that came
+    from), or an index file; ``positive`` the labeled folder for the reference rows;
+    ``class_prior`` / ``prior_source`` (``"given"``/``"estimated"``) what the selection used, when
+    the index does not say (by default the result's, or the run report's beside an index file). ``options``: those of
     :func:`pucli.show.sampling.sheet_from_index` (``per_group``, ``columns``, ``seed``) and of
-    :func:`pucli.show.render.write_sheet` (``thumb``, ``fmt``).
+    :func:`pucli.show.render.write_sheet` (``thumb``, ``fmt``, ``words``).
 
     Raises:
         UsageError, DataError: an unreadable index or positive folder; an unknown output format.
@@ -51,9 +52,11 @@ def write_preview(
     if hasattr(index, "selected") and hasattr(index, "paths"):  # a SelectionResult
         from pucli.data.index import IndexEntry
 
+        if class_prior is None and getattr(index, "class_prior", None) is not None:
+            class_prior, prior_source = index.class_prior, getattr(index, "class_prior_source", None)
         index = [IndexEntry(Path(path), float(score), bool(kept))
                  for path, score, kept in zip(index.paths, index.scores.tolist(), index.selected.tolist())]
-    render_keys = {"thumb", "fmt"}
+    render_keys = {"thumb", "fmt", "words"}
     sheet = sheet_from_index(index, positive=positive, class_prior=class_prior, prior_source=prior_source,
                              **{k: v for k, v in options.items() if k not in render_keys})
     return write_sheet(sheet, Path(out) if str(out) != "-" else "-", **{k: v for k, v in options.items() if k in render_keys})

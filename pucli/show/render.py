@@ -15,16 +15,18 @@ scaled by the browser) and the histogram as inline SVG: one file that opens anyw
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pucli.data import decode
-from pucli.errors import UsageError
+from pucli.errors import OptionError
 from pucli.paths import replace_atomically
 from pucli.show.sampling import ContactSheet, Tile
 
@@ -57,41 +59,45 @@ class SheetSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def sheet_format(out: str | os.PathLike[str], fmt: str | None = None, *, option: str = "--out") -> str:
-    """``fmt``, else the format ``out``'s suffix names (``.png``; ``.html``/``.htm``); ``option``
-    (the flag that named ``out``) is quoted in the error.
+def sheet_format(out: str | os.PathLike[str], fmt: str | None = None, *, parameter: str = "out") -> str:
+    """``fmt``, else the format ``out``'s suffix names (``.png``; ``.html``/``.htm``); ``parameter``
+    (the one that named ``out``) is named in the error.
 
     Raises:
-        UsageError: neither names png or html.
+        OptionError: neither names png or html.
     """
     if fmt is not None:
         if fmt not in FORMATS:
-            raise UsageError(f"--format {fmt}: choose png or html")
+            raise OptionError("fmt", fmt, "choose png or html")
         return fmt
     suffix = Path(str(out)).suffix.lower()
     if suffix == ".png":
         return "png"
     if suffix in (".html", ".htm"):
         return "html"
-    raise UsageError(f"{option} {out}: name a .png or .html file" + (", or give --format png|html" if option == "--out" else ""))
+    raise OptionError(parameter, out, "name a .png or .html file" + (", or give `fmt=png|html`" if parameter == "out" else ""))
 
 
-def write_sheet(sheet: ContactSheet, out: str | os.PathLike[str], *, fmt: str | None = None, thumb: int = 96) -> SheetSummary:
+def write_sheet(sheet: ContactSheet, out: str | os.PathLike[str], *, fmt: str | None = None, thumb: int = 96,
+                words: Callable[[str], str] = str) -> SheetSummary:
     """Render ``sheet`` and write it to ``out`` atomically (``-``: to stdout, as bytes).
 
     Args:
         fmt: ``png`` or ``html``; by default from ``out``'s suffix (required for ``-``).
         thumb: tile size in pixels (square).
+        words: puts the sheet's notes in a front end's words (the parameters they name, between
+            backticks, as its flags: :func:`pucli.cli._errors.in_flags`); as they are by default.
 
     Raises:
-        UsageError: no format; ``thumb`` < 16.
+        OptionError: no format; ``thumb`` < 16.
         OSError: ``out``'s folder is missing or not writable.
     """
     if thumb < 16:
-        raise UsageError(f"--thumb {thumb}: give at least 16 pixels")
+        raise OptionError("thumb", thumb, "give at least 16 pixels")
     if str(out) == "-" and fmt is None:
-        raise UsageError("--out -: give --format png or html")
+        raise OptionError("out", "-", "give `fmt=png` or html")
     fmt = sheet_format(out, fmt)
+    sheet = dataclasses.replace(sheet, notes=[words(note) for note in sheet.notes])
     images = {id(tile): _decode_tile(tile) for tile in sheet.tiles}
     histogram = _histogram_figure(sheet)
     data = render_png(sheet, images, histogram, thumb) if fmt == "png" else render_html(sheet, images, histogram, thumb)
@@ -227,13 +233,22 @@ _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#222;background:#fff}
 h1{font-size:22px;margin:0 0 6px} h2{font-size:16px;margin:22px 0 8px} h2 small{font-weight:normal;color:#777;margin-left:8px}
 p.summary{color:#444;margin:0 0 6px} p.note{color:#965a00;margin:2px 0}
-div.grid{display:grid;grid-template-columns:repeat(var(--columns),var(--cell));gap:8px}
-figure{margin:0;width:var(--cell)} figure img{display:block;width:var(--thumb);height:var(--thumb);object-fit:contain;
- background:#e1e1e1;border:3px solid var(--frame);image-rendering:pixelated}
+div.grid{display:grid;gap:8px} figure{margin:0} figure img{display:block;object-fit:contain;
+ background:#e1e1e1;border:3px solid transparent;image-rendering:pixelated}
 figure.smooth img{image-rendering:auto}
 div.reference{display:grid;grid-template-columns:72px auto;gap:8px;align-items:center} div.label{font-size:13px} figcaption{font-size:11px;text-align:center;color:#333;overflow:hidden;
  text-overflow:ellipsis;white-space:nowrap} div.histogram svg{max-width:100%;height:auto}
 """
+
+
+def _sized_style(columns: int, thumb: int) -> str:
+    """The rules that depend on the sheet: its grid's columns, the tile size, the frame colours
+    (a section's kind frames its tiles; a tile's own kind wins)."""
+    cell = thumb + 6
+    frames = "".join(f"section.{kind} img{{border-color:{colour}}}" for kind, colour in _CSS_FRAME.items())
+    frames += "".join(f"figure.{kind} img{{border-color:{colour}}}" for kind, colour in _CSS_FRAME.items())
+    return (f"div.grid{{grid-template-columns:repeat({columns},{cell}px)}} figure{{width:{cell}px}} "
+            f"figure img{{width:{thumb}px;height:{thumb}px}}\n{frames}\n")
 
 
 def render_html(sheet: ContactSheet, images: dict[int, Any], histogram: Any, thumb: int) -> bytes:
@@ -243,24 +258,26 @@ def render_html(sheet: ContactSheet, images: dict[int, Any], histogram: Any, thu
     def figure(tile: Tile) -> str:
         image = images[id(tile)]
         caption = tile.caption if image is not None else "unreadable"
-        smooth = ' class="smooth"' if image is not None and max(image.size) > thumb else ""
-        frame = f' style="--frame:{_CSS_FRAME[tile.kind]}"' if tile.kind else ""
+        classes = [tile.kind] if tile.kind else []
+        if image is not None and max(image.size) > thumb:
+            classes.append("smooth")
+        attributes = f' class="{" ".join(classes)}"' if classes else ""
         src = _data_uri(image) if image is not None else ""
         where = esc(str(tile.path))
-        return (f"<figure{smooth}{frame}><img src=\"{src}\" alt=\"{esc(caption)}\" title=\"{where}\">"
+        return (f"<figure{attributes}><img src=\"{src}\" alt=\"{esc(caption)}\" title=\"{where}\">"
                 f"<figcaption title=\"{where}\">{esc(caption)}</figcaption></figure>")
 
     parts = [
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
-        f"<title>{esc(sheet.title)}</title><style>{_STYLE}</style></head>",
-        f"<body style=\"--columns:{sheet.columns};--thumb:{thumb}px;--cell:{thumb + 6}px\">",
+        f"<title>{esc(sheet.title)}</title><style>{_STYLE}{_sized_style(sheet.columns, thumb)}</style></head>",
+        "<body>",
         f"<h1>{esc(sheet.title)}</h1><p class=\"summary\">{esc(summary_line(sheet))}</p>",
     ]
     parts += [f"<p class=\"note\">note: {esc(n)}</p>" for n in _notes(sheet, histogram)]
     if histogram is not None:
         parts.append(f"<div class=\"histogram\">{_figure_to_svg(histogram)}</div>")
     if sheet.reference:
-        parts.append(f"<section class=\"positive\" style=\"--frame:{_CSS_FRAME['positive']}\">"
+        parts.append("<section class=\"positive\">"
                      "<h2>Labeled positives<small>your subset, per class: what the task looks like</small></h2>"
                      "<div class=\"reference\">")
         for group in sheet.reference:
@@ -269,7 +286,7 @@ def render_html(sheet: ContactSheet, images: dict[int, Any], histogram: Any, thu
             parts.append("</div>")
         parts.append("</div></section>")
     for group in sheet.groups:
-        parts.append(f"<section class=\"{group.kind}\" style=\"--frame:{_CSS_FRAME[group.kind]}\">")
+        parts.append(f"<section class=\"{group.kind}\">")
         parts.append(f"<h2>{esc(group.title)}<small>{esc(group.note)}</small></h2><div class=\"grid\">")
         parts += [figure(tile) for tile in group.tiles]
         parts.append("</div></section>")

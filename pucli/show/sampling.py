@@ -9,32 +9,32 @@ From a selection index (:func:`sheet_from_index`), groups of ``per_group`` image
    holds besides the task);
 
 and, with ``positive``, one reference row per class of the labeled positives. An index written
-without ``--all`` lists the kept images only: groups 3-4 are then empty and a note says so.
+without every pool item (``pucli select`` without ``all_items``) lists the kept images only:
+groups 3-4 are then empty and a note says so.
 
 From an expanded set (:func:`sheet_from_expanded`): for each class, a seeded random sample of the
 pool images the teacher puts in that class, beside that class's labeled positives.
 
 The threshold is the midpoint between the lowest kept and the highest rejected score (PU-s1 keeps
-score > 0, PU-s2 the ``--budget`` best); the class prior and its source come from the selection's
-run report (``<stem>.report.json`` beside the index) unless given. Work is O(N) in the index's
+score > 0, PU-s2 the ``budget`` best); the class prior and its source are the selection's own
+(:class:`pucli.data.index.SelectionFacts`: from the result in memory, or from the run report
+beside an index file) unless given. Work is O(N) in the index's
 length for the scores (one float64 array) and O(shown) for images: nothing is decoded here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from pucli.data.index import IndexEntry
-from pucli.errors import NoImagesError, UsageError
+from pucli.data.index import IndexEntry, SelectionFacts
+from pucli.errors import NoImagesError, OptionError, UsageError
 
-__all__ = ["ContactSheet", "Group", "Tile", "read_selection_report", "sheet_from_expanded", "sheet_from_index"]
+__all__ = ["ContactSheet", "Group", "Tile", "sheet_from_expanded", "sheet_from_index", "sheet_from_source"]
 
 
 @dataclass
@@ -100,8 +100,9 @@ def sheet_from_index(
 
     Args:
         positive: labeled positives, one subfolder per class: a reference row per class.
-        class_prior, prior_source: the prior the selection used; else read from ``report`` (the
-            selection's run report), else from ``<stem>.report.json`` beside an index file.
+        class_prior, prior_source: the prior the selection used; else the
+            :class:`~pucli.data.index.SelectionFacts` of ``report`` (the selection's run report),
+            else of the report beside an index file.
         per_group: images per group; ``columns``: tiles per line.
 
     Raises:
@@ -112,17 +113,19 @@ def sheet_from_index(
 
     _check_sizes(per_group, columns)
     name = "selection"
+    facts = SelectionFacts.from_report(report) if report is not None else SelectionFacts()
     if isinstance(index, (str, os.PathLike)):
         name = "stdin" if str(index) == "-" else Path(index).name
         if report is None and str(index) != "-":
-            report = _report_beside(Path(index))
-        entries: Sequence[IndexEntry] = read_index(index, option="INDEX")
+            facts = SelectionFacts.beside(index)
+        entries: Sequence[IndexEntry] = read_index(index, parameter="index")
     else:
         entries = index
     if not entries:
-        raise NoImagesError(f"INDEX {name} lists no image: nothing to show; check that `pucli select` kept some (or use --all)")
-    if class_prior is None and report is not None:
-        class_prior, prior_source, _rule = read_selection_report(report)
+        raise NoImagesError(f"index {name} lists no image: nothing to show; check that `pucli select` kept some "
+                            "(or use `pucli select all_items=True`)", parameter="index", path=name)
+    if class_prior is None:
+        class_prior, prior_source = facts.class_prior, facts.class_prior_source
 
     scores = np.fromiter((e.score for e in entries), dtype=np.float64, count=len(entries))
     kept = np.fromiter((e.selected for e in entries), dtype=bool, count=len(entries))
@@ -154,7 +157,8 @@ def sheet_from_index(
     ]
     notes = []
     if not n_rejected:
-        notes.append("the index lists the kept images only: write it with `pucli select --all` to see the rejected ones")
+        notes.append("the index lists the kept images only: write it with `pucli select all_items=True` to see the "
+                     "rejected ones")
     reference = positive_groups(positive, columns) if positive is not None else []
     counts = {"total": len(entries), "kept": n_kept, "rejected": n_rejected}
     return ContactSheet(f"pucli selection: {name}", [g for g in groups if g.tiles], scores, kept, threshold,
@@ -175,7 +179,7 @@ def sheet_from_expanded(
 
     _check_sizes(per_group, columns)
     folder = Path(folder)
-    expanded = read_expanded_set(folder, check_files=False, option="SOURCE")
+    expanded = read_expanded_set(folder, check_files=False, parameter="source")
     probabilities, predicted = expanded.soft_targets.max(dim=1)
     origins = np.array(expanded.origins)
     labels = np.array(expanded.labels)
@@ -192,10 +196,8 @@ def sheet_from_expanded(
         groups.append(Group(f"Class {name}", f"{len(positives)} labeled (first), then {len(sample)} of {len(members):,} "
                             f"pool images the teacher puts in class {name}", tiles))
     scores = np.array([s for s, o in zip(expanded.scores, expanded.origins) if o == "unlabeled" and s is not None], dtype=np.float64)
-    class_prior = prior_source = None
-    report = _expanded_selection_report(folder)
-    if report is not None:
-        class_prior, prior_source, _rule = read_selection_report(report)
+    facts = _expanded_selection_facts(folder)
+    class_prior, prior_source = facts.class_prior, facts.class_prior_source
     counts = {"total": len(expanded), "kept": len(pool_at), "rejected": 0, "positive": int((origins == "positive").sum())}
     notes = ["the expanded set holds the kept pool images only; `pucli show INDEX` shows the rejected ones too"]
     return ContactSheet(f"pucli expanded set: {folder.name}", groups, scores, np.ones(len(scores), dtype=bool), None,
@@ -216,7 +218,7 @@ def positive_groups(root: str | os.PathLike[str], columns: int) -> list[Group]:
     root = Path(root)
     if is_shard_name(root) and not root.is_dir():
         by_class: dict[str, list[Path]] = {}
-        for member in shard_members(expand_braces(str(root)), option="--positive"):
+        for member in shard_members(expand_braces(str(root)), parameter="positive"):
             name = Path(split_member(member)[1])  # type: ignore[index]
             if len(name.parts) >= 2:
                 by_class.setdefault(name.parent.name, []).append(member)
@@ -224,10 +226,12 @@ def positive_groups(root: str | os.PathLike[str], columns: int) -> list[Group]:
                       [Tile(p, p.name) for p in sorted(images, key=str)[:columns]], kind="positive")
                 for name, images in sorted(by_class.items())]
     if not root.is_dir():
-        raise UsageError(f"--positive {root} is not a folder: give the labeled folder (one subfolder per class)")
+        raise UsageError(f"positive {root} is not a folder: give the labeled folder (one subfolder per class)",
+                         parameter="positive", path=root)
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise UsageError(f"--positive {root} has no class subfolders: put each class's images in {root}/<class>/")
+        raise UsageError(f"positive {root} has no class subfolders: put each class's images in {root}/<class>/",
+                         parameter="positive", path=root)
     groups = []
     for folder in classes:
         images = scan_images(folder)
@@ -236,32 +240,14 @@ def positive_groups(root: str | os.PathLike[str], columns: int) -> list[Group]:
     return groups
 
 
-def read_selection_report(path: str | os.PathLike[str]) -> tuple[float | None, str | None, str | None]:
-    """``(class_prior, class_prior_source, rule)`` from a ``pucli select`` run report; Nones for
-    what it lacks or when it cannot be read (a sheet is still worth drawing without them)."""
-    try:
-        results: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8")).get("results", {})
-    except (OSError, ValueError, AttributeError):
-        return None, None, None
-    prior = results.get("class_prior")
-    return (float(prior) if isinstance(prior, (int, float)) else None, results.get("class_prior_source"), results.get("rule"))
+def _expanded_selection_facts(folder: Path) -> SelectionFacts:
+    """The :class:`~pucli.data.index.SelectionFacts` of the index an expanded set was made from:
+    the set's own run report names the index (``arguments.index``), whose report holds them."""
+    from pucli.report import read_report, report_path_for
 
-
-def _report_beside(index: Path) -> Path | None:
-    from pucli.report import report_path_for
-
-    candidate = report_path_for(index)
-    return candidate if candidate.is_file() else None
-
-
-def _expanded_selection_report(folder: Path) -> Path | None:
-    """The selection report of the index an expanded set was made from, via the set's own report."""
-    try:
-        arguments = json.loads((folder / "report.json").read_text(encoding="utf-8"))["arguments"]
-        index = Path(arguments["index"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return _report_beside(index) if str(index) != "-" else None
+    arguments = (read_report(report_path_for(folder)) or {}).get("arguments")
+    index = arguments.get("index") if isinstance(arguments, dict) else None
+    return SelectionFacts.beside(index) if isinstance(index, str) and index != "-" else SelectionFacts()
 
 
 def _score(value: float | None) -> float | None:
@@ -270,9 +256,9 @@ def _score(value: float | None) -> float | None:
 
 def _check_sizes(per_group: int, columns: int) -> None:
     if per_group < 1:
-        raise UsageError(f"--per-group {per_group}: show at least 1 image per group")
+        raise OptionError("per_group", per_group, "show at least 1 image per group")
     if columns < 1:
-        raise UsageError(f"--columns {columns}: give at least 1 column")
+        raise OptionError("columns", columns, "give at least 1 column")
 
 
 def sheet_from_source(
@@ -296,10 +282,12 @@ def sheet_from_source(
     path = Path(source)
     if str(source) != "-" and path.is_dir():
         if positive is not None:
-            raise UsageError(f"--positive: {path} is an expanded set, which shows its own labeled positives; leave --positive out")
+            raise UsageError(f"positive: {path} is an expanded set, which shows its own labeled positives; leave "
+                             "`positive` out", parameter="positive", path=path)
         return sheet_from_expanded(path, per_group=per_group or 8, columns=columns, seed=seed)
     if str(source) != "-" and not path.exists():
-        raise UsageError(f"SOURCE {path} does not exist: give an index written by `pucli select`, an expanded set, or -")
+        raise UsageError(f"source {path} does not exist: give an index written by `pucli select`, an expanded set, "
+                         "or -", parameter="source", path=path)
     return sheet_from_index(source, positive=positive, per_group=per_group or 16, columns=columns, seed=seed, report=report)
 
 
@@ -311,7 +299,8 @@ def default_sheet_path(source: str | os.PathLike[str], fmt: str = "png") -> Path
         UsageError: ``source`` is ``-`` (stdin has no folder to write beside).
     """
     if str(source) == "-":
-        raise UsageError("SOURCE -: give --out PATH (a .png or .html file, or - for stdout with --format)")
+        raise UsageError("source -: give `out=PATH` (a .png or .html file, or - for stdout with `fmt`)",
+                         parameter="source", path="-")
     from pucli.paths import output_stem
 
     path = Path(source)

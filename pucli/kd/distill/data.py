@@ -29,7 +29,8 @@ from pucli.data.manifest import MANIFEST_NAME, ExpandedSet
 from pucli.data.sources import LabeledFolder
 from pucli.errors import DataError
 from pucli.kd.distill.config import DistillConfig, steps_per_epoch
-from pucli.progress import ProgressCallback, no_progress
+from pucli.progress import no_progress
+from pucli.run_context import RunContext
 
 __all__ = [
     "InMemorySource",
@@ -61,10 +62,10 @@ def sampling_weights(expanded: ExpandedSet) -> Tensor:
 
     ``sigmoid(s)`` of the selector score ``s`` of each unlabeled item (the index's score: the
     head's ``F(x)``, which nnPU's sigmoid loss trains towards +1 on positives and -1 on
-    negatives, smoothed over the pool's k-NN graph by default, :mod:`pucli.pu.graph`; a weighted
+    negatives, smoothed over the pool's k-NN graph by default, :mod:`pucli.pu.propagation`; a weighted
     average of ``F`` values, shifted so that ``s > 0`` keeps the same images count as ``F(x) > 0``),
     and 1 for the labeled positives, whose class is known. For an expanded set holding a whole
-    pool (issue 5: PU scores as sampling weights instead of a hard PU-s1 cut), items the selector
+    pool (PU scores as sampling weights instead of a hard PU-s1 cut), items the selector
     rejects are still drawn, rarely. With the propagation ranking (``pucli select``'s default with
     at least 5 labeled positives per class) the scores are label-propagation values of magnitude
     0.01-0.1, so ``sigmoid(s)`` stays within about 0.49-0.53 and the draw is close to uniform
@@ -118,12 +119,11 @@ class StreamingSource:
     in_memory = False
     sampling_weights: Tensor | None = None
 
-    def __init__(self, expanded: ExpandedSet, preprocess: Preprocess, batch_size: int, workers: int,
-                 device: torch.device, skipped: list[SkippedFile] | None) -> None:
+    def __init__(self, expanded: ExpandedSet, preprocess: Preprocess, batch_size: int, run: RunContext) -> None:
         self.dataset = ImageDataset(expanded.paths, preprocess)
         self.items = torch.arange(len(expanded))
-        self.batch_size, self.workers, self.device = batch_size, workers, device
-        self.skipped = skipped
+        self.batch_size, self.workers, self.device = batch_size, run.workers, run.device
+        self.skipped = run.skipped
         self._reported: set[int] = set()
 
     def __len__(self) -> int:
@@ -186,10 +186,10 @@ class LabeledImages:
         return self.images[positions.to(self.images.device)].to(self.device, non_blocking=True)
 
 
-def labeled_images(expanded: ExpandedSet, source: TrainingSource, preprocess: Preprocess, workers: int,
-                   skipped: list[SkippedFile] | None, device: torch.device) -> LabeledImages:
+def labeled_images(expanded: ExpandedSet, source: TrainingSource, preprocess: Preprocess,
+                   run: RunContext) -> LabeledImages:
     """The labeled positives of ``expanded`` for adversarial alignment: taken from ``source`` when it
-    holds the set in memory, else decoded once (they are few).
+    holds the set in memory, else decoded once (they are few; unreadable ones go to ``run.skipped``).
 
     Raises:
         DataError: the set has no labeled positive (origin ``positive``) or no unlabeled item, or
@@ -199,23 +199,23 @@ def labeled_images(expanded: ExpandedSet, source: TrainingSource, preprocess: Pr
     if not bool(is_positive.any()) or bool(is_positive.all()):
         missing = "labeled positives" if not bool(is_positive.any()) else "unlabeled images"
         raise DataError(f"align adversarial: {_manifest(expanded)} lists no {missing}; alignment needs both "
-                        "(expand with --positive and --index), or distill with --align none")
+                        "(`pucli expand positive=DIR index=INDEX`), or distill with `align=none`")
     if isinstance(source, InMemorySource):
         images = source.images[is_positive[source.items].to(source.images.device)]
     else:
         rows = is_positive.nonzero().flatten().tolist()
-        images, _ = _decode_all([expanded.paths[r] for r in rows], preprocess, workers, skipped, no_progress, "decode")
+        images, _ = _decode_all([expanded.paths[r] for r in rows], preprocess, run.with_(progress=no_progress), "decode")
     if len(images) == 0:
         raise DataError(f"align adversarial: none of the labeled positives of {_manifest(expanded)} could be read")
-    return LabeledImages(images, is_positive, device)
+    return LabeledImages(images, is_positive, run.device)
 
 
-def training_source(expanded: ExpandedSet, preprocess: Preprocess, config: DistillConfig, device: torch.device,
-                    workers: int, skipped: list[SkippedFile] | None,
-                    progress: ProgressCallback) -> tuple[TrainingSource, float]:
+def training_source(expanded: ExpandedSet, preprocess: Preprocess, config: DistillConfig,
+                    run: RunContext) -> tuple[TrainingSource, float]:
     """The source ``distill`` trains from and the seconds spent decoding it (0 when streaming):
     in memory when the decoded uint8 set fits ``config.memory_budget_bytes``, else streaming; with
-    ``weighting="pu-score"``, its items' :func:`sampling_weights`.
+    ``weighting="pu-score"``, its items' :func:`sampling_weights`. Unreadable images go to
+    ``run.skipped``.
 
     Raises:
         DataError: no image of the set could be read; an unlabeled item has no selector score
@@ -225,13 +225,13 @@ def training_source(expanded: ExpandedSet, preprocess: Preprocess, config: Disti
     source: TrainingSource
     decode_s = 0.0
     if len(expanded) * channels * height * width > config.memory_budget_bytes:
-        source = StreamingSource(expanded, preprocess, config.batch_size, workers, device, skipped)
+        source = StreamingSource(expanded, preprocess, config.batch_size, run)
     else:
         start = time.perf_counter()
-        images, items = _decode_all(expanded.paths, preprocess, workers, skipped, progress, "decode")
+        images, items = _decode_all(expanded.paths, preprocess, run, "decode")
         if len(items) == 0:
             raise DataError(f"{_manifest(expanded)}: none of the images it lists could be read")
-        source, decode_s = InMemorySource(images, items, config.batch_size, device), time.perf_counter() - start
+        source, decode_s = InMemorySource(images, items, config.batch_size, run.device), time.perf_counter() - start
     if config.weighting == "pu-score":
         source.sampling_weights = sampling_weights(expanded)[source.items]
     return source, decode_s
@@ -253,23 +253,25 @@ def load_validation_set(val_set: LabeledFolder, preprocess: Preprocess, workers:
     Raises:
         DataError: none of its images could be read.
     """
-    images, kept = _decode_all(val_set.paths, preprocess, workers, None, no_progress, "validation")
+    images, kept = _decode_all(val_set.paths, preprocess, RunContext(workers=workers), "validation")
     if len(kept) == 0:
         raise DataError(f"{val_set.root}: none of its images could be read")
     labels = torch.tensor(val_set.labels, dtype=torch.int64)[kept]
     return images, labels
 
 
-def _decode_all(paths: list[Path], preprocess: Preprocess, workers: int, skipped: list[SkippedFile] | None,
-                progress: ProgressCallback, stage: str) -> tuple[Tensor, Tensor]:
-    """Decode every image once into a preallocated uint8 (N, C, H, W) tensor; returns it cut to the
-    readable images and their positions (N',) int64 in ``paths``."""
+def _decode_all(paths: list[Path], preprocess: Preprocess, run: RunContext, stage: str) -> tuple[Tensor, Tensor]:
+    """Decode every image once into a preallocated uint8 (N, C, H, W) tensor with ``run.workers``
+    processes, reporting ``stage`` to ``run.progress``; returns it cut to the readable images and their
+    positions (N',) int64 in ``paths`` (the others go to ``run.skipped``)."""
+    progress = run.progress
     channels, height, width = preprocess.channels, *preprocess.size
     images = torch.empty(len(paths), channels, height, width, dtype=torch.uint8)
     kept = torch.empty(len(paths), dtype=torch.int64)
     filled = 0
     progress(stage, 0, len(paths))
-    for batch in iterate_batches(ImageDataset(paths, preprocess), batch_size=512, workers=workers, skipped=skipped):
+    for batch in iterate_batches(ImageDataset(paths, preprocess), batch_size=512, workers=run.workers,
+                                 skipped=run.skipped):
         count = len(batch.indices)
         images[filled:filled + count] = batch.images
         kept[filled:filled + count] = batch.indices

@@ -39,7 +39,6 @@ from pucli import distributed
 from pucli.architectures import ArchSpec, parse_arch
 from pucli.checkpoints import LoadedModel, ModelConfig, build_student, check_architecture
 from pucli.data.augment import FlipCrop, resolve_augment
-from pucli.data.files import SkippedFile
 from pucli.data.loading import Preprocess
 from pucli.data.manifest import ExpandedSet, retemper
 from pucli.data.sources import LabeledFolder
@@ -64,7 +63,8 @@ from pucli.kd.distill.data import (
     training_source,
 )
 from pucli.kd.losses import class_weights, kd_loss, make_objective
-from pucli.progress import ProgressCallback, no_progress
+from pucli.progress import ProgressCallback
+from pucli.run_context import RunContext
 
 __all__ = ["DistillResult", "TrainingInterrupted", "TrainingPlan", "distill", "training_bound_throughput"]
 
@@ -158,17 +158,15 @@ def distill(
     checkpoint_path: str | os.PathLike[str],
     resume: bool = False,
     val_set: LabeledFolder | None = None,
-    device: torch.device = torch.device("cpu"),
-    workers: int = 0,
-    skipped: list[SkippedFile] | None = None,
-    progress: ProgressCallback = no_progress,
+    run: RunContext | None = None,
     plan: Callable[[TrainingPlan], None] | None = None,
     student_init: tuple[nn.Module, ModelConfig] | None = None,
+    **legacy: Any,
 ) -> DistillResult:
     """Train a fresh ``student_arch`` student on ``expanded`` (Eq. 1, 8 or 10, per ``config.loss``).
 
     The student has the teacher's number of classes, input channels and preprocessing. Unreadable
-    images are left out (appended to ``skipped``).
+    images are left out (added to ``run.skipped``).
 
     Args:
         teacher: the loaded teacher (runs only with augmentation).
@@ -179,12 +177,15 @@ def distill(
         config: the training settings (checked when built).
         checkpoint_path: written after epochs (see ``config.checkpoint_interval``); read when ``resume``.
         val_set: labeled folder evaluated after every epoch (selects the model when ``keep=best``).
-        progress: called as ``progress("distill", step, total_steps, epoch=, loss=, img_s=)``.
+        run: the device, loader processes, progress (``run.progress("distill", step, total_steps,
+            epoch=, loss=, img_s=)``) and skipped-file log (:class:`pucli.run_context.RunContext`).
         plan: called with the :class:`TrainingPlan` before the first epoch, and again with its
             ``epoch_s`` once that epoch is done (the time the rest will take).
         student_init: a network to start from instead of a fresh ``student_arch`` (e.g. a pruned
             teacher, :func:`pucli.compress.formats.load_student_init`), and its config (whose
             ``model_args`` the student keeps); it is copied, never modified.
+        legacy: ``device=``, ``workers=``, ``progress=``, ``skipped=`` of callers written before
+            ``run`` (:meth:`pucli.run_context.RunContext.given`).
 
     Returns:
         :class:`DistillResult`; ``student`` is the kept model, in eval mode on the CPU.
@@ -199,6 +200,8 @@ def distill(
             labeled positives or without unlabeled images.
         TrainingInterrupted: Ctrl-C; the checkpoint holds the last finished epoch.
     """
+    context = RunContext.given(run, **legacy)
+    device = context.device
     spec = None
     if student_init is None:
         spec = student_arch if isinstance(student_arch, ArchSpec) else parse_arch(student_arch, parameter="student")
@@ -234,7 +237,7 @@ def distill(
     if config.align == "adversarial":
         feature_channels(student, config.align_stage)  # a stage the student lacks: say so before decoding
 
-    source, decode_s = training_source(expanded, preprocess, config, device, workers, skipped, progress)
+    source, decode_s = training_source(expanded, preprocess, config, context)
     soft_targets = retemper(expanded.soft_targets, expanded.temperature, temperature)
     # Eq. 7 at the training temperature, over the items trained on (as they are sampled).
     weights = class_weights(soft_class_counts(soft_targets, source)).float().to(device)
@@ -249,16 +252,16 @@ def distill(
     trainee: nn.Module = student
     labeled = None
     if config.align == "adversarial":
-        labeled = labeled_images(expanded, source, preprocess, workers, skipped, device)
+        labeled = labeled_images(expanded, source, preprocess, context)
         trainee = _alignment(trainables, config, device, epochs * run_steps)
-    val_images = load_validation_set(val_set, preprocess, workers) if val_set is not None else None
+    val_images = load_validation_set(val_set, preprocess, context.workers) if val_set is not None else None
     run = _Run(
         # Under torchrun: DistributedDataParallel, each rank training on its share of every batch.
         trainee=_data_parallel(trainee, device, config.batch_size), trainables=trainables, teacher=teacher_model,
         source=source, soft_targets=soft_targets, preprocess=preprocess,
         flip_crop=FlipCrop(*preprocess.size) if augment == "flip-crop" else None, amp_dtype=amp_dtype,
         memory_format=memory_format, device=device, seed=config.seed, epochs=epochs, steps_per_epoch=run_steps,
-        progress=progress, plan=plan, labeled=labeled, align_weight=config.align_weight,
+        progress=context.progress, plan=plan, labeled=labeled, align_weight=config.align_weight,
     )
 
     state = TrainingState()
@@ -337,7 +340,7 @@ def _train_epochs(run: _Run, config: DistillConfig, settings: dict[str, Any], ch
     except KeyboardInterrupt:
         raise TrainingInterrupted(
             f"interrupted in epoch {epoch}; {checkpoint_path} holds epoch {saved_epoch}: "
-            "run the same command with --resume to continue"
+            "run the same command with `resume=True` to continue"
         ) from None
     return images_trained, train_seconds
 

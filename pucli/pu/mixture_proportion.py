@@ -109,10 +109,10 @@ class PriorEstimate:
         and `pucli select --prior auto`"); a wide interval says the same."""
         if self.positive < MIN_RELIABLE_POSITIVES:
             return (f"class prior estimated from only {self.positive} labeled positives (needs about "
-                    f"{MIN_RELIABLE_POSITIVES}): it is likely too high; give --prior if you know the pool's share")
+                    f"{MIN_RELIABLE_POSITIVES}): it is likely too high; give `class_prior` if you know the pool's share")
         if self.high - self.low > WIDE_INTERVAL:
             return (f"class prior estimate is uncertain ({self.level:.0%} interval {self.low:.2f}-{self.high:.2f}); "
-                    "more labeled positives or --prior would make selection safer")
+                    "more labeled positives or `class_prior` would make selection safer")
         return None
 
 
@@ -275,12 +275,12 @@ def cross_fitted_scores(positive: torch.Tensor, unlabeled: torch.Tensor, *, fold
         raise UsageError(f"prior estimation folds {folds}: must be >= 2")
     if len(positive) < 2 or len(unlabeled) == 0:
         raise NoImagesError("estimating the class prior needs at least 2 readable positives and 1 unlabeled "
-                            "image; give --prior instead")
+                            "image; give `class_prior` instead")
     fit = fit or logistic_fit()
     folds = min(folds, len(positive))
     if len(unlabeled) < 2 * folds:
         raise NoImagesError(f"estimating the class prior needs at least {2 * folds} readable unlabeled images "
-                            f"({len(unlabeled)} here); give --prior instead")
+                            f"({len(unlabeled)} here); give `class_prior` instead")
     generator = torch.Generator().manual_seed(seed)
     fold_p = _positive_folds(len(positive), folds, positive_labels, generator)
     fold_u = torch.randperm(len(unlabeled), generator=generator) % folds
@@ -429,7 +429,7 @@ def cross_fit_propagation(score: Callable[[torch.Tensor], torch.Tensor], pool_si
     Args:
         score: (V,) bool seeds -> (V,) float32 propagated scores, V = N + N_P * (1 + copies); with
             ``batched``, (V, K) bool seeds of all K folds at once -> (V, K) float32 (one call;
-            :func:`pucli.pu.graph.propagate` spreads the columns together, with the same result).
+            :func:`pucli.pu.propagation.propagate` spreads the columns together, with the same result).
         pool_size, positive_count, copies: N, N_P and the augmented copies per positive.
         folds: K, capped at N_P; seed: seeds the folds; positive_labels: (N_P,) int64 classes, to
             stratify the folds.
@@ -442,7 +442,7 @@ def cross_fit_propagation(score: Callable[[torch.Tensor], torch.Tensor], pool_si
         raise UsageError(f"prior estimation folds {folds}: must be >= 2")
     if positive_count < 2 or pool_size < 2 * folds:
         raise NoImagesError("estimating the class prior needs at least 2 readable positives and "
-                            f"{2 * folds} unlabeled images; give --prior instead")
+                            f"{2 * folds} unlabeled images; give `class_prior` instead")
     folds = min(folds, positive_count)
     generator = torch.Generator().manual_seed(seed)
     fold_p = _positive_folds(positive_count, folds, positive_labels, generator)
@@ -490,7 +490,7 @@ def estimate_prior_by_propagation(score: Callable[[torch.Tensor], torch.Tensor] 
     held-out positives are nodes of the same graph as the pool's positives, scored the same way,
     which is what BBE needs; a P-vs-U classifier trained on 10 images per class ranks the pool's
     positives below its held-out ones, and over-estimates low priors (docs/benchmarks.md, section
-    "Pool grid (issue 15)").
+    "Pool grid").
 
     Args:
         score: (V,) bool seeds -> (V,) float32 propagated scores, V = N + N_P * (1 + copies);

@@ -1,42 +1,14 @@
-"""The pool's k-NN graph: label propagation from the labeled positives, and graph smoothing of PU scores.
+"""The pool's k-nearest-neighbour graph: the search space, exact and approximate search, the cache.
 
-The default ranking (``SelectorOptions.ranking = "propagation"``, since 2026-12-01): the labeled
-positives join the pool's cached k-NN graph (:func:`join_positives`), the graph is symmetrised
-(:func:`symmetric_walk`), and label 1 on the positives spreads over it (:func:`propagate`, the
-same iteration as below from ``y_0`` = 1 on the positives, 0 on the pool). An image's score is how
-much of the positives' label reaches it. Unlike the nnPU head it needs no class prior to rank, so
-it holds at web-crawl priors of 2-5 %, under a capture shift between labeled and pool images, and
-with BatchNorm teachers, where the head's ranking fails (docs/benchmarks.md, section "Pool grid
-(issue 15)"). The rest of this docstring describes the smoothing of the head's scores, the
-``"nnpu"`` ranking.
+The graph is what pucli ranks the pool over (:mod:`pucli.pu.propagation`): images that look alike
+to the teacher nearly always share their label, so each image's neighbours vote on it. It is built
+in the space of :func:`graph_features`: the frozen descriptors standardised with the pool's own
+statistics, and projected onto their leading principal components (``torch.pca_lowrank``, seeded)
+when wider than :data:`MAX_GRAPH_CHANNELS`, which bounds C.
 
-The nnPU head scores every pool image on its own. Images that look alike to the teacher, though,
-nearly always share their label: on mnist-pu a pool image's nearest neighbours (Euclidean,
-standardised frozen descriptors) have its ground-truth label far more often than the head alone
-is right (see docs/benchmarks.md, section "Graph smoothing: the default since 2026-11-21, and the
-F1 targets"). This module spreads the head's scores along the pool's k-nearest-neighbour graph,
-which is label spreading (Zhou, Bousquet, Lal, Weston, Schölkopf, "Learning with Local and Global
-Consistency", NeurIPS 2003, Eq. (1)-(2), here with the random-walk normalisation ``S = D^-1 W``
-of a k-NN graph):
-
-    y_0 = F(x)        y_{t+1} = alpha * S y_t + (1 - alpha) * y_0
-
-so each score becomes a blend of its neighbourhood's scores and its own. The head still decides
-*how many* images to keep (its ``F(x) > 0`` count, which the nnPU risk ties to the class prior);
-the graph decides *which* ones: :func:`smooth_scores` shifts the spread scores so that exactly as
-many are above zero (PU-s1 keeps ``score > 0`` as before).
-
-The defaults are k = 10, alpha = 0.99, 200 steps. A larger alpha reaches further along the graph
-but over-smooths small pools; 0.99 improved on the head alone at every pool size tried. The
-figures (``benchmarks/graph_mnist_pu.py``) and how alpha was chosen: see docs/benchmarks.md,
-section "Graph smoothing: the default since 2026-11-21, and the F1 targets".
-
-Cost: the exact k-NN search is O(N^2 C) multiply-adds (its wall-clock: see docs/benchmarks.md,
-section "Graph smoothing: the default since 2026-11-21, and the F1 targets", and
-docs/scaling.md), run in row blocks so memory stays near ``block_elements`` floats; the graph is
-cached on disk (:func:`pool_graph`).
-Descriptors wider than :data:`MAX_GRAPH_CHANNELS` are first projected onto their leading principal
-components (``torch.pca_lowrank``), which bounds C.
+The exact search (:func:`knn_graph`) is O(N^2 C) multiply-adds, run in row blocks so memory stays
+near ``block_elements`` floats; under torchrun the ranks split the blocks (:func:`pool_graph`). Its
+wall-clock: docs/benchmarks.md, "Graph smoothing", and docs/scaling.md.
 
 Pools larger than :data:`GRAPH_EXACT_MAX` images (an option: ``SelectorOptions.graph_exact_max``)
 are searched approximately instead (:func:`approximate_knn_graph`): an inverted-file index with
@@ -46,20 +18,21 @@ similarity search with GPUs", IEEE Trans. Big Data 2019), whose cost grows as
 (HNSW: Malkov & Yashunin, "Efficient and robust approximate nearest neighbor search using
 Hierarchical Navigable Small World graphs", IEEE TPAMI 2018) because its one random step, the
 k-means training, is seeded, so the same features give the same graph; its recall@10 against the
-exact graph is measured in docs/benchmarks.md, section "Approximate neighbours (issue 20)".
-faiss is the optional ``scale`` extra: without it every pool gets the exact search, and the graph
-metadata carries a one-line warning.
+exact graph is measured in docs/benchmarks.md, "Approximate neighbours". faiss is the optional
+``scale`` extra: without it every pool gets the exact search, and the graph carries a one-line
+warning.
+
+The pool's graph is cached on disk by its features (:func:`pool_graph`); the labeled positives
+join it without a second pool search (:func:`join_positives`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import torch
 
@@ -68,6 +41,25 @@ from pucli.cache import CacheEntry, read_entry, write_entry
 from pucli.errors import OptionError
 from pucli.paths import cache_dir
 from pucli.progress import ProgressCallback, no_progress
+
+__all__ = [
+    "BLOCK_ELEMENTS",
+    "GRAPH_EXACT_MAX",
+    "MAX_GRAPH_CHANNELS",
+    "ApproximateSearch",
+    "GraphTransform",
+    "PoolGraph",
+    "approximate_knn_graph",
+    "block_rows",
+    "graph_features",
+    "graph_transform",
+    "ivf_settings",
+    "join_positives",
+    "knn_graph",
+    "load_faiss",
+    "pool_graph",
+    "search_method",
+]
 
 MAX_GRAPH_CHANNELS = 128
 """Descriptors wider than this are projected onto this many principal components before the search."""
@@ -323,88 +315,6 @@ def _drop_self(found: torch.Tensor, start: int, k: int, features: torch.Tensor) 
     return chosen
 
 
-def _check_spreading(alpha: float, steps: int) -> None:
-    """Raises OptionError for a label-spreading ``alpha`` outside [0, 1) or ``steps`` < 0."""
-    if not 0.0 <= alpha < 1.0:
-        raise OptionError("graph_alpha", alpha, "must be in [0, 1)")
-    if steps < 0:
-        raise OptionError("graph_steps", steps, "must be >= 0")
-
-
-def spread_scores(scores: torch.Tensor, neighbors: torch.Tensor, *, alpha: float, steps: int) -> torch.Tensor:
-    """Label spreading of ``scores`` over a k-NN graph (Zhou et al. 2003, Eq. (1), ``S = D^-1 W``).
-
-    The iteration converges for ``alpha`` < 1 (to ``(1 - alpha) (I - alpha S)^-1 scores``, Zhou et
-    al.'s closed form); at the default 0.99 it has converged by the default 200 steps (see
-    docs/benchmarks.md, section "Graph smoothing: the default since 2026-11-21, and the F1 targets").
-
-    ``y_0 = scores``, ``y_{t+1} = alpha * mean_{j in N(i)} y_t[j] + (1 - alpha) * y_0``.
-
-    Args:
-        scores: (N,) float32, the head's ``F(x)``.
-        neighbors: (N, k) int64 from :func:`knn_graph`.
-        alpha: in [0, 1); how much of each step comes from the neighbours (0 returns ``scores``).
-        steps: iterations, >= 0.
-
-    Returns:
-        (N,) float32 spread scores (same scale as ``scores``: each is a weighted average of them).
-
-    Raises:
-        UsageError: ``alpha`` outside [0, 1) or ``steps`` < 0.
-    """
-    _check_spreading(alpha, steps)
-    base = scores.float()
-    if neighbors.shape[1] == 0:
-        return base.clone()
-    current = base.clone()
-    for _ in range(steps):
-        current = alpha * current[neighbors].mean(1) + (1.0 - alpha) * base
-    return current
-
-
-def match_count(spread: torch.Tensor, count: int) -> torch.Tensor:
-    """Shift ``spread`` so that exactly its ``count`` highest values are > 0 (ties aside).
-
-    The threshold is the ``count + 1``-th highest value itself (not a midpoint, which float32
-    rounding can put onto the ``count``-th value): every value above it stays > 0, it and
-    everything below it end at or below 0.
-
-    Args:
-        spread: (N,) float32.
-        count: how many values should end above 0; <= 0 puts every value at or below 0,
-            >= N every value above it.
-
-    Returns:
-        (N,) float32, ``spread`` minus a constant (plus 1 for ``count`` >= N). Exactly ``count``
-        values are > 0 unless several values tie with the threshold.
-    """
-    n = len(spread)
-    if n == 0:
-        return spread.clone()
-    ordered = torch.sort(spread, descending=True, stable=True).values
-    if count >= n:
-        return (spread - ordered[-1]) + 1.0
-    return spread - ordered[max(0, count)]
-
-
-def smooth_scores(scores: torch.Tensor, neighbors: torch.Tensor, *, alpha: float = 0.99, steps: int = 200) -> torch.Tensor:
-    """The graph-smoothed PU scores pucli selects by: spread, then shifted to keep the head's count.
-
-    Args:
-        scores: (N,) float32 head scores ``F(x)`` of the pool.
-        neighbors: (N, k) int64 k-NN graph of the pool (:func:`knn_graph`).
-        alpha, steps: see :func:`spread_scores`.
-
-    Returns:
-        (N,) float32; ``(result > 0).sum() == (scores > 0).sum()`` unless spread values tie at
-        the threshold.
-
-    Raises:
-        UsageError: ``alpha`` outside [0, 1) or ``steps`` < 0.
-    """
-    return match_count(spread_scores(scores, neighbors, alpha=alpha, steps=steps), int((scores > 0).sum()))
-
-
 # --- the pool's graph, cached (what selection calls) ---
 
 
@@ -464,7 +374,7 @@ def search_method(count: int, *, exact_max: int, seed: int) -> tuple[Approximate
 def pool_graph(pool_descriptors: torch.Tensor | None, *, neighbors: int, seed: int, device: torch.device,
                use_cache: bool, exact_max: int = GRAPH_EXACT_MAX,
                progress: ProgressCallback = no_progress) -> PoolGraph | None:
-    """The pool's k-NN graph (:mod:`pucli.pu.graph`), from the cache when these exact features were seen.
+    """The pool's k-NN graph, from the cache when these exact features were seen.
 
     Pools of up to ``exact_max`` images get the exact search (:func:`knn_graph`), larger ones the
     approximate one (:func:`approximate_knn_graph`, seeded with ``seed``) when faiss is installed
@@ -520,20 +430,6 @@ def pool_graph(pool_descriptors: torch.Tensor | None, *, neighbors: int, seed: i
     return PoolGraph(graph, channels, False, described, warning)
 
 
-def smooth_over_graph(scores: torch.Tensor, graph: PoolGraph, *, alpha: float, steps: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Head scores (N,) float32 -> graph-smoothed scores (N,) float32 with the same count above
-    zero (:func:`smooth_scores`), and what the run report records of the graph."""
-    smoothed = smooth_scores(scores, graph.neighbors, alpha=alpha, steps=steps)
-    metadata: dict[str, Any] = {"neighbors": int(graph.neighbors.shape[1]), "alpha": alpha, "steps": steps,
-                                "channels": graph.channels, "cache_hit": graph.from_cache, "method": graph.method}
-    if graph.warning:
-        metadata["warning"] = graph.warning
-    return smoothed, metadata
-
-
-# --- label propagation from the labeled positives (the default ranking since 2026-12-01) ---
-
-
 def join_positives(pool_neighbors: torch.Tensor, pool_features: torch.Tensor, positive_features: torch.Tensor,
                    *, block_elements: int | None = None) -> torch.Tensor:
     """The k-NN graph of the pool and the labeled positives together, from the pool's own graph.
@@ -575,74 +471,3 @@ def join_positives(pool_neighbors: torch.Tensor, pool_features: torch.Tensor, po
         out[start:stop] = candidates.gather(1, order)
     out[n:] = knn_graph(nodes, k, rows=(n, n + m), block_elements=block_elements)
     return out
-
-
-@dataclass(frozen=True)
-class Walk:
-    """The symmetric k-NN graph as a sparse matrix: ``adjacency`` (V, V) float32 CSR of 0/1
-    (an edge where either node lists the other) and ``degree`` (V,) float32 its row sums."""
-
-    adjacency: torch.Tensor
-    degree: torch.Tensor
-
-
-def symmetric_walk(neighbors: torch.Tensor) -> Walk:
-    """(V, k) int64 k-NN lists -> :class:`Walk` of the symmetrised graph (``W = A or A^T``)."""
-    v, k = neighbors.shape
-    rows = torch.arange(v).repeat_interleave(k)
-    cols = neighbors.reshape(-1)
-    keys = torch.unique(torch.cat([rows * v + cols, cols * v + rows]))  # sorted: CSR order
-    rows, cols = keys // v, keys % v
-    crow = torch.zeros(v + 1, dtype=torch.int64)
-    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=v), 0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        adjacency = torch.sparse_csr_tensor(crow, cols, torch.ones(len(cols)), (v, v), check_invariants=False)
-    return Walk(adjacency, torch.bincount(rows, minlength=v).float().clamp(min=1.0))
-
-
-def propagate(initial: torch.Tensor, walk: Walk, *, alpha: float, steps: int) -> torch.Tensor:
-    """Label spreading of ``initial`` over the symmetric graph (Zhou et al. 2003, Eq. (1), with
-    ``S = D^-1 W``): ``y_{t+1} = alpha * S y_t + (1 - alpha) * y_0``.
-
-    Args:
-        initial: (V,) float32 ``y_0``; 1 on the labeled positives, 0 elsewhere for the ranking. Or
-            (V, F): F labelings spread together (one sparse product a step for all of them, e.g.
-            the folds of :func:`pucli.pu.prior.cross_fit_propagation`; about 4.6x faster than F
-            single spreads at a million nodes), each column as it would spread alone.
-        walk: :func:`symmetric_walk` of the graph.
-        alpha: in [0, 1); steps: >= 0.
-
-    Returns:
-        (V,) or (V, F) float32, as ``initial``: each node's share of positive label reaching it
-        (in [0, 1] for a 0/1 ``y_0``).
-
-    Raises:
-        OptionError: ``alpha`` outside [0, 1) or ``steps`` < 0.
-    """
-    _check_spreading(alpha, steps)
-    single = initial.ndim == 1
-    base = initial.float()[:, None] if single else initial.float()
-    current = base.clone()
-    degree = walk.degree[:, None]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        for _ in range(steps):
-            current = alpha * (walk.adjacency @ current) / degree + (1.0 - alpha) * base
-    return current[:, 0] if single else current
-
-
-def positive_walk(graph: PoolGraph, pool_descriptors: torch.Tensor, positive_descriptors: torch.Tensor, *,
-                  seed: int = 0) -> Walk:
-    """The :class:`Walk` over the pool (nodes ``0..N-1``) and the labeled positives (``N..``):
-    the cached pool graph joined with the positives (:func:`join_positives`), symmetrised.
-
-    Args:
-        graph: the pool's :class:`PoolGraph`.
-        pool_descriptors: (N, C) float32; positive_descriptors: (M, C) float32 (augmented copies included).
-        seed: the seed the pool's graph features were made with (their PCA).
-    """
-    transform = graph_transform(pool_descriptors, seed=seed)
-    joined = join_positives(graph.neighbors, transform(pool_descriptors), transform(positive_descriptors))
-    return symmetric_walk(joined)
-

@@ -2,7 +2,8 @@
 
 - tensors: the network's state dict, except that each quantized layer's ``<name>.weight`` is
   replaced by ``<name>.weight_codes`` (int8, the weight's shape) and ``<name>.weight_scale``
-  (float32, (C_out,)); the float weight is ``codes * scale`` (:mod:`pucli.compress.quantize`);
+  (float32, (C_out,)); the float weight is ``codes * scale`` (:func:`dequantize`; the codes are
+  made by :mod:`pucli.compress.quantize`);
 - metadata ``pucli.config``: the timm config, as :func:`pucli.checkpoints.save_model` writes it;
 - metadata ``pucli.compression``: JSON, version 1::
 
@@ -12,12 +13,15 @@
        "quantization": {"scheme": "symmetric-per-output-channel", "bits": {module: 4, ...}} | null,
        "batchnorm": {"reestimated_on": images} | null}
 
-  ``pruning.history`` is Torch-Pruning's ``pruning_history()``: replayed on a fresh timm model of
-  the architecture (:func:`rebuild`) it gives the pruned shapes.
+  ``pruning.history`` is Torch-Pruning's ``pruning_history()`` (Fang et al., "DepGraph: Towards
+  Any Structural Pruning", CVPR 2023, https://github.com/VainF/Torch-Pruning; the ``compress``
+  extra): replayed on a fresh model of the architecture (:func:`replay_pruning`, :func:`rebuild`)
+  it gives the pruned shapes.
 
-A leaf below :mod:`pucli.checkpoints`, which reads these files through :func:`read_compressed` and
-:func:`rebuild` (so every command that loads models loads them); writing is
-:func:`pucli.compress.formats.save_compressed`.
+Beside :mod:`pucli.checkpoints`, which reads these files through :func:`read_compressed` and
+:func:`rebuild`, so every command that loads models loads them (as timm keeps the format of its
+pruned models, ``adapt_model_from_file``, in ``timm.models``); the compression steps above it
+(:mod:`pucli.compress`) make them, and :func:`pucli.compress.formats.save_compressed` writes them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +37,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pucli.errors import TeacherFormatError
+from pucli.errors import DataError, TeacherFormatError, UsageError
 
-__all__ = ["CODES_SUFFIX", "COMPRESSION_KEY", "CONFIG_KEY", "SCALE_SUFFIX", "Compression", "is_compressed",
-           "parse_compression", "read_compressed", "read_compression", "read_metadata", "rebuild"]
+__all__ = ["CODES_SUFFIX", "COMPRESSION_KEY", "CONFIG_KEY", "SCALE_SUFFIX", "Compression", "PruningHistory",
+           "dequantize", "is_compressed", "parse_compression", "read_compressed", "read_compression", "read_metadata",
+           "rebuild", "replay_pruning", "torch_pruning"]
 
 COMPRESSION_KEY = "pucli.compression"
 CONFIG_KEY = "pucli.config"  # the same key as pucli.checkpoints.CONFIG_METADATA_KEY
@@ -45,6 +51,9 @@ CODES_SUFFIX = ".weight_codes"
 SCALE_SUFFIX = ".weight_scale"
 QUANT_SCHEME = "symmetric-per-output-channel"
 _SUFFIX = ".safetensors"
+
+# One entry per pruning step: (module name, output channels? (else input), channel indices removed).
+PruningHistory = list[tuple[str, bool, list[int]]]
 
 
 @dataclass
@@ -111,8 +120,9 @@ def is_compressed(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def parse_compression(text: str, where: str) -> Compression:
-    """The :class:`Compression` of a ``pucli.compression`` metadata string (scales not included).
+def parse_compression(text: str, where: str, *, parameter: str | None = None) -> Compression:
+    """The :class:`Compression` of a ``pucli.compression`` metadata string (scales not included);
+    ``where`` opens errors (it names ``parameter``, if given, first).
 
     Raises:
         TeacherFormatError: not that format, or a newer version.
@@ -129,58 +139,62 @@ def parse_compression(text: str, where: str) -> Compression:
                            quantization_bits={k: int(v) for k, v in (quant.get("bits") or {}).items()},
                            reestimated_on=batchnorm.get("reestimated_on"))
     except (ValueError, TypeError, AttributeError) as exc:
-        raise TeacherFormatError(f"{where}: unreadable {COMPRESSION_KEY} metadata ({exc}); upgrade pucli or re-run the compression") from exc
+        raise TeacherFormatError(f"{where}: unreadable {COMPRESSION_KEY} metadata ({exc}); upgrade pucli or re-run the "
+                                 "compression", parameter=parameter) from exc
 
 
-def read_compressed(path: Path, *, option: str = "MODEL") -> tuple[dict[str, torch.Tensor], dict[str, Any], Compression]:
+def read_compressed(path: Path, *, parameter: str = "model") -> tuple[dict[str, torch.Tensor], dict[str, Any], Compression]:
     """``(state_dict, config, compression)`` of a compressed file: float32 weights rebuilt from
     codes and scales (the scales kept in ``compression.quantization_scales``), the timm config
-    as stored (unparsed JSON object).
+    as stored (unparsed JSON object). Errors name ``parameter``, the one that named ``path``.
 
     Raises:
         TeacherFormatError: corrupt file, metadata or codes.
     """
     from safetensors import SafetensorError, safe_open
 
-    from pucli.compress.quantize import dequantize
-
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except (SafetensorError, OSError, ValueError) as exc:
-        raise TeacherFormatError(f"{option} {path} is not a valid safetensors file ({exc}): re-export it") from exc
-    compression = parse_compression(metadata.get(COMPRESSION_KEY, "{}"), f"{option} {path}")
+        raise TeacherFormatError(f"{parameter} {path} is not a valid safetensors file ({exc}): re-export it",
+                                 parameter=parameter, path=path) from exc
+    compression = parse_compression(metadata.get(COMPRESSION_KEY, "{}"), f"{parameter} {path}", parameter=parameter)
     state_dict = {k: v for k, v in tensors.items() if not k.endswith((CODES_SUFFIX, SCALE_SUFFIX))}
     for name in compression.quantization_bits:
         codes, scale = tensors.get(name + CODES_SUFFIX), tensors.get(name + SCALE_SUFFIX)
         if codes is None or scale is None or codes.dtype != torch.int8 or scale.shape != codes.shape[:1]:
-            raise TeacherFormatError(f"{option} {path}: quantized layer {name} has no usable codes and scale; re-run `pucli quantize`")
+            raise TeacherFormatError(f"{parameter} {path}: quantized layer {name} has no usable codes and scale; "
+                                     "re-run `pucli quantize`", parameter=parameter, path=path)
         state_dict[name + ".weight"] = dequantize(codes, scale)
         compression.quantization_scales[name] = scale.float()
     try:
         config = json.loads(metadata[CONFIG_KEY])
     except (KeyError, json.JSONDecodeError) as exc:
-        raise TeacherFormatError(f"{option} {path} has no readable {CONFIG_KEY} metadata: re-run the compression") from exc
+        raise TeacherFormatError(f"{parameter} {path} has no readable {CONFIG_KEY} metadata: re-run the compression",
+                                 parameter=parameter, path=path) from exc
     return state_dict, config, compression
 
 
-def read_compression(path: Path, *, option: str = "MODEL") -> Compression:
+def read_compression(path: Path, *, parameter: str = "model") -> Compression:
     """The :class:`Compression` of a compressed file with its quantization scales, without reading
-    the other tensors.
+    the other tensors. Errors name ``parameter``, the one that named ``path``.
 
     Raises:
         TeacherFormatError: corrupt file or metadata.
     """
     from safetensors import SafetensorError, safe_open
 
-    compression = parse_compression(read_metadata(path).get(COMPRESSION_KEY, "{}"), f"{option} {path}")
+    compression = parse_compression(read_metadata(path).get(COMPRESSION_KEY, "{}"), f"{parameter} {path}",
+                                    parameter=parameter)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             for name in compression.quantization_bits:
                 compression.quantization_scales[name] = handle.get_tensor(name + SCALE_SUFFIX).float()
     except (SafetensorError, OSError, ValueError) as exc:
-        raise TeacherFormatError(f"{option} {path}: unreadable quantization scales ({exc}); re-run `pucli quantize`") from exc
+        raise TeacherFormatError(f"{parameter} {path}: unreadable quantization scales ({exc}); re-run `pucli quantize`",
+                                 parameter=parameter, path=path) from exc
     return compression
 
 
@@ -193,7 +207,44 @@ def rebuild(model: nn.Module, input_size: tuple[int, int, int], compression: Com
         DataError: the history does not fit the architecture.
     """
     if compression.pruning:
-        from pucli.compress.prune import replay_pruning
-
         replay_pruning(model, tuple(compression.pruning.get("input_size") or input_size), compression.pruning["history"])
+    return model
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The float32 weight ``codes * scale`` (codes (C_out, ...) int8, scale (C_out,) float32)."""
+    return codes.float() * scale.view(-1, *([1] * (codes.dim() - 1)))
+
+
+def torch_pruning() -> Any:
+    """The ``torch_pruning`` module.
+
+    Raises:
+        UsageError: Torch-Pruning is not installed (the ``compress`` extra).
+    """
+    try:
+        import torch_pruning as module
+    except ImportError as exc:
+        raise UsageError("pruning needs Torch-Pruning: pip install 'pucli[compress]' (or torch-pruning)") from exc
+    return module
+
+
+def replay_pruning(model: nn.Module, input_size: tuple[int, int, int], history: PruningHistory) -> nn.Module:
+    """Apply a saved ``history`` to a fresh ``model`` of the same architecture (in place), giving
+    the pruned network's shapes; load its weights afterwards.
+
+    Raises:
+        UsageError: Torch-Pruning missing.
+        DataError: the history names modules or channels the model does not have.
+    """
+    tp = torch_pruning()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = tp.DependencyGraph().build_dependency(model.eval(), example_inputs=torch.zeros(1, *input_size))
+            graph.load_pruning_history([[name, out, list(idxs)] for name, out, idxs in history])
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
+        raise DataError(f"the pruning history does not fit this architecture ({reason}); re-run `pucli prune`") from exc
     return model

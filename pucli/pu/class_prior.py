@@ -1,16 +1,17 @@
-"""The class prior of a pool, from its images or their frozen descriptors: what ``pucli prior`` and
-``pucli select --prior auto`` run (the estimators themselves: :mod:`pucli.pu.prior`).
+"""The class prior ``pi_p`` of an unlabeled pool, from its images or their frozen descriptors: what
+``pucli prior`` (:func:`estimate_prior`) and ``pucli select --prior auto``
+(:func:`estimate_prior_from_descriptors`) run.
 
-With the pool's k-NN graph and enough labeled positives (5 per class), best-bin estimation on the
-label propagation's cross-fit (:func:`held_out_positives`, the same cross-fit the selection's
-trust reads, :mod:`pucli.pu.trust`); otherwise on cross-fitted P-vs-U scores refined by nnPU heads.
+The estimator is best-bin mixture-proportion estimation (:mod:`pucli.pu.mixture_proportion`, Garg
+et al. 2021) on held-out scores of the labeled positives and the pool. Which scores: with the
+pool's k-NN graph and enough labeled positives (5 per class; :func:`pucli.pu.ranking.prior_by_propagation`),
+the label propagation's cross-fit (:func:`held_out_positives`, the same cross-fit the selection's
+trust reads, :mod:`pucli.pu.trust`); otherwise cross-fitted P-vs-U scores refined by nnPU heads.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,34 +23,26 @@ from pucli.checkpoints import LoadedModel
 from pucli.data.files import SkippedFile
 from pucli.data.loading import Preprocess
 from pucli.errors import UsageError
-from pucli.progress import ProgressCallback, no_progress
+from pucli.progress import ProgressCallback, no_progress, timed
 from pucli.pu.descriptors import Descriptors, load_or_extract_descriptors, resolve_positive_augmentation
-from pucli.pu.graph import PoolGraph, pool_graph, positive_walk, propagate
-from pucli.pu.network import MultiScaleExtractor
-from pucli.pu.options import Scales, SelectorOptions
-from pucli.pu.prior import (
+from pucli.pu.mixture_proportion import (
     Fit,
     HeldOutPositives,
     PriorEstimate,
     cross_fit_propagation,
     estimate_class_prior,
     estimate_prior_by_propagation,
-    propagation_applies,
 )
+from pucli.pu.neighbors import PoolGraph, pool_graph
+from pucli.pu.network import MultiScaleExtractor
+from pucli.pu.options import Scales, SelectorOptions
+from pucli.pu.propagation import positive_walk, propagate
+from pucli.pu.ranking import prior_by_propagation
 from pucli.pu.training import train_frozen
+from pucli.run_context import RunContext
 
 __all__ = ["PRIOR_REFINE_EPOCHS", "PriorResult", "estimate_prior", "estimate_prior_from_descriptors",
-           "held_out_positives", "timed"]
-
-
-@contextmanager
-def timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Adds the seconds the block takes to ``timings[name]``."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+           "held_out_positives"]
 
 
 #: Epochs of each cross-fitted nnPU head in the prior's refinement pass (single heads, no ensemble).
@@ -78,12 +71,12 @@ def estimate_prior_from_descriptors(descriptors: Descriptors, options: SelectorO
                                     progress: ProgressCallback = no_progress,
                                     graph: PoolGraph | None = None,
                                     held_out: HeldOutPositives | None = None) -> PriorEstimate:
-    """The class prior of the pool, estimated from frozen descriptors (:mod:`pucli.pu.prior`).
+    """The class prior of the pool, estimated from frozen descriptors (:mod:`pucli.pu.mixture_proportion`).
 
-    With the pool's k-NN ``graph`` and the ``propagation`` ranking (or ``auto`` with enough labeled
-    positives, :func:`pucli.pu.prior.propagation_applies`: 5 per class): best-bin estimation on cross-fitted
-    label-propagation scores (:func:`pucli.pu.prior.estimate_prior_by_propagation`), the scores
-    the default ranking selects by. Otherwise best-bin estimation on cross-fitted P-vs-U logistic
+    With the pool's k-NN ``graph``, a ranking that may propagate and enough labeled positives
+    (:func:`pucli.pu.ranking.prior_by_propagation`: 5 per class): best-bin estimation on cross-fitted
+    label-propagation scores (:func:`pucli.pu.mixture_proportion.estimate_prior_by_propagation`),
+    the scores the default ranking selects by. Otherwise best-bin estimation on cross-fitted P-vs-U logistic
     scores, refined once with cross-fitted nnPU heads trained at that first estimate (Garg et al.
     2021's alternation of estimation and PU training). The augmented copies of the positives, if
     any, join the training folds (seeds) only. ``positive_labels`` (the class of each input
@@ -99,8 +92,7 @@ def estimate_prior_from_descriptors(descriptors: Descriptors, options: SelectorO
     labels = None
     if positive_labels is not None:
         labels = torch.as_tensor(list(positive_labels), dtype=torch.long)[descriptors.positive_index]
-    if held_out is None and graph is not None and options.ranking != "nnpu" \
-            and propagation_applies(len(descriptors.positive), labels):
+    if held_out is None and graph is not None and prior_by_propagation(options, len(descriptors.positive), labels):
         walk = positive_walk(graph, descriptors.unlabeled, descriptors.positive_set, seed=options.seed)
         held_out = held_out_positives(walk, len(descriptors.unlabeled), len(descriptors.positive),
                                       len(descriptors.positive_set), options, labels, progress=progress)
@@ -116,9 +108,9 @@ def held_out_positives(walk: Any, pool_size: int, positive_count: int, seed_coun
                        positive_labels: torch.Tensor | None, *,
                        progress: ProgressCallback = no_progress) -> HeldOutPositives:
     """The propagation's cross-fit over the graph of pool and positives (``walk``:
-    :func:`pucli.pu.graph.positive_walk`, ``seed_count`` positive nodes: the plain positives, then
+    :func:`pucli.pu.propagation.positive_walk`, ``seed_count`` positive nodes: the plain positives, then
     their augmented copies): what the prior estimate and the selection's trust read
-    (:func:`pucli.pu.prior.cross_fit_propagation`)."""
+    (:func:`pucli.pu.mixture_proportion.cross_fit_propagation`)."""
     copies = seed_count // max(1, positive_count) - 1
     return cross_fit_propagation(
         lambda seeds: propagate(seeds.float(), walk, alpha=options.graph_alpha, steps=options.graph_steps),
@@ -147,24 +139,26 @@ def estimate_prior(
     seed: int = 0,
     scales: Scales = Scales(),
     augment_positives: int | None = None,
-    device: torch.device | None = None,
     batch_size: int = 256,
-    workers: int = 0,
     use_cache: bool = True,
     positive_labels: Sequence[int] | None = None,
-    progress: ProgressCallback = no_progress,
+    run: RunContext | None = None,
+    **legacy: Any,
 ) -> PriorResult:
     """Estimate the class prior of ``unlabeled_paths`` (what ``pucli prior`` runs).
 
     Extracts (or loads from the cache shared with ``pucli select``) the frozen descriptors and
     the pool's k-NN graph (cached too), then :func:`estimate_prior_from_descriptors` with the
     selector's default options.
-    ``positive_labels`` (class of each positive) stratify the cross-fitting folds.
+    ``positive_labels`` (class of each positive) stratify the cross-fitting folds. ``run``: the
+    device, loader processes and progress (:class:`pucli.run_context.RunContext`; ``legacy``: those
+    given as ``device=``, ``workers=``, ``progress=``); the unreadable files are the result's ``skipped``.
 
     Raises:
         NoImagesError: fewer than 2 readable positives, or no readable unlabeled image.
     """
-    device = device or torch.device("cpu")
+    run = RunContext.given(run, **legacy)
+    device, progress = run.device, run.progress
     options = SelectorOptions(class_prior=None, augment_positives=augment_positives, scales=scales, seed=seed,
                               batch_size=batch_size)
     timings: dict[str, float] = {}
@@ -173,8 +167,7 @@ def estimate_prior(
     with timed(timings, "extract"):
         descriptors = load_or_extract_descriptors(
             teacher, extractor, list(positive_paths), list(unlabeled_paths), Preprocess(teacher.config),
-            scales=scales, device=device, batch_size=batch_size, workers=workers, use_cache=use_cache,
-            augmentation=augmentation, progress=progress,
+            scales=scales, batch_size=batch_size, use_cache=use_cache, augmentation=augmentation, run=run,
             # Reuse, never discard, the saved parts of an interrupted select on the same inputs:
             # they are the same bits this call would extract.
             resume=use_cache,
