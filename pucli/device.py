@@ -8,7 +8,8 @@ import torch
 
 from pucli.errors import OptionError
 
-__all__ = ["resolve_device", "available_cpus", "configure_threads", "cpu_overload", "default_workers"]
+__all__ = ["autocast_dtype", "resolve_device", "available_cpus", "configure_threads", "cpu_overload",
+           "cpu_has_native_bfloat16", "default_workers"]
 
 
 def available_cpus() -> int:
@@ -71,3 +72,45 @@ def default_workers(num_items: int) -> int:
     """Data-loading worker processes: none for a handful of files (start-up costs more than it
     saves), else one per available CPU, at most 8."""
     return 0 if num_items < 512 else min(8, available_cpus())
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (x86 ``amx_bf16`` or ``avx512_bf16``, read from
+    ``/proc/cpuinfo``; False where it cannot be read). Without it, bfloat16 autocast on the CPU is
+    emulated and slower than float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` runs a training step in for ``precision`` on ``device``, or None
+    for float32 throughout (parameters, optimizer state and saved weights stay float32 either way).
+
+    ``auto``: on CUDA, bfloat16 where the GPU supports it, else float16 (with a gradient scaler);
+    on the CPU, float32 (the default there stays bit-for-bit as before). ``bfloat16`` on the CPU is
+    oneDNN's bfloat16 kernels: several times faster on CPUs with AMX or AVX-512 BF16
+    (:func:`cpu_has_native_bfloat16`; docs/benchmarks.md, "bfloat16 on the CPU").
+
+    ``precision`` is one of :data:`pucli.kd.distill.config.PRECISIONS` (checked there).
+
+    Raises:
+        OptionError: ``float16`` on the CPU (no float16 autocast kernels there: use bfloat16).
+    """
+    if precision == "float32":
+        return None
+    if device.type == "cuda":
+        if precision == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if precision == "bfloat16" else torch.float16
+    if precision == "auto":
+        return None
+    if precision == "float16":
+        raise OptionError("precision", precision, "float16 mixed precision needs a CUDA device; use bfloat16 on the CPU")
+    return torch.bfloat16

@@ -190,6 +190,29 @@ def test_default_epochs_target_about_5000_steps_within_20_to_200():
     assert default_epochs(10, 128) == 200
 
 
+def test_learning_rate_warms_up_over_a_tenth_of_the_steps_at_most_500():
+    """Issue 30: 3 % (150 of the default ~5,000 steps) let LeNet-5-half meet lr 0.1 while still on
+    its initial plateau and lose second-stage ReLU channels for good on some batch orders."""
+    from pucli.kd.distill.loop import _warmup_cosine, warmup_steps
+
+    assert [warmup_steps(n) for n in (1, 9, 10, 150, 5_000, 5_024, 100_000)] == [1, 1, 1, 15, 500, 500, 500]
+    factor = _warmup_cosine(5_000)
+    assert factor(0) == pytest.approx(1 / 500)
+    assert factor(149) == pytest.approx(150 / 500)  # 3 % of the run: still warming up
+    assert factor(499) == 1.0
+    assert factor(500) == 1.0 > factor(501)  # then the cosine
+    assert factor(4_999) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_distill_runs_the_warm_up_of_a_tenth_of_its_steps(tmp_path, teacher):
+    # 24 items in batches of 8: 3 steps an epoch, 150 in 50 epochs, so 15 steps of warm-up; after
+    # the first epoch's 3 steps the rate is 4/15 of the peak (3 % would have reached the peak).
+    config = dataclasses.replace(FAST, epochs=50)
+    result = _run(tmp_path, teacher, _expanded(tmp_path, teacher), config=config)
+    assert result.history[0].lr == pytest.approx(0.05 * 4 / 15)
+    assert result.history[4].lr == pytest.approx(0.05 * 1.0, rel=1e-3)  # step 15: just past the peak
+
+
 def test_training_bound_throughput_is_positive(teacher):
     import timm
 
@@ -254,6 +277,7 @@ def test_distill_with_pu_score_weighting_trains_and_records_it(tmp_path, teacher
     ("lr", float("inf"), "must be > 0"),
     ("eps", -0.1, "must be >= 0"),
     ("num_weight_vectors", 0, "must be >= 1"),
+    ("precision", "half", "choose one of auto, float32, bfloat16, float16"),
 ])
 def test_distill_config_rejects_a_bad_field_when_built_naming_the_field(field, value, problem):
     with pytest.raises(OptionError) as caught:
@@ -267,3 +291,40 @@ def test_distill_config_is_frozen_so_it_stays_valid():
     with pytest.raises(dataclasses.FrozenInstanceError):
         FAST.epochs = 0  # type: ignore[misc]
     assert dataclasses.replace(FAST, loss="kd").loss == "kd"
+
+
+# --- precision: float32 by default on the CPU, bfloat16 mixed precision when asked ---------------
+
+
+def test_precision_resolves_per_device_and_refuses_float16_on_the_cpu():
+    from pucli.device import autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None
+    assert autocast_dtype("float32", cpu) is None
+    assert autocast_dtype("bfloat16", cpu) is torch.bfloat16
+    with pytest.raises(OptionError) as caught:
+        autocast_dtype("float16", cpu)
+    assert caught.value.parameter == "precision" and "use bfloat16 on the CPU" in caught.value.problem
+
+
+def test_default_precision_on_the_cpu_is_float32_bit_for_bit(tmp_path, teacher):
+    expanded = _expanded(tmp_path, teacher)
+    default = _run(tmp_path, teacher, expanded, name="a.pt")
+    float32 = _run(tmp_path, teacher, expanded, dataclasses.replace(FAST, precision="float32"), name="b.pt")
+    assert default.settings["precision"] == float32.settings["precision"] == "float32"
+    for (key, a), b in zip(default.student.state_dict().items(), float32.student.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
+def test_bfloat16_trains_in_mixed_precision_and_keeps_float32_weights(tmp_path, teacher):
+    expanded = _expanded(tmp_path, teacher)
+    config = dataclasses.replace(FAST, epochs=8, loss="kd")
+    full = _run(tmp_path, teacher, expanded, config, name="a.pt")
+    mixed = _run(tmp_path, teacher, expanded, dataclasses.replace(config, precision="bfloat16"), name="b.pt")
+    assert mixed.settings["precision"] == "bfloat16"
+    assert all(v.dtype == torch.float32 for v in mixed.student.state_dict().values() if v.is_floating_point())
+    # bfloat16 rounds every activation: the weights differ from float32's, the training still learns.
+    assert any(not torch.equal(a, b) for a, b in zip(full.student.state_dict().values(), mixed.student.state_dict().values()))
+    losses = [h.loss for h in mixed.history]
+    assert losses[-1] < losses[0]

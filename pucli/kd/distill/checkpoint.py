@@ -99,17 +99,19 @@ class Trainables:
 
 
 def run_settings(config: DistillConfig, *, student: str, temperature: float, epochs: int, augment: str,
-                 num_items: int, num_classes: int, in_chans: int) -> dict[str, Any]:
+                 num_items: int, num_classes: int, in_chans: int, precision: str = "float32") -> dict[str, Any]:
     """The settings of a run as the checkpoint and the run report record them: ``config`` with
     every "choose from the data" value resolved, and the shape of the data and the student; the
-    ``align_*`` settings only with ``align="adversarial"``."""
+    ``align_*`` settings only with ``align="adversarial"``; ``precision`` the arithmetic the steps ran in
+    (``float32``, ``bfloat16``, ``float16``), recorded but not checked on resume (a run may move
+    between devices)."""
     settings: dict[str, Any] = {
         "student": student, "loss": config.loss, "temperature": float(temperature), "epochs": epochs,
         "batch_size": config.batch_size, "optimizer": config.optimizer, "lr": config.peak_lr,
         "eps": float(config.eps), "num_weight_vectors": config.num_weight_vectors,
         "redraw_weight_set": config.redraw_weight_set, "augment": augment, "keep": config.keep,
         "seed": config.seed, "num_items": num_items, "weighting": config.weighting,
-        "num_classes": num_classes, "in_chans": in_chans, "align": config.align,
+        "num_classes": num_classes, "in_chans": in_chans, "align": config.align, "precision": precision,
     }
     if config.align == "adversarial":
         settings.update(align_stage=config.align_stage, align_weight=float(config.align_weight),

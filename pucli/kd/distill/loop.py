@@ -27,6 +27,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,8 @@ from pucli.data.augment import FlipCrop, resolve_augment
 from pucli.data.loading import Preprocess
 from pucli.data.manifest import ExpandedSet, retemper
 from pucli.data.sources import LabeledFolder
-from pucli.errors import DataError, Interrupted, OptionError
+from pucli.device import autocast_dtype, cpu_has_native_bfloat16
+from pucli.errors import DataError, Interrupted, OptionError, PucliWarning
 from pucli.kd.align import AlignedStudent, DomainDiscriminator, dann_lambda, domain_loss, feature_channels
 from pucli.kd.distill.checkpoint import (
     EpochStats,
@@ -243,11 +245,14 @@ def distill(
     weights = class_weights(soft_class_counts(soft_targets, source)).float().to(device)
     soft_targets = soft_targets.to(device)
     epochs = config.epochs or default_epochs(len(source), config.batch_size)
+    amp_dtype = autocast_dtype(config.precision, device)
+    if amp_dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bfloat16():
+        warnings.warn(PucliWarning("precision bfloat16: this CPU has no native bfloat16 (AMX or AVX-512 BF16), "
+                                   "so it is emulated and slower than float32"))
     settings = run_settings(config, student=student_config.architecture, temperature=temperature, epochs=epochs, augment=augment,
                             num_items=len(source), num_classes=student_config.num_classes,
-                            in_chans=student_config.in_chans)
+                            in_chans=student_config.in_chans, precision=_precision_name(amp_dtype))
     run_steps = steps_per_epoch(len(source), config.batch_size)
-    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_cuda else None
     trainables = _trainables(student, config, weights, temperature, epochs * run_steps, amp_dtype)
     trainee: nn.Module = student
     labeled = None
@@ -382,6 +387,11 @@ def training_bound_throughput(
     return runs * batch_size / (time.perf_counter() - start)
 
 
+def _precision_name(amp_dtype: torch.dtype | None) -> str:
+    """How a run's arithmetic is recorded: ``float32``, or the autocast dtype (``bfloat16``, ``float16``)."""
+    return "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
+
+
 def _trainables(student: nn.Module, config: DistillConfig, weights: Tensor, temperature: float,
                 total_steps: int, amp_dtype: torch.dtype | None) -> Trainables:
     """The optimizer (SGD with momentum 0.9, or AdamW), its warm-up + cosine schedule over
@@ -423,10 +433,28 @@ def _alignment(trainables: Trainables, config: DistillConfig, device: torch.devi
     return AlignedStudent(student, discriminator, config.align_stage)
 
 
+#: Linear warm-up of the learning rate: this percentage of the run's steps, at most WARMUP_MAX_STEPS.
+WARMUP_PERCENT = 10
+WARMUP_MAX_STEPS = 500
+
+
+def warmup_steps(total_steps: int) -> int:
+    """Steps of linear warm-up in a run of ``total_steps``: 10 % of them, at most 500, at least 1.
+
+    Long enough for a small ReLU network without batch norm (LeNet-5-half: 3 and 8 convolution
+    channels) to leave the loss plateau of its initialisation before the rate reaches its peak. With
+    3 % (150 of the default ~5,000 steps) some runs met lr 0.1 still on that plateau and lost 1-4 of
+    their 8 second-stage channels to dead ReLUs for good, which cost the student 0.5-1 point of
+    top-1 on some batch orders and not others (issue 30).
+    """
+    return max(1, min(WARMUP_MAX_STEPS, total_steps * WARMUP_PERCENT // 100))
+
+
 def _warmup_cosine(total_steps: int) -> Callable[[int], float]:
-    """LR factor per step: linear warm-up over 3% of the steps (at most 500), then cosine to 0.
-    Warm-up keeps lr 0.1 from blowing up a freshly initialised network without batch norm (LeNet)."""
-    warmup = max(1, min(500, total_steps * 3 // 100))
+    """LR factor per step: linear warm-up over :func:`warmup_steps` (10 % of the steps, at most 500),
+    then cosine to 0. Warm-up keeps lr 0.1 from blowing up a freshly initialised network without
+    batch norm (LeNet), and from killing its ReLU channels."""
+    warmup = warmup_steps(total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:
