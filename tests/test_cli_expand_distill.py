@@ -65,6 +65,7 @@ def test_distill_trains_writes_student_report_and_checkpoint(tmp_path, workspace
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["loss"] == "robust-kd" and data["epochs"] == 2 and data["items"] == 15
+    assert data["precision"] == "float32"  # --precision auto on the CPU
     assert [h["epoch"] for h in data["history"]] == [1, 2]
     assert out.is_file() and (tmp_path / "student.config.json").is_file() and (tmp_path / "student.ckpt.pt").is_file()
     report = json.loads((tmp_path / "student.report.json").read_text())
@@ -78,6 +79,22 @@ def test_distill_trains_writes_student_report_and_checkpoint(tmp_path, workspace
                                   "--threads", "1", "--json"])
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.stdout)["resumed_from"] == 2
+
+
+def test_distill_precision_bfloat16_is_reported_and_float16_on_the_cpu_is_one_line_error(tmp_path, workspace):
+    assert _expand(tmp_path, workspace, "--quiet").exit_code == 0
+    _, _, teacher = workspace
+    base = ["distill", str(teacher), "--data", str(tmp_path / "expanded"), "--student", "lenet5_half",
+            "--out", str(tmp_path / "student.safetensors"), "--epochs", "1", "--batch-size", "8", "--threads", "1",
+            "--device", "cpu", "--force"]
+    mixed = runner.invoke(app, [*base, "--precision", "bfloat16", "--json"])
+    assert mixed.exit_code == 0, mixed.output
+    assert json.loads(mixed.stdout)["precision"] == "bfloat16"
+    half = runner.invoke(app, [*base, "--precision", "float16"])
+    assert half.exit_code == 2, half.output
+    assert "--precision float16" in half.stderr and "use bfloat16 on the CPU" in half.stderr
+    assert "Traceback" not in half.output
+    assert len([line for line in half.stderr.splitlines() if line.strip()]) == 1
 
 
 @pytest.mark.parametrize(

@@ -159,13 +159,14 @@ def distill(
                            align_hidden=parse_widths(align_hidden), precision=precision)
     guard_output(out, force=force or resume)
     from pucli import distributed
-    from pucli.device import default_workers
+    from pucli.device import autocast_dtype, default_workers
     from pucli.kd.distill import distill as train_student
 
     _check_student(student)
     checkpoint = checkpoint or side_file(out, ".ckpt.pt")
     # Under torchrun every rank trains (DistributedDataParallel); only rank 0 reports and writes.
     report, run_device = start_run(device=device, threads=threads, torchrun=True, checkpoint=checkpoint)
+    autocast_dtype(config.precision, run_device)  # a precision the device cannot run fails before any work
     with report.stage("load"):
         loaded, expanded, val_set = _load_inputs(teacher, spec, data, val, report.model_files)
         architecture, init, compression = _student_init(student, student_kwargs, code_file(arch) + code_file(student),
@@ -279,6 +280,7 @@ def _summary(result: Any, out: Path) -> dict[str, Any]:
         "val_top1": next((h.val_top1 for h in result.history if h.epoch == result.kept_epoch), None),
         "images_per_s": result.images_per_s,
         "augment": result.augment,
+        "precision": result.settings.get("precision", "float32"),
         "in_memory": result.in_memory,
         "resumed_from": result.resumed_from,
     }
@@ -298,6 +300,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("loss", summary["loss"]),
         ("images", f"{summary['items']:,}" + (" (in memory)" if summary["in_memory"] else " (streamed)")),
         ("augment", summary["augment"]),
+        ("precision", summary["precision"]),
         ("epochs", f"{summary['epochs']} (kept {summary['kept_epoch']})"),
         ("final training loss", f"{summary['final_loss']:.4f}" if summary["final_loss"] is not None else "-"),
         ("validation top-1", f"{summary['val_top1']:.2f} %" if summary["val_top1"] is not None else "-"),
