@@ -684,8 +684,9 @@ class Study:
         (``steps``, default ``--steps``); ``augment``: distill's ``--augment`` (``auto``: flip-crop here, the
         teacher run on every augmented batch; ``none``: the soft targets ``expand`` cached)."""
         train_set = self.set_unit(cell, row.selection)
+        nominal_steps = steps or self.settings.steps
         if epochs is None:
-            epochs = epochs_for_steps(train_set["items"], steps or self.settings.steps)
+            epochs = epochs_for_steps(train_set["items"], nominal_steps)
         folder, params = self.student_folder(cell, row, student, loss=loss, epochs=epochs, augment=augment)
         if (folder / "unit.json").is_file():
             return read_json(folder / "unit.json")
@@ -722,8 +723,8 @@ class Study:
                 "train_s": round(sum(h.get("train_s", 0.0) for h in history), 2), "distill": record,
                 "evaluate": eval_record, "augment": output.get("augment"), "images_per_s": output.get("images_per_s"),
                 "final_loss": output.get("final_loss"), "resumed": resumed, "threads": self.settings.threads,
-                "precision": output.get("precision", "float32"),
-                "budget_when_made": budget, "augment_option": augment, "nominal_steps": steps or self.settings.steps}
+                "precision": output.get("precision", params.get("precision", "float32")),
+                "budget_when_made": budget, "augment_option": augment, "nominal_steps": nominal_steps}
         write_json_atomic(folder / "unit.json", unit)
         checkpoint.unlink(missing_ok=True)
         log(f"{cell.name()}: {row.name} {student.name} {loss}: top-1 {unit['top1']:.2f} % "

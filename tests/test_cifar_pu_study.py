@@ -467,6 +467,38 @@ def test_report_renders_the_table_the_target_and_what_was_not_run() -> None:
     assert "![student accuracy per row](cifar_pu_rows.png)" in text
 
 
+def _with_selections(f1_share_top1: dict[str, tuple[float, float, float]]) -> dict:
+    """Results whose mixed-pool rows have the given (class F1, CIFAR-100 share, top-1)."""
+    results = _results()
+    cell = {"pool": "mixed", "n_l": 100, "seed": 0}
+    results["students"] = [_student(row, 0, top1) for row, (_, _, top1) in f1_share_top1.items()]
+    results["selections"] = [
+        {"cell": cell, "name": cp.ROWS[row].selection.name(), "images": 10_000,
+         "metrics": {"selected": 10_000, "precision": f1, "recall": f1, "f1": f1,
+                     "by_source": {"cifar100": int(share * 10_000)}}}
+        for row, (f1, share, _) in f1_share_top1.items()]
+    return results
+
+
+def test_the_why_paragraph_follows_the_data_not_a_fixed_story() -> None:
+    # the student tracks the CIFAR-100 share, against the class F1 (Spearman by hand: ranks of top-1 1 2 3 4
+    # in the order Baseline-1, KD-random, KD-pool, PU-s1; of F1 4 1 3 2: 1 - 6 x 14 / 60 = -0.40; of the share
+    # 1 2.5 2.5 4: 4.5 / sqrt(4.5 x 5) = +0.95)
+    capture = report.render_section(_with_selections({
+        "Baseline-1": (1.0, 0.0, 60.0), "KD-random": (0.28, 0.24, 68.0), "PU-s1": (0.38, 0.37, 71.0),
+        "KD-pool": (0.43, 0.24, 69.0)}))
+    assert "rank correlation of -0.40 with the class F1 and +0.95 with the share" in capture
+    assert "follows the share of images captured like the teacher's data" in capture
+    # the student tracks the class F1
+    classes = report.render_section(_with_selections({
+        "Baseline-1": (1.0, 0.0, 75.0), "KD-random": (0.28, 0.24, 68.0), "PU-s1": (0.38, 0.37, 70.0),
+        "KD-pool": (0.43, 0.24, 71.0)}))
+    assert "follows the class F1 more than the share of CIFAR-100 images" in classes
+    assert "captured like the teacher's data" not in classes
+    # the trust estimate against the truth, from the select unit and the selection
+    assert "pucli's own estimate of its selection's F1 was 0.90 (0.85-0.95)" in capture
+
+
 def test_report_section_replaces_its_earlier_self_under_the_title() -> None:
     page = "# Benchmarks\n\nIntro of others.\n\n## Other section\n"
     once = report.insert_section(page, report.BEGIN + "\nfirst\n" + report.END + "\n")
