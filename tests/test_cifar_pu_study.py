@@ -499,6 +499,18 @@ def test_the_why_paragraph_follows_the_data_not_a_fixed_story() -> None:
     assert "pucli's own estimate of its selection's F1 was 0.90 (0.85-0.95)" in capture
 
 
+def test_targets_compare_only_the_seeds_both_rows_ran() -> None:
+    results = _results()
+    results["students"] = [s for s in results["students"] if not (s["row"] == "KD-random" and s["cell"]["seed"] == 1)]
+    results["students"].append(_student("PU-s1", 2, 90.0))  # would lift PU-s1's own mean by about 6 points
+    text = report.render_section(results)
+    # seed 0 alone: PU-s1 72.5 - KD-random 70.0
+    assert "PU-s1 - KD-random = **+2.50** points on seed 0 (target >= +3: missed by 0.50)" in text
+    # seeds 0 and 1: (72.5 + 72.6) / 2 - (71.0 + 71.1) / 2
+    assert "PU-s1 - KD-pool = **+1.50** points on seeds 0, 1 (target >= +1: met)" in text
+    assert "means over the seeds each row has run" in text
+
+
 def test_report_section_replaces_its_earlier_self_under_the_title() -> None:
     page = "# Benchmarks\n\nIntro of others.\n\n## Other section\n"
     once = report.insert_section(page, report.BEGIN + "\nfirst\n" + report.END + "\n")
